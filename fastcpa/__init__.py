@@ -1,0 +1,13 @@
+"""fastcpa: exact probabilistic inference for deep generative networks with
+continuous piecewise-affine (CPA) generators.
+
+Importing fastcpa compiles nothing and never imports CuPy; call
+:func:`fastcpa.warmup` to compile the CPU kernels ahead of first use.
+"""
+
+from .generator import Generator
+from .partition import Partition, partition
+from ._warmup import warmup
+
+__version__ = "0.1.0.dev0"
+__all__ = ["Generator", "Partition", "partition", "warmup", "__version__"]

@@ -1,0 +1,515 @@
+"""The exact partition of latent space into the affine regions of a generator.
+
+The partition is built layer by layer. Inside a region of the partition of
+layers ``< l`` every pre-activation of layer ``l`` is affine in z, so each
+region is split by at most ``width_l`` hyperplanes (lines for S = 2, points
+for S = 1). Unbounded regions are represented exactly: intervals with
+infinite ends for S = 1, polygons in the oriented projective plane (boundary
+points that may be ideal points, i.e. directions at infinity) for S = 2.
+
+Tolerances (documented behaviour on degenerate input)
+------------------------------------------------------
+* S = 1 is decided by comparing computed breakpoints exactly: breakpoints
+  that are equal in floating point are one breakpoint (all units crossing
+  there flip together); any interval of positive floating-point length is a
+  region.
+* S = 2: a polygon vertex within ``rel_tol`` (default ``1e-12``) relative to
+  the magnitude of the terms of ``a . z + beta`` counts as lying on that
+  unit's line. So a line through an existing vertex (up to rounding) does not
+  create a sliver, and a duplicated unit does not split anything. Pieces
+  thinner than this resolution are never created; every piece that is
+  created has positive area and is kept.
+* A unit whose pre-activation is identically zero on a region is "on"
+  (``u >= 0``); units with zero incoming weights have a constant
+  pre-activation and never split. Units of ``linear`` layers (slope 1) never
+  switch and are reported off.
+"""
+
+import numpy as np
+
+from ._validation import as_points
+from .generator import Generator
+
+__all__ = ["partition", "Partition"]
+
+#: Relative resolution of the S = 2 polygon clipper (see module docstring).
+REL_TOL_2D = 1e-12
+# Rows of a (regions x units) map block processed at once; bounds temporary memory.
+_CHUNK_ROWS = 4096
+
+
+class Partition:
+    """The exact partition of R^S into the affine regions of a generator.
+
+    Built by :func:`partition`; all arrays are read-only NumPy arrays.
+
+    Attributes
+    ----------
+    n_regions : int
+        Number of regions R.
+    latent_dim, output_dim : int
+        S and D.
+    A : ndarray, shape (R, D, S)
+    b : ndarray, shape (R, D)
+        ``g(z) = A[r] @ z + b[r]`` for z in region r.
+    codes : ndarray of uint64, shape (R, ceil(n_units / 64))
+        Bit-packed sign codes: bit ``k % 64`` of word ``k // 64`` is set when
+        hidden unit k (layers concatenated in order) is on in the region.
+    facet_ptr : ndarray of int64, shape (R + 1,)
+        CSR offsets into the facet arrays: region r owns facets
+        ``facet_ptr[r]:facet_ptr[r+1]``.
+    facet_normal : ndarray, shape (F, S)
+    facet_offset : ndarray, shape (F,)
+        Each region is ``{z : facet_normal @ z + facet_offset >= 0}`` over its
+        facets; normals have unit length and point into the region. Every facet
+        is non-redundant (it carries a piece of the boundary of positive
+        length; a point for S = 1).
+    facet_unit : ndarray of int64, shape (F,)
+        The hidden unit whose hyperplane carries the facet (the first in unit
+        order when several coincide).
+    facet_neighbor : ndarray of int64, shape (F,)
+        The region on the other side of the facet (at the facet's midpoint).
+    intervals : ndarray, shape (R, 2)
+        S = 1 only: ``[lo, hi]`` with ``+-inf`` for unbounded ends, sorted.
+    boundary_ptr : ndarray of int64, shape (R + 1,)
+    boundary : ndarray, shape (V, 3)
+    boundary_unit : ndarray of int64, shape (V,)
+        S = 2 only: the boundary of region r is the counter-clockwise cycle
+        ``boundary[boundary_ptr[r]:boundary_ptr[r+1]]`` of homogeneous points
+        ``(x, y, w)``: ``w = 1`` a finite vertex, ``w = 0`` an ideal point (a
+        unit direction at infinity). Edge i joins point i to point i+1
+        (cyclically) and lies on the hyperplane of ``boundary_unit[i]``; -1
+        marks an arc at infinity. A boundary line with no vertex (half-planes,
+        strips) carries one finite point; use :meth:`polygon` for vertices
+        and rays.
+    """
+
+    def __init__(self, generator, A, b, codes, facet_ptr, facet_normal, facet_offset, facet_unit, geometry):
+        self.generator = generator
+        self.A, self.b, self.codes = A, b, codes
+        self.facet_ptr, self.facet_normal, self.facet_offset, self.facet_unit = (
+            facet_ptr, facet_normal, facet_offset, facet_unit)
+        for name, value in geometry.items():
+            setattr(self, name, value)
+        order = np.lexsort(codes.T[::-1]) if codes.shape[1] else np.arange(len(codes))
+        self._sorted_codes = np.ascontiguousarray(codes[order])
+        self._order = order.astype(np.int64)
+        self.facet_neighbor = _facet_neighbors(self)
+        for arr in self.__dict__.values():
+            if isinstance(arr, np.ndarray):
+                arr.setflags(write=False)
+
+    @property
+    def n_regions(self):
+        """Number of regions R."""
+        return self.A.shape[0]
+
+    @property
+    def latent_dim(self):
+        """Latent dimension S."""
+        return self.generator.latent_dim
+
+    @property
+    def output_dim(self):
+        """Output dimension D."""
+        return self.generator.output_dim
+
+    def __len__(self):
+        return self.n_regions
+
+    def __repr__(self):
+        return f"Partition(n_regions={self.n_regions}, latent_dim={self.latent_dim}, output_dim={self.output_dim})"
+
+    def code_bits(self, regions=None):
+        """Unpacked sign codes, shape (R, n_units) bool (or of the given regions)."""
+        codes = self.codes if regions is None else self.codes[np.asarray(regions)]
+        return _unpack_codes(codes, self.generator.n_units)
+
+    def facets(self, r):
+        """Facets of region r as ``(normal (k, S), offset (k,), unit (k,), neighbor (k,))``."""
+        sl = slice(self.facet_ptr[r], self.facet_ptr[r + 1])
+        return self.facet_normal[sl], self.facet_offset[sl], self.facet_unit[sl], self.facet_neighbor[sl]
+
+    def polygon(self, r):
+        """S = 2: the finite vertices (CCW) of region r and its rays.
+
+        Returns
+        -------
+        vertices : ndarray, shape (k, 2)
+            Finite boundary points in counter-clockwise order (including the
+            single point carried by a boundary line without a vertex).
+        rays : list of (origin, direction)
+            The unbounded edges, each a finite point and a unit direction.
+        """
+        if self.latent_dim != 2:
+            raise ValueError("polygon() is defined for S = 2 partitions only.")
+        pts = self.boundary[self.boundary_ptr[r]:self.boundary_ptr[r + 1]]
+        finite = pts[:, 2] == 1.0
+        rays = []
+        n = len(pts)
+        for i in range(n):
+            j = (i + 1) % n
+            if finite[i] and not finite[j]:
+                rays.append((pts[i, :2].copy(), pts[j, :2].copy()))
+            elif not finite[i] and finite[j]:
+                rays.append((pts[j, :2].copy(), pts[i, :2].copy()))
+        return pts[finite, :2].copy(), rays
+
+    def is_bounded(self):
+        """Boolean array (R,): whether each region is bounded."""
+        if self.latent_dim == 1:
+            return np.isfinite(self.intervals).all(axis=1)
+        ideal = np.add.reduceat((self.boundary[:, 2] == 0.0).astype(np.int64), self.boundary_ptr[:-1])
+        return ideal == 0
+
+    def locate(self, Z):
+        """Index of the region containing each row of Z.
+
+        The region is the one whose sign code the generator has at z (with
+        ``u >= 0`` counted as on, so points on a boundary go to the side where
+        the unit is on). Points whose code belongs to no region (only possible
+        inside a sliver below the S = 2 resolution, see the module notes) go
+        to the region whose facet inequalities they violate least.
+
+        Parameters
+        ----------
+        Z : array_like, shape (N, S)
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+
+        Examples
+        --------
+        >>> import numpy as np, fastcpa
+        >>> gen = fastcpa.Generator([np.array([[1.0], [1.0]]), np.ones((1, 2))],
+        ...                         [np.array([0.0, -1.0]), np.zeros(1)])
+        >>> part = fastcpa.partition(gen)
+        >>> part.intervals
+        array([[-inf,   0.],
+               [  0.,   1.],
+               [  1.,  inf]])
+        >>> part.locate([[-3.0], [0.5], [7.0]])
+        array([0, 1, 2])
+        """
+        from fastcpa.kernels.cpu.regions import lookup_codes
+
+        Z = as_points(Z, self.latent_dim)
+        q = _pack_codes(self.generator.sign_codes(Z))
+        idx = lookup_codes(self._sorted_codes, self._order, q) if q.shape[1] else np.zeros(len(Z), np.int64)
+        missing = np.flatnonzero(idx < 0)
+        if missing.size:
+            idx[missing] = self._nearest_by_facets(Z[missing])
+        return idx
+
+    def _nearest_by_facets(self, Z):
+        # worst facet violation of each point in each region; pick the smallest
+        slack = Z @ self.facet_normal.T + self.facet_offset  # (n, F)
+        worst = np.minimum.reduceat(slack, self.facet_ptr[:-1], axis=1)
+        worst[:, self.facet_ptr[:-1] == self.facet_ptr[1:]] = np.inf
+        return np.argmax(worst, axis=1).astype(np.int64)
+
+
+def partition(generator, *, backend="auto"):
+    """Compute the exact partition of latent space R^S into affine regions.
+
+    Every region is returned, unbounded ones included; no bounding box is
+    used. Supported for S = 1 (intervals) and S = 2 (convex polygons).
+
+    Parameters
+    ----------
+    generator : Generator
+    backend : {"auto", "cpu", "gpu"}, default "auto"
+        Where to run. Only the CPU backend exists for the partition today:
+        "auto" runs on the CPU and "gpu" raises.
+
+    Returns
+    -------
+    Partition
+
+    Raises
+    ------
+    NotImplementedError
+        For S >= 3, or ``backend="gpu"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastcpa
+    >>> rng = np.random.default_rng(0)
+    >>> gen = fastcpa.Generator([rng.normal(size=(5, 2)), rng.normal(size=(3, 5))],
+    ...                         [rng.normal(size=5), rng.normal(size=3)])
+    >>> part = fastcpa.partition(gen)
+    >>> part.n_regions   # 5 lines in general position: 1 + 5 + 10
+    16
+    >>> Z = rng.normal(size=(4, 2))
+    >>> r = part.locate(Z)
+    >>> np.allclose(np.einsum("nds,ns->nd", part.A[r], Z) + part.b[r], gen(Z))
+    True
+    """
+    if not isinstance(generator, Generator):
+        raise TypeError(f"partition() takes a fastcpa.Generator, got {type(generator).__name__}.")
+    if backend not in ("auto", "cpu", "gpu", "host", "device"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'gpu', got {backend!r}.")
+    if backend in ("gpu", "device"):
+        raise NotImplementedError("the partition has no GPU kernels yet; use backend='cpu' (or 'auto').")
+    S = generator.latent_dim
+    if S == 1:
+        return _partition_1d(generator)
+    if S == 2:
+        return _partition_2d(generator)
+    raise NotImplementedError(
+        f"exact partitions are implemented for latent dimension 1 and 2; this generator has S = {S}."
+    )
+
+
+# ----------------------------------------------------------------------------- layer maps
+def _next_maps(U_prev, parent, code, eta, W, c):
+    """Pre-activation maps of the next layer for every child region.
+
+    ``U_prev[parent]`` are the parents' maps of this layer (rows: d/dz_i ...,
+    offset); the children's post-activation maps are ``q * U_prev[parent]``
+    with ``q = 1`` (on) or ``eta`` (off). Returns ``(n, S+1, out)``.
+    """
+    n, S1 = len(parent), U_prev.shape[1]
+    out = np.empty((n, S1, W.shape[0]))
+    Wt = np.ascontiguousarray(W.T)
+    for a in range(0, n, _CHUNK_ROWS):
+        e = min(a + _CHUNK_ROWS, n)
+        q = np.where(code[a:e], 1.0, eta)[:, None, :]
+        H = U_prev[parent[a:e]] * q
+        np.matmul(H, Wt, out=out[a:e])
+    out[:, -1, :] += c
+    return out
+
+
+def _initial_maps(S, W, c):
+    U = np.empty((1, S + 1, W.shape[0]))
+    U[0, :S] = W.T
+    U[0, S] = c
+    return U
+
+
+def _output_maps(gen, U, parent, code):
+    """A (R, D, S) and b (R, D) from the last hidden layer's maps."""
+    S = gen.latent_dim
+    if gen.n_layers == 1:
+        W, c = gen.weights[0], gen.biases[0]
+        return W[None].copy(), c[None].copy()
+    M = _next_maps(U, parent, code, gen.slopes[-1], gen.weights[-1], gen.biases[-1])
+    A = np.ascontiguousarray(np.swapaxes(M[:, :S, :], 1, 2))
+    b = np.ascontiguousarray(M[:, S, :])
+    return A, b
+
+
+def _compose_codes(gen, parents, codes):
+    """Full (R, n_units) codes of the final regions from the per-layer codes."""
+    R = len(codes[-1]) if codes else 1
+    out = np.zeros((R, gen.n_units), dtype=bool)
+    idx = np.arange(R)
+    stop = gen.n_units
+    for l in range(len(codes) - 1, -1, -1):
+        w = codes[l].shape[1]
+        out[:, stop - w:stop] = codes[l][idx]
+        stop -= w
+        idx = parents[l][idx]
+    return out
+
+
+def _pack_codes(bits):
+    """Pack (N, n_units) bools into (N, ceil(n_units/64)) uint64 words, bit k%64 of word k//64."""
+    N, n = bits.shape
+    nw = (n + 63) // 64
+    padded = np.zeros((N, nw * 64), dtype=bool)
+    padded[:, :n] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64).reshape(N, nw)
+
+
+def _unpack_codes(words, n_units):
+    bytes_ = np.ascontiguousarray(words.astype("<u8")).view(np.uint8).reshape(len(words), -1)
+    return np.unpackbits(bytes_, axis=1, bitorder="little")[:, :n_units].astype(bool)
+
+
+# ----------------------------------------------------------------------------- S = 1
+def _partition_1d(gen):
+    from fastcpa.kernels.cpu.regions import split_intervals_count, split_intervals_fill
+
+    lo = np.array([-np.inf])
+    hi = np.array([np.inf])
+    lo_unit = np.array([-1], dtype=np.int64)
+    hi_unit = np.array([-1], dtype=np.int64)
+    parents, codes = [], []
+    switching_all = gen.switching
+    unit_offset = 0
+    U = parent = code = None
+    for l in range(gen.n_layers - 1):
+        W, c = gen.weights[l], gen.biases[l]
+        if l == 0:
+            U = _initial_maps(1, W, c)
+        else:
+            U = _next_maps(U, parent, code, gen.slopes[l - 1], W, c)
+        w = W.shape[0]
+        switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
+        us = np.ascontiguousarray(U[:, 0, :])
+        uo = np.ascontiguousarray(U[:, 1, :])
+        counts = split_intervals_count(lo, hi, us, uo, switching)
+        offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        n = int(counts.sum())
+        parent = np.empty(n, np.int64)
+        c_lo, c_hi = np.empty(n), np.empty(n)
+        c_lo_unit, c_hi_unit = np.empty(n, np.int64), np.empty(n, np.int64)
+        code = np.empty((n, w), dtype=bool)
+        split_intervals_fill(lo, hi, lo_unit, hi_unit, us, uo, switching, unit_offset, offsets,
+                             parent, c_lo, c_hi, c_lo_unit, c_hi_unit, code)
+        lo, hi, lo_unit, hi_unit = c_lo, c_hi, c_lo_unit, c_hi_unit
+        parents.append(parent)
+        codes.append(code)
+        unit_offset += w
+    A, b = _output_maps(gen, U, parent, code)
+    R = len(lo)
+    # facets: z >= lo (normal +1) and z <= hi (normal -1), finite ends only
+    has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
+    nf = has_lo.astype(np.int64) + has_hi
+    facet_ptr = np.concatenate(([0], np.cumsum(nf))).astype(np.int64)
+    F = int(facet_ptr[-1])
+    normal = np.empty((F, 1))
+    offset = np.empty(F)
+    unit = np.empty(F, np.int64)
+    first = facet_ptr[:-1]
+    normal[first[has_lo], 0] = 1.0
+    offset[first[has_lo]] = -lo[has_lo]
+    unit[first[has_lo]] = lo_unit[has_lo]
+    last = facet_ptr[1:] - 1
+    normal[last[has_hi], 0] = -1.0
+    offset[last[has_hi]] = hi[has_hi]
+    unit[last[has_hi]] = hi_unit[has_hi]
+    geometry = {"intervals": np.stack([lo, hi], axis=1)}
+    packed = _pack_codes(_compose_codes(gen, parents, codes))
+    return Partition(gen, A, b, packed, facet_ptr, normal, offset, unit, geometry)
+
+
+# ----------------------------------------------------------------------------- S = 2
+def _plane():
+    """R^2 as an oriented projective polygon: three ideal points, 120 degrees apart."""
+    r3 = np.sqrt(3.0) / 2.0
+    P = np.array([[0.0, 1.0, 0.0], [-r3, -0.5, 0.0], [r3, -0.5, 0.0]])
+    return np.array([0, 3], np.int64), P, np.zeros((3, 3)), np.full(3, -1, np.int64)
+
+
+def _partition_2d(gen, rel_tol=REL_TOL_2D):
+    from fastcpa.kernels.cpu.regions import split_polygons_count, split_polygons_fill
+
+    ptr, P, L, EU = _plane()
+    parents, codes = [], []
+    switching_all = gen.switching
+    unit_offset = 0
+    U = parent = code = None
+    for l in range(gen.n_layers - 1):
+        W, c = gen.weights[l], gen.biases[l]
+        if l == 0:
+            U = _initial_maps(2, W, c)
+        else:
+            U = _next_maps(U, parent, code, gen.slopes[l - 1], W, c)
+        w = W.shape[0]
+        switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
+        n_pieces, n_points = split_polygons_count(ptr, P, L, EU, U, switching, unit_offset, rel_tol)
+        piece_off = np.concatenate(([0], np.cumsum(n_pieces)[:-1])).astype(np.int64)
+        point_off = np.concatenate(([0], np.cumsum(n_points)[:-1])).astype(np.int64)
+        n, nv = int(n_pieces.sum()), int(n_points.sum())
+        parent = np.empty(n, np.int64)
+        c_ptr = np.empty(n + 1, np.int64)
+        c_P, c_L, c_U = np.empty((nv, 3)), np.empty((nv, 3)), np.empty(nv, np.int64)
+        code = np.empty((n, w), dtype=bool)
+        split_polygons_fill(ptr, P, L, EU, U, switching, unit_offset, rel_tol, piece_off, point_off,
+                            parent, c_ptr, c_P, c_L, c_U, code)
+        c_ptr[n] = nv
+        ptr, P, L, EU = c_ptr, c_P, c_L, c_U
+        parents.append(parent)
+        codes.append(code)
+        unit_offset += w
+    A, b = _output_maps(gen, U, parent, code)
+    facet_ptr, normal, offset, unit = _polygon_facets(ptr, L, EU)
+    geometry = {"boundary_ptr": ptr, "boundary": P, "boundary_unit": EU}
+    packed = _pack_codes(_compose_codes(gen, parents, codes))
+    return Partition(gen, A, b, packed, facet_ptr, normal, offset, unit, geometry)
+
+
+def _cyclic_next(ptr):
+    """Index of the next boundary point within each polygon (cyclically)."""
+    nxt = np.arange(1, ptr[-1] + 1, dtype=np.int64)
+    nxt[ptr[1:] - 1] = ptr[:-1]
+    return nxt
+
+
+def _facet_starts(ptr, EU):
+    """Edges that start a facet: owned by a unit, and not continuing the previous edge's unit.
+
+    Consecutive edges on one unit only occur around the finite point carried
+    by a vertex-free boundary line; they form one facet.
+    """
+    prev = np.arange(-1, ptr[-1] - 1, dtype=np.int64)
+    prev[ptr[:-1]] = ptr[1:] - 1
+    return (EU >= 0) & (EU != EU[prev])
+
+
+def _polygon_facets(ptr, L, EU):
+    """Facets of each polygon: its edges, merging consecutive edges on one unit's line."""
+    keep = _facet_starts(ptr, EU)
+    counts = np.add.reduceat(keep.astype(np.int64), ptr[:-1]) if len(EU) else np.zeros(len(ptr) - 1, np.int64)
+    facet_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    lines = L[keep]
+    nrm = np.hypot(lines[:, 0], lines[:, 1])
+    return facet_ptr, lines[:, :2] / nrm[:, None], lines[:, 2] / nrm, EU[keep].copy()
+
+
+# ----------------------------------------------------------------------------- adjacency
+def _facet_points(part):
+    """A point in the relative interior of every facet."""
+    if part.latent_dim == 1:
+        return (-part.facet_offset * part.facet_normal[:, 0])[:, None]
+    ptr, B, EU = part.boundary_ptr, part.boundary, part.boundary_unit
+    nxt = _cyclic_next(ptr)
+    i = np.flatnonzero(_facet_starts(ptr, EU))
+    j = nxt[i]
+    p, q = B[i], B[j]
+    run = EU[j] == EU[i]  # the facet continues past point j, which lies inside it
+    pts = np.where(run[:, None], q[:, :2], 0.5 * (p[:, :2] + q[:, :2]))
+    # an edge with one ideal end is a ray: step from its finite end along it
+    ray_out = ~run & (p[:, 2] == 1.0) & (q[:, 2] == 0.0)
+    ray_in = ~run & (p[:, 2] == 0.0) & (q[:, 2] == 1.0)
+    pts[ray_out] = p[ray_out, :2] + q[ray_out, :2] * (1.0 + np.hypot(p[ray_out, 0], p[ray_out, 1]))[:, None]
+    pts[ray_in] = q[ray_in, :2] + p[ray_in, :2] * (1.0 + np.hypot(q[ray_in, 0], q[ray_in, 1]))[:, None]
+    return pts
+
+
+def _limit_codes(gen, Z, direction, rel_tol=1e-9):
+    """Sign codes of the region entered from each z along ``direction`` (z + 0+ d).
+
+    Units within ``rel_tol`` of zero at z are decided by their directional
+    derivative, so a point on a facet yields the code on the chosen side.
+    """
+    h, dh = Z, direction
+    out = []
+    for W, c, eta in zip(gen.weights[:-1], gen.biases[:-1], gen.slopes):
+        u = h @ W.T + c
+        du = dh @ W.T
+        # rounding in h is relative to its norm, so that sets the scale of "zero"
+        scale = np.linalg.norm(h, axis=1, keepdims=True) * np.linalg.norm(W, axis=1) + np.abs(c)
+        on = np.where(np.abs(u) <= rel_tol * scale, du >= 0, u >= 0)
+        out.append(on & (eta != 1.0))
+        h = np.where(on, u, eta * u)
+        dh = np.where(on, du, eta * du)
+    return np.concatenate(out, axis=1) if out else np.zeros((len(Z), 0), bool)
+
+
+def _facet_neighbors(part):
+    from fastcpa.kernels.cpu.regions import lookup_codes
+
+    F = len(part.facet_unit)
+    if F == 0:
+        return np.zeros(0, np.int64)
+    if part.latent_dim == 1:
+        owner = np.repeat(np.arange(part.n_regions), np.diff(part.facet_ptr))
+        return np.where(part.facet_normal[:, 0] > 0, owner - 1, owner + 1).astype(np.int64)
+    pts = _facet_points(part)
+    q = _pack_codes(_limit_codes(part.generator, pts, -part.facet_normal))
+    return lookup_codes(part._sorted_codes, part._order, q)

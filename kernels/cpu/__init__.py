@@ -1,0 +1,1 @@
+"""Numba CPU kernels (decorated at module level, compiled lazily on first call)."""

@@ -1,0 +1,235 @@
+import numpy as np
+import pytest
+
+import fastcpa
+from reference import (facet_is_nonredundant, forward_codes, init_layers, interior_point, sample_latent,
+                       unique_codes)
+
+ACTS = [("relu", 0.01), ("leaky_relu", 0.1), ("abs", 0.0)]
+
+
+def make(rng, sizes, activation="relu", slope=0.1, scale="normal"):
+    Ws, cs = init_layers(rng, sizes, scale=scale)
+    return fastcpa.Generator(Ws, cs, activation=activation, slope=slope)
+
+
+def check_affine_maps(gen, part, Z):
+    """A z + b reproduces g(z) at Z (relative to the size of the terms)."""
+    r = part.locate(Z)
+    pred = np.einsum("nds,ns->nd", part.A[r], Z) + part.b[r]
+    g = gen(Z)
+    scale = np.abs(np.einsum("nds,ns->nd", np.abs(part.A[r]), np.abs(Z))) + np.abs(part.b[r])
+    assert np.all(np.abs(pred - g) <= 1e-10 * scale + 1e-300), np.max(np.abs(pred - g) / scale)
+
+
+def check_partition(gen, part, rng, n_sample=3000):
+    """The core invariants, each against an oracle that does not use the partition."""
+    S = gen.latent_dim
+    codes = part.code_bits()
+    # 1. regions have distinct codes (a code defines a convex, hence connected, set)
+    assert len(unique_codes(codes)) == part.n_regions
+    # 2. dense sampling (out to radius 1e5) finds no code the partition lacks
+    Z = sample_latent(rng, S, n_sample)
+    sampled = unique_codes(forward_codes(gen.weights, gen.biases, gen.slopes, Z))
+    assert sampled <= unique_codes(codes)
+    # 3. an interior point of every region has that region's code and A z + b = g(z)
+    P = np.array([interior_point(part, r) for r in range(part.n_regions)])
+    np.testing.assert_array_equal(forward_codes(gen.weights, gen.biases, gen.slopes, P), codes)
+    check_affine_maps(gen, part, P)
+    check_affine_maps(gen, part, Z)
+    # 4. facets describe the region: interior points satisfy their own facets strictly
+    for r in range(part.n_regions):
+        N, o, _, _ = part.facets(r)
+        assert np.all(N @ P[r] + o > 0)
+    # 5. adjacency is symmetric and crosses the facet's own unit
+    for r in range(part.n_regions):
+        _, _, units, nbrs = part.facets(r)
+        for u, s in zip(units, nbrs):
+            assert s >= 0 and s != r
+            _, _, units_s, nbrs_s = part.facets(s)
+            assert r in nbrs_s[units_s == u], (r, s, u)
+            assert codes[r, u] != codes[s, u]
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("n", [1, 4, 9, 17])
+@pytest.mark.parametrize("activation,slope", ACTS)
+def test_one_layer_general_position_counts(rng, S, n, activation, slope):
+    gen = make(rng, [S, n, 3], activation, slope)
+    part = fastcpa.partition(gen)
+    expected = n + 1 if S == 1 else 1 + n + n * (n - 1) // 2
+    assert part.n_regions == expected
+    check_partition(gen, part, rng, n_sample=500)
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("activation,slope", ACTS + [("prelu", None)])
+def test_deep_nets(rng, S, activation, slope):
+    sizes = [S, 12, 10, 8, 6, 4] if S == 2 else [S, 24, 20, 16, 12, 4]
+    if slope is None:  # per-unit PReLU slopes, including a unit with slope exactly 1 (never switches)
+        slope = [rng.uniform(-0.5, 0.5, size=w) for w in sizes[1:-1]]
+        slope[1][3] = 1.0
+    gen = make(rng, sizes, activation, slope)
+    part = fastcpa.partition(gen)
+    check_partition(gen, part, rng)
+
+
+def test_per_layer_activations_and_linear_layer(rng):
+    gen = make(rng, [2, 8, 6, 7, 3], ["relu", "linear", "abs"], 0.1)
+    part = fastcpa.partition(gen)
+    check_partition(gen, part, rng)
+    assert not part.code_bits()[:, 8:14].any()  # the linear layer's units never switch
+
+
+@pytest.mark.parametrize("S", [1, 2])
+def test_linear_generator_is_one_region(rng, S):
+    W, c = rng.normal(size=(4, S)), rng.normal(size=4)
+    part = fastcpa.partition(fastcpa.Generator([W], [c]))
+    assert part.n_regions == 1 and part.codes.shape == (1, 0)
+    np.testing.assert_array_equal(part.A[0], W)
+    np.testing.assert_array_equal(part.b[0], c)
+    assert len(part.facet_unit) == 0
+    np.testing.assert_array_equal(part.locate(rng.normal(size=(5, S))), 0)
+
+
+@pytest.mark.parametrize("S", [1, 2])
+def test_permuting_hidden_units_changes_nothing(rng, S):
+    sizes = [S, 9, 7, 3]
+    Ws, cs = init_layers(rng, sizes, scale="normal")
+    gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.2)
+    p1, p2 = rng.permutation(9), rng.permutation(7)
+    Wp = [Ws[0][p1], Ws[1][p2][:, p1], Ws[2][:, p2]]
+    cp = [cs[0][p1], cs[1][p2], cs[2]]
+    genp = fastcpa.Generator(Wp, cp, activation="leaky_relu", slope=0.2)
+    a, b = fastcpa.partition(gen), fastcpa.partition(genp)
+    assert a.n_regions == b.n_regions
+    perm = np.concatenate([p1, 9 + p2])
+    ca, cb = a.code_bits(), b.code_bits()[:, np.argsort(perm)]
+    ia, ib = np.lexsort(ca.T), np.lexsort(cb.T)
+    np.testing.assert_array_equal(ca[ia], cb[ib])
+    np.testing.assert_allclose(a.A[ia], b.A[ib], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.b[ia], b.b[ib], rtol=1e-12, atol=1e-12)
+
+
+def test_facets_are_nonredundant_by_lp(rng):
+    gen = make(rng, [2, 10, 8, 3], "leaky_relu", 0.1)
+    part = fastcpa.partition(gen)
+    for r in range(part.n_regions):
+        N, o, _, _ = part.facets(r)
+        for f in range(len(o)):
+            assert facet_is_nonredundant(N, o, f), (r, f)
+
+
+def test_agrees_with_lp_reference_enumeration(rng):
+    """An independent enumeration (BFS over codes, one LP per region) finds the same regions."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "reference_enumeration.py"
+    spec = importlib.util.spec_from_file_location("reference_enumeration", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    for S, sizes in [(1, [1, 12, 10, 3]), (2, [2, 8, 6, 3])]:
+        gen = make(rng, sizes, "relu")
+        out = ref.enumerate_regions_lp(gen.weights, gen.biases, gen.slopes)
+        part = fastcpa.partition(gen)
+        assert out["complete"]
+        assert unique_codes(out["codes"]) == unique_codes(part.code_bits())
+
+
+# ----------------------------------------------------------------------------- degenerate input
+def test_unit_with_zero_incoming_weights_never_splits(rng):
+    Ws, cs = init_layers(rng, [2, 6, 5, 2], scale="normal")
+    Ws[0][2] = 0.0  # constant pre-activation c: on iff c >= 0
+    Ws[1][1] = 0.0
+    gen = fastcpa.Generator(Ws, cs)
+    part = fastcpa.partition(gen)
+    check_partition(gen, part, rng)
+    bits = part.code_bits()
+    assert np.all(bits[:, 2] == (cs[0][2] >= 0)) and np.all(bits[:, 7] == (cs[1][1] >= 0))
+    # one layer with the dead unit: 5 lines in general position
+    one = fastcpa.partition(fastcpa.Generator(Ws[:1] + [np.ones((1, 6))], cs[:1] + [np.zeros(1)]))
+    assert one.n_regions == 1 + 5 + 10
+
+
+@pytest.mark.parametrize("S", [1, 2])
+def test_duplicated_units_add_no_regions(rng, S):
+    W, c = rng.normal(size=(5, S)), rng.normal(size=5)
+    Wd = np.vstack([W, W[1:2], -2.0 * W[3:4]])  # an exact copy and a flipped, rescaled copy
+    cd = np.concatenate([c, c[1:2], -2.0 * c[3:4]])
+    base = fastcpa.partition(fastcpa.Generator([W, np.ones((2, 5))], [c, np.zeros(2)]))
+    gen = fastcpa.Generator([Wd, rng.normal(size=(2, 7))], [cd, np.zeros(2)])
+    part = fastcpa.partition(gen)
+    assert part.n_regions == base.n_regions
+    check_partition(gen, part, rng, n_sample=500)
+
+
+def test_concurrent_lines_through_a_vertex():
+    # lines x = 0, y = 0, x = y and x = -y all through the origin: 8 sectors, all unbounded
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0], [1.0, 1.0], [1.0, 2.0]])
+    c = np.array([0.0, 0.0, 0.0, 0.0, -3.0])  # plus one line off the origin
+    gen = fastcpa.Generator([W, np.ones((1, 5))], [c, np.zeros(1)])
+    part = fastcpa.partition(gen)
+    # 4 concurrent lines make 8 sectors; the 5th line crosses 5 of them (it meets 4 lines
+    # at 4 distinct points), adding 5 regions
+    assert part.n_regions == 13
+    assert part.is_bounded().sum() == 3
+    check_partition(gen, part, np.random.default_rng(1), n_sample=500)
+
+
+def test_parallel_lines_make_strips():
+    W = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, -1.0], [1.0, 0.0]])
+    c = np.array([0.0, -1.0, 3.0, 0.0])  # y = 0, y = 1, y = 3 and x = 0
+    gen = fastcpa.Generator([W, np.ones((1, 4))], [c, np.zeros(1)])
+    part = fastcpa.partition(gen)
+    assert part.n_regions == 8
+    assert not part.is_bounded().any()
+    check_partition(gen, part, np.random.default_rng(2), n_sample=500)
+    # a half-plane and a strip without x = 0: polygons with vertex-free boundary lines
+    gen2 = fastcpa.Generator([W[:3], np.ones((1, 3))], [c[:3], np.zeros(1)])
+    part2 = fastcpa.partition(gen2)
+    assert part2.n_regions == 4
+    check_partition(gen2, part2, np.random.default_rng(3), n_sample=500)
+
+
+def test_s1_coincident_breakpoints_across_layers():
+    # layer-2 unit u = relu(z) - relu(z): identically 0, and u = relu(z) + relu(-z) - 0 crosses nothing
+    W1, c1 = np.array([[1.0], [-1.0], [1.0]]), np.array([0.0, 0.0, -1.0])
+    W2, c2 = np.array([[1.0, -1.0, 0.0], [1.0, 1.0, -1.0], [0.0, 0.0, 1.0]]), np.array([0.0, -1.0, 0.0])
+    gen = fastcpa.Generator([W1, W2, np.ones((1, 3))], [c1, c2, np.zeros(1)])
+    part = fastcpa.partition(gen)
+    check_partition(gen, part, np.random.default_rng(4), n_sample=500)
+
+
+def test_far_out_regions_s2(rng):
+    # lines far from the origin and nearly parallel lines crossing far away
+    W = np.array([[1.0, 0.0], [1.0, 1e-7], [0.0, 1.0], [1.0, 1.0]])
+    c = np.array([-1e4, -1e4 + 1.0, 5e4, 3e4])
+    gen = fastcpa.Generator([W, rng.normal(size=(6, 4)), rng.normal(size=(2, 6))], [c, rng.normal(size=6), np.zeros(2)])
+    part = fastcpa.partition(gen)
+    check_partition(gen, part, rng)
+
+
+# ----------------------------------------------------------------------------- API
+def test_unsupported_latent_dim_and_backend(rng):
+    gen = make(rng, [3, 4, 2])
+    with pytest.raises(NotImplementedError, match="S = 3"):
+        fastcpa.partition(gen)
+    with pytest.raises(NotImplementedError, match="GPU"):
+        fastcpa.partition(make(rng, [1, 4, 2]), backend="gpu")
+    with pytest.raises(TypeError, match="Generator"):
+        fastcpa.partition("not a generator")
+
+
+def test_locate_validates_input(rng):
+    part = fastcpa.partition(make(rng, [2, 4, 2]))
+    with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
+        part.locate(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        part.locate(np.array([[0.0, np.nan]]))
+
+
+def test_partition_arrays_are_read_only(rng):
+    part = fastcpa.partition(make(rng, [2, 4, 2]))
+    with pytest.raises(ValueError):
+        part.A[0, 0, 0] = 1.0
