@@ -178,6 +178,16 @@ class Generator:
         return np.concatenate(out, axis=1)
 
     @property
+    def weights_t(self):
+        """C-contiguous transposes of the weights (read-only, built once)."""
+        if getattr(self, "_weights_t", None) is None:
+            wt = [np.ascontiguousarray(W.T) for W in self.weights]
+            for a in wt:
+                a.setflags(write=False)
+            self._weights_t = wt
+        return self._weights_t
+
+    @property
     def switching(self):
         """Boolean mask (n_units,) of units whose two slopes differ (they split space)."""
         if not self.slopes:

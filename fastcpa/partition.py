@@ -68,7 +68,9 @@ class Partition:
         The hidden unit whose hyperplane carries the facet (the first in unit
         order when several coincide).
     facet_neighbor : ndarray of int64, shape (F,)
-        The region on the other side of the facet (at the facet's midpoint).
+        The region on the other side of the facet, at a point inside the
+        facet (computed on first access). When several regions border one
+        facet (only on degenerate input) this is the one at that point.
     intervals : ndarray, shape (R, 2)
         S = 1 only: ``[lo, hi]`` with ``+-inf`` for unbounded ends, sorted.
     boundary_ptr : ndarray of int64, shape (R + 1,)
@@ -94,10 +96,19 @@ class Partition:
         order = np.lexsort(codes.T[::-1]) if codes.shape[1] else np.arange(len(codes))
         self._sorted_codes = np.ascontiguousarray(codes[order])
         self._order = order.astype(np.int64)
-        self.facet_neighbor = _facet_neighbors(self)
+        self._facet_neighbor = None
         for arr in self.__dict__.values():
             if isinstance(arr, np.ndarray):
                 arr.setflags(write=False)
+
+    @property
+    def facet_neighbor(self):
+        """Region across each facet, shape (F,) (computed on first access)."""
+        if self._facet_neighbor is None:
+            nb = _facet_neighbors(self)
+            nb.setflags(write=False)
+            self._facet_neighbor = nb
+        return self._facet_neighbor
 
     @property
     def n_regions(self):
@@ -272,12 +283,13 @@ def _next_maps(U_prev, parent, code, eta, W, c):
     """
     n, S1 = len(parent), U_prev.shape[1]
     out = np.empty((n, S1, W.shape[0]))
-    Wt = np.ascontiguousarray(W.T)
+    Wt = W.T
     for a in range(0, n, _CHUNK_ROWS):
         e = min(a + _CHUNK_ROWS, n)
         q = np.where(code[a:e], 1.0, eta)[:, None, :]
         H = U_prev[parent[a:e]] * q
-        np.matmul(H, Wt, out=out[a:e])
+        # one 2-D GEMM (a stack of (S+1) x w products would be memory-bound)
+        np.matmul(H.reshape(-1, H.shape[2]), Wt, out=out[a:e].reshape(-1, W.shape[0]))
     out[:, -1, :] += c
     return out
 
@@ -331,7 +343,15 @@ def _unpack_codes(words, n_units):
 
 # ----------------------------------------------------------------------------- S = 1
 def _partition_1d(gen):
-    from fastcpa.kernels.cpu.regions import split_intervals_count, split_intervals_fill
+    """Sweep the line layer by layer (see ``kernels.cpu.regions.sweep_intervals``).
+
+    Layer l needs the slope change of u^l across every boundary of the current
+    partition: ``W^l`` times the slope change of ``h^(l-1)``. That change is
+    sparse (a few columns of W^l) at boundaries made by layer l-1 and dense
+    at older ones, which go through one GEMM. The output maps A, b follow by
+    the same rule and a prefix sum, so no per-region dense map is formed.
+    """
+    from fastcpa.kernels.cpu.regions import add_sparse_columns, sweep_intervals
 
     lo = np.array([-np.inf])
     hi = np.array([np.inf])
@@ -340,32 +360,33 @@ def _partition_1d(gen):
     parents, codes = [], []
     switching_all = gen.switching
     unit_offset = 0
-    U = parent = code = None
+    # state carried between layers: outputs' maps on the first interval and
+    # their slope changes across the boundaries (dense part + sparse part)
+    h0s, h0o = np.ones(1), np.zeros(1)
+    changes = (np.zeros(0, np.int64), np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     for l in range(gen.n_layers - 1):
-        W, c = gen.weights[l], gen.biases[l]
-        if l == 0:
-            U = _initial_maps(1, W, c)
-        else:
-            U = _next_maps(U, parent, code, gen.slopes[l - 1], W, c)
+        W, c, eta = gen.weights[l], gen.biases[l], gen.slopes[l]
         w = W.shape[0]
+        s0, o0 = W @ h0s, W @ h0o + c
+        dS = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[l], add_sparse_columns)
         switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
-        us = np.ascontiguousarray(U[:, 0, :])
-        uo = np.ascontiguousarray(U[:, 1, :])
-        counts = split_intervals_count(lo, hi, us, uo, switching)
-        offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-        n = int(counts.sum())
-        parent = np.empty(n, np.int64)
-        c_lo, c_hi = np.empty(n), np.empty(n)
-        c_lo_unit, c_hi_unit = np.empty(n, np.int64), np.empty(n, np.int64)
-        code = np.empty((n, w), dtype=bool)
-        split_intervals_fill(lo, hi, lo_unit, hi_unit, us, uo, switching, unit_offset, offsets,
-                             parent, c_lo, c_hi, c_lo_unit, c_hi_unit, code)
-        lo, hi, lo_unit, hi_unit = c_lo, c_hi, c_lo_unit, c_hi_unit
+        (parent, lo, hi, lo_unit, hi_unit, code, dense_pos, dense, sp_pos, sp_unit, sp_val, h0s, h0o) = \
+            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset)
+        changes = (dense_pos, dense, sp_pos, sp_unit, sp_val)
         parents.append(parent)
         codes.append(code)
         unit_offset += w
-    A, b = _output_maps(gen, U, parent, code)
-    R = len(lo)
+    W, c = gen.weights[-1], gen.biases[-1]
+    dA = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[-1], add_sparse_columns)
+    A = np.empty((len(lo), W.shape[0]))
+    A[0] = W @ h0s
+    np.cumsum(dA, axis=0, out=A[1:])
+    A[1:] += A[0]
+    b = np.empty_like(A)
+    b[0] = W @ h0o + c
+    np.cumsum(-lo[1:, None] * dA, axis=0, out=b[1:])
+    b[1:] += b[0]
+    A = A[:, :, None]
     # facets: z >= lo (normal +1) and z <= hi (normal -1), finite ends only
     has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
     nf = has_lo.astype(np.int64) + has_hi
@@ -385,6 +406,17 @@ def _partition_1d(gen):
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
     packed = _pack_codes(_compose_codes(gen, parents, codes))
     return Partition(gen, A, b, packed, facet_ptr, normal, offset, unit, geometry)
+
+
+def _boundary_slope_changes(n_boundaries, changes, Wt, add_sparse_columns):
+    """``W @ (slope change of h)`` at every boundary (``Wt = W.T``): GEMM for
+    the dense part, a few columns of W for the sparse part."""
+    dense_pos, dense, sp_pos, sp_unit, sp_val = changes
+    out = np.zeros((n_boundaries, Wt.shape[1]))
+    if len(dense_pos):
+        out[dense_pos] = dense @ Wt
+    add_sparse_columns(out, sp_pos, sp_unit, sp_val, Wt)
+    return out
 
 
 # ----------------------------------------------------------------------------- S = 2
@@ -502,14 +534,46 @@ def _limit_codes(gen, Z, direction, rel_tol=1e-9):
 
 
 def _facet_neighbors(part):
+    """Region across each facet.
+
+    Crossing a facet of unit k at a point where no other unit vanishes flips
+    bit k alone (every other pre-activation is continuous and nonzero there),
+    so the neighbour is looked up by that code and confirmed geometrically:
+    the facet point must satisfy the candidate's inequalities. Facets where
+    that fails (several units vanish there: degenerate input) are resolved by
+    the directional forward pass of :func:`_limit_codes`.
+    """
     from fastcpa.kernels.cpu.regions import lookup_codes
 
     F = len(part.facet_unit)
     if F == 0:
         return np.zeros(0, np.int64)
-    if part.latent_dim == 1:
-        owner = np.repeat(np.arange(part.n_regions), np.diff(part.facet_ptr))
+    owner = np.repeat(np.arange(part.n_regions), np.diff(part.facet_ptr))
+    if part.latent_dim == 1:  # intervals are sorted
         return np.where(part.facet_normal[:, 0] > 0, owner - 1, owner + 1).astype(np.int64)
+    unit = part.facet_unit
+    q = part.codes[owner].copy()
+    q[np.arange(F), unit // 64] ^= np.left_shift(np.uint64(1), (unit % 64).astype(np.uint64))
+    nb = lookup_codes(part._sorted_codes, part._order, q)
     pts = _facet_points(part)
-    q = _pack_codes(_limit_codes(part.generator, pts, -part.facet_normal))
-    return lookup_codes(part._sorted_codes, part._order, q)
+    ok = nb >= 0
+    ok[ok] = _inside_facets(part, nb[ok], pts[ok])
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        qb = _pack_codes(_limit_codes(part.generator, pts[bad], -part.facet_normal[bad]))
+        nb[bad] = lookup_codes(part._sorted_codes, part._order, qb)
+    return nb
+
+
+def _inside_facets(part, regions, pts, rel_tol=1e-9):
+    """Whether each point satisfies every facet inequality of its region (up to rounding)."""
+    starts, stops = part.facet_ptr[regions], part.facet_ptr[regions + 1]
+    lens = stops - starts
+    idx = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    which = np.repeat(np.arange(len(regions)), lens)
+    P = pts[which]
+    slack = np.einsum("fs,fs->f", part.facet_normal[idx], P) + part.facet_offset[idx]
+    tol = rel_tol * (np.linalg.norm(P, axis=1) + np.abs(part.facet_offset[idx]))
+    ok = np.ones(len(regions), bool)
+    np.logical_and.at(ok, which, slack >= -tol)
+    return ok

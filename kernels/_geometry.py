@@ -17,10 +17,12 @@ def line_value(nx, ny, off, px, py, pw):
     return nx * px + ny * py + off * pw
 
 
-def line_tolerance(nx, ny, off, px, py, pw, rel_tol):
+def line_tolerance(anorm, babs, px, py, pw, rel_tol):
     """Absolute tolerance for :func:`line_value` at a point: ``rel_tol`` times
-    the magnitude of its terms. Points within it are taken to lie on the line."""
-    return rel_tol * (math.hypot(nx, ny) * math.hypot(px, py) + abs(off) * pw)
+    the size of its terms, ``|a| |p| + |b| w`` (``anorm = |a|``, ``babs = |b|``
+    are passed in, computed once per line). Points within it are taken to lie
+    on the line."""
+    return rel_tol * (anorm * math.sqrt(px * px + py * py) + babs * pw)
 
 
 def side_of(value, tol):
@@ -54,3 +56,15 @@ def foot_of_line(nx, ny, off):
     """The point of the line ``nx*x + ny*y + off = 0`` nearest the origin."""
     s = -off / (nx * nx + ny * ny)
     return nx * s, ny * s
+
+
+def unit_on_interval(s, o, cl):
+    """Whether the unit u(z) = s z + o is on (u >= 0) on an interval starting
+    at ``cl`` that no crossing of u enters: decided from the crossing position
+    ``-o/s`` (left of the interval: on iff rising), never from a sign sampled
+    at some interior point. A unit with s = 0 is on iff o >= 0."""
+    if s == 0.0:
+        return o >= 0.0
+    if -o / s <= cl:
+        return s > 0.0
+    return s < 0.0

@@ -2,9 +2,10 @@
 
 Both kernels refine a partition by one hidden layer. Inside a parent region
 every pre-activation of the next layer is affine, ``u_k(z) = a_k . z + beta_k``,
-so the parent is split by (at most) ``width`` hyperplanes. Parents are
-independent, so each kernel runs in two parallel passes: count children, then
-fill them at their prefix-sum offsets.
+so the parent is split by (at most) ``width`` hyperplanes. For S = 1 the
+parents are swept left to right carrying the affine maps by their changes at
+boundaries; for S = 2 parents are independent and split in two parallel
+passes (count pieces, then fill them at their prefix-sum offsets).
 """
 
 import numpy as np
@@ -18,85 +19,173 @@ line_tolerance = jit(_g.line_tolerance)
 side_of = jit(_g.side_of)
 crossing_point = jit(_g.crossing_point)
 foot_of_line = jit(_g.foot_of_line)
+unit_on_interval = jit(_g.unit_on_interval)
 
 
 # ----------------------------------------------------------------------------- S = 1
 @jit
-def _interval_crossings(lo, hi, us, uo, switching, t_buf, k_buf):
-    """Crossings ``t = -beta/a`` strictly inside (lo, hi), sorted (ties: lower unit first)."""
-    n = 0
-    for k in range(us.shape[0]):
-        s = us[k]
-        if switching[k] and s != 0.0:
-            t = -uo[k] / s
-            if lo < t < hi:
-                t_buf[n] = t
-                k_buf[n] = k
-                n += 1
-    order = np.argsort(t_buf[:n], kind="mergesort")
-    return n, order
+def _grow(a, n, cap):
+    out = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
+    out[:n] = a[:n]
+    return out
 
 
-@jit(parallel=True)
-def split_intervals_count(lo, hi, us, uo, switching):
-    """Number of children of each parent interval (1 + distinct inner crossings)."""
-    m, w = us.shape
-    counts = np.empty(m, dtype=np.int64)
-    for j in prange(m):
-        t_buf = np.empty(w)
-        k_buf = np.empty(w, dtype=np.int64)
-        n, order = _interval_crossings(lo[j], hi[j], us[j], uo[j], switching, t_buf, k_buf)
-        c = 1
-        for i in range(n):
-            if i == 0 or t_buf[order[i]] != t_buf[order[i - 1]]:
-                c += 1
-        counts[j] = c
-    return counts
+@jit
+def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset):
+    """Refine a sorted partition of the line by one hidden layer, left to right.
 
+    The layer's pre-activations are affine on each parent interval; their
+    slopes ``s`` and offsets ``o`` are carried from parent to parent: across
+    the boundary ``t`` between parents j and j+1 the slope changes by
+    ``dS[j]`` and, u being continuous at t, the offset by ``-t * dS[j]``.
+    So no dense map is ever formed per interval.
 
-@jit(parallel=True)
-def split_intervals_fill(lo, hi, lo_unit, hi_unit, us, uo, switching, unit_offset, offsets,
-                         c_parent, c_lo, c_hi, c_lo_unit, c_hi_unit, c_code):
-    """Write the children of every parent interval at ``offsets[j]``.
+    Parameters
+    ----------
+    lo, hi : (m,) float64
+        Parent intervals, sorted, ``hi[j] == lo[j+1]``; ends may be infinite.
+    lo_unit, hi_unit : (m,) int64
+        Unit owning each parent end (-1 at infinity).
+    s0, o0 : (w,) float64
+        Slope and offset of the layer's pre-activations on parent 0.
+    dS : (m-1, w) float64
+        Slope change across each parent boundary.
+    switching : (w,) bool
+    eta : (w,) float64
+        Negative-side slope of each unit.
+    unit_offset : int
+        Global index of the layer's first unit.
 
-    A child's sign code is read off the crossing positions, not from a sign
-    evaluated at some interior point: unit k (crossing at t) is on in child
-    [cl, ch] iff (t <= cl and a_k > 0) or (t >= ch and a_k < 0); a unit with
-    a_k = 0 is on iff beta_k >= 0. Units that do not switch are reported off.
+    Returns
+    -------
+    parent, c_lo, c_hi, c_lo_unit, c_hi_unit, code
+        The children (n of them), in order, and their sign codes (n, w).
+    dense_pos, dense
+        For each parent boundary: its index among the children's boundaries
+        and the slope change of the layer's outputs ``h = act(u)`` across it.
+    sp_pos, sp_unit, sp_val
+        The same at the new inner boundaries, where only the crossing units'
+        outputs change slope: sparse (boundary index, unit, slope change).
+    h0s, h0o : (w,)
+        Slope and offset of the layer's outputs on child 0.
     """
-    m, w = us.shape
-    for j in prange(m):
-        t_buf = np.empty(w)
-        k_buf = np.empty(w, dtype=np.int64)
-        n, order = _interval_crossings(lo[j], hi[j], us[j], uo[j], switching, t_buf, k_buf)
-        pos = offsets[j]
-        c_parent[pos] = j
-        c_lo[pos] = lo[j]
-        c_lo_unit[pos] = lo_unit[j]
-        for i in range(n):
-            t = t_buf[order[i]]
-            if i > 0 and t == t_buf[order[i - 1]]:
-                continue
-            c_hi[pos] = t
-            c_hi_unit[pos] = unit_offset + k_buf[order[i]]
-            pos += 1
-            c_parent[pos] = j
-            c_lo[pos] = t
-            c_lo_unit[pos] = unit_offset + k_buf[order[i]]
-        c_hi[pos] = hi[j]
-        c_hi_unit[pos] = hi_unit[j]
-        for c in range(offsets[j], pos + 1):
-            cl = c_lo[c]
-            ch = c_hi[c]
+    m = lo.shape[0]
+    w = s0.shape[0]
+    s = s0.copy()
+    o = o0.copy()
+    cap = 2 * m + 16
+    parent = np.empty(cap, dtype=np.int64)
+    c_lo = np.empty(cap)
+    c_hi = np.empty(cap)
+    c_lo_unit = np.empty(cap, dtype=np.int64)
+    c_hi_unit = np.empty(cap, dtype=np.int64)
+    code = np.empty((cap, w), dtype=np.bool_)
+    sp_cap = cap
+    sp_pos = np.empty(sp_cap, dtype=np.int64)
+    sp_unit = np.empty(sp_cap, dtype=np.int64)
+    sp_val = np.empty(sp_cap)
+    n_sp = 0
+    dense_pos = np.empty(max(m - 1, 0), dtype=np.int64)
+    dense = np.empty((max(m - 1, 0), w))
+    t_buf = np.empty(w)
+    k_buf = np.empty(w, dtype=np.int64)
+    left_of = np.empty(w, dtype=np.int64)
+    n = 0
+    for j in range(m):
+        if j > 0:
+            t = lo[j]
             for k in range(w):
-                s = us[j, k]
-                if not switching[k]:
-                    c_code[c, k] = False
-                elif s == 0.0:
-                    c_code[c, k] = uo[j, k] >= 0.0
-                else:
-                    t = -uo[j, k] / s
-                    c_code[c, k] = (s > 0.0) if t <= cl else (s < 0.0)
+                d = dS[j - 1, k]
+                s[k] += d
+                o[k] -= t * d
+        nc = 0
+        for k in range(w):
+            if switching[k] and s[k] != 0.0:
+                t = -o[k] / s[k]
+                if lo[j] < t < hi[j]:
+                    t_buf[nc] = t
+                    k_buf[nc] = k
+                    nc += 1
+        order = np.argsort(t_buf[:nc], kind="mergesort")
+        if n + nc + 1 > cap:
+            new_cap = 2 * (n + nc + 1)
+            parent = _grow(parent, n, new_cap)
+            c_lo = _grow(c_lo, n, new_cap)
+            c_hi = _grow(c_hi, n, new_cap)
+            c_lo_unit = _grow(c_lo_unit, n, new_cap)
+            c_hi_unit = _grow(c_hi_unit, n, new_cap)
+            code = _grow(code, n, new_cap)
+            cap = new_cap
+        if n_sp + nc > sp_cap:
+            sp_cap = 2 * (n_sp + nc)
+            sp_pos = _grow(sp_pos, n_sp, sp_cap)
+            sp_unit = _grow(sp_unit, n_sp, sp_cap)
+            sp_val = _grow(sp_val, n_sp, sp_cap)
+        first = n
+        parent[n] = j
+        c_lo[n] = lo[j]
+        c_lo_unit[n] = lo_unit[j]
+        for i in range(nc):
+            t = t_buf[order[i]]
+            if i == 0 or t != t_buf[order[i - 1]]:
+                c_hi[n] = t
+                c_hi_unit[n] = unit_offset + k_buf[order[i]]
+                n += 1
+                parent[n] = j
+                c_lo[n] = t
+                c_lo_unit[n] = unit_offset + k_buf[order[i]]
+            left_of[i] = n - 1  # the child that ends at this crossing
+        c_hi[n] = hi[j]
+        c_hi_unit[n] = hi_unit[j]
+        n += 1
+        for k in range(w):
+            code[first, k] = switching[k] and unit_on_interval(s[k], o[k], c_lo[first])
+        # each later child differs only in the units crossing at its left end
+        for i in range(nc):
+            c = left_of[i] + 1
+            if i == 0 or left_of[i] != left_of[i - 1]:
+                code[c] = code[c - 1]
+            k = k_buf[order[i]]
+            code[c, k] = unit_on_interval(s[k], o[k], c_lo[c])
+        # inner boundaries: only the units that cross there change
+        for i in range(nc):
+            k = k_buf[order[i]]
+            c = left_of[i]
+            qa = 1.0 if code[c, k] else eta[k]
+            qb = 1.0 if code[c + 1, k] else eta[k]
+            sp_pos[n_sp] = c
+            sp_unit[n_sp] = k
+            sp_val[n_sp] = (qb - qa) * s[k]
+            n_sp += 1
+        # the boundary with the previous parent: every output may change slope
+        if j > 0:
+            dense_pos[j - 1] = first - 1
+            for k in range(w):
+                qb = 1.0 if code[first, k] else eta[k]
+                dense[j - 1, k] += qb * s[k]
+        if j < m - 1:
+            for k in range(w):
+                qa = 1.0 if code[n - 1, k] else eta[k]
+                dense[j, k] = -qa * s[k]
+    h0s = np.empty(w)
+    h0o = np.empty(w)
+    for k in range(w):
+        q = 1.0 if code[0, k] else eta[k]
+        h0s[k] = q * s0[k]
+        h0o[k] = q * o0[k]
+    return (parent[:n], c_lo[:n], c_hi[:n], c_lo_unit[:n], c_hi_unit[:n], code[:n],
+            dense_pos, dense, sp_pos[:n_sp], sp_unit[:n_sp], sp_val[:n_sp], h0s, h0o)
+
+
+@jit
+def add_sparse_columns(out, pos, unit, val, Wt):
+    """``out[pos[i]] += val[i] * Wt[unit[i]]`` for every entry (rows of W^T are W's columns)."""
+    for i in range(pos.shape[0]):
+        r = pos[i]
+        k = unit[i]
+        v = val[i]
+        for d in range(Wt.shape[1]):
+            out[r, d] += v * Wt[k, d]
 
 
 # ----------------------------------------------------------------------------- S = 2
@@ -105,9 +194,15 @@ def _classify(P, nv, a0, a1, b, rel_tol, f, s):
     """Side of each boundary point; returns (has_pos, has_neg)."""
     has_pos = False
     has_neg = False
+    anorm = np.sqrt(a0 * a0 + a1 * a1)
+    babs = abs(b)
     for i in range(nv):
-        f[i] = line_value(a0, a1, b, P[i, 0], P[i, 1], P[i, 2])
-        s[i] = side_of(f[i], line_tolerance(a0, a1, b, P[i, 0], P[i, 1], P[i, 2], rel_tol))
+        px = P[i, 0]
+        py = P[i, 1]
+        pw = P[i, 2]
+        v = line_value(a0, a1, b, px, py, pw)
+        f[i] = v
+        s[i] = side_of(v, line_tolerance(anorm, babs, px, py, pw, rel_tol))
         if s[i] > 0:
             has_pos = True
         elif s[i] < 0:
@@ -184,8 +279,32 @@ def _clip_side(P, L, U, nv, f, s, sigma, a0, a1, b, unit, oP, oL, oU):
 
 
 @jit
+def _resize_points(a, rows, cap, maxv):
+    """Copy the first ``rows`` of a (cap, maxv, ...) pool into a larger one."""
+    shape = (cap, maxv) + a.shape[2:]
+    out = np.empty(shape, dtype=a.dtype)
+    m = min(a.shape[1], maxv)
+    for r in range(rows):
+        out[r, :m] = a[r, :m]
+    return out
+
+
+@jit
+def _resize_rows(a, rows, cap):
+    out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
+    out[:rows] = a[:rows]
+    return out
+
+
+@jit
 def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
     """Split one parent polygon by every switching unit's line.
+
+    Depth-first cutting: a piece carries the candidate lines that crossed its
+    parent; each candidate that misses the piece is settled for the whole
+    subtree (its code bit is set once), and the first one that crosses splits
+    it. Far cheaper than testing every line against every piece when many
+    lines cross one parent (one hidden layer over the whole plane).
 
     Returns ``(n, NV, P, L, U, C)``: the number of pieces, their point counts,
     pooled boundary points / edge lines / edge owners, and the layer's sign
@@ -193,77 +312,133 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
     """
     w = lines.shape[1]
     nv0 = P0.shape[0]
-    cap = 8
     maxv = nv0 + 8
+    # the piece being worked on
+    cP = np.empty((1, maxv, 3))
+    cL = np.empty((1, maxv, 3))
+    cU = np.empty((1, maxv), dtype=np.int64)
+    cP[0, :nv0] = P0
+    cL[0, :nv0] = L0
+    cU[0, :nv0] = U0
+    cnv = nv0
+    cand = np.empty(w, dtype=np.int64)
+    nc = 0
+    for k in range(w):
+        if switching[k]:
+            cand[nc] = k
+            nc += 1
+    code = np.zeros(w, dtype=np.bool_)
+    # pieces waiting (the negative side of each split), with their candidates
+    dcap = 16
+    sP = np.empty((dcap, maxv, 3))
+    sL = np.empty((dcap, maxv, 3))
+    sU = np.empty((dcap, maxv), dtype=np.int64)
+    sNV = np.empty(dcap, dtype=np.int64)
+    sCand = np.empty((dcap, w), dtype=np.int64)
+    sNC = np.empty(dcap, dtype=np.int64)
+    sCode = np.zeros((dcap, w), dtype=np.bool_)
+    depth = 0
+    # finished pieces
+    cap = 8
     P = np.empty((cap, maxv, 3))
     L = np.empty((cap, maxv, 3))
     U = np.empty((cap, maxv), dtype=np.int64)
     NV = np.empty(cap, dtype=np.int64)
     C = np.zeros((cap, w), dtype=np.bool_)
-    P[0, :nv0] = P0
-    L[0, :nv0] = L0
-    U[0, :nv0] = U0
-    NV[0] = nv0
-    n = 1
+    n = 0
     f = np.empty(maxv)
     s = np.empty(maxv, dtype=np.int8)
     tP = np.empty((2, maxv, 3))
     tL = np.empty((2, maxv, 3))
     tU = np.empty((2, maxv), dtype=np.int64)
-    for k in range(w):
-        if not switching[k]:
+    while True:
+        split_at = -1
+        for i in range(nc):
+            k = cand[i]
+            has_pos, has_neg = _classify(cP[0], cnv, lines[0, k], lines[1, k], lines[2, k], rel_tol, f, s)
+            if has_pos and has_neg:
+                split_at = i
+                break
+            # whole piece on one side; a unit that is zero on it counts as on
+            code[k] = has_pos or not has_neg
+        if split_at < 0:  # a finished piece
+            if n == cap:
+                cap *= 2
+                P = _resize_points(P, n, cap, maxv)
+                L = _resize_points(L, n, cap, maxv)
+                U = _resize_points(U, n, cap, maxv)
+                NV = _resize_rows(NV, n, cap)
+                C = _resize_rows(C, n, cap)
+            P[n, :cnv] = cP[0, :cnv]
+            L[n, :cnv] = cL[0, :cnv]
+            U[n, :cnv] = cU[0, :cnv]
+            NV[n] = cnv
+            C[n] = code
+            n += 1
+            if depth == 0:
+                break
+            depth -= 1
+            cnv = sNV[depth]
+            cP[0, :cnv] = sP[depth, :cnv]
+            cL[0, :cnv] = sL[depth, :cnv]
+            cU[0, :cnv] = sU[depth, :cnv]
+            nc = sNC[depth]
+            cand[:nc] = sCand[depth, :nc]
+            code[:] = sCode[depth]
             continue
+        if cnv + 3 > maxv:  # a child has at most cnv + 3 points
+            maxv *= 2
+            cP = _resize_points(cP, 1, 1, maxv)
+            cL = _resize_points(cL, 1, 1, maxv)
+            cU = _resize_points(cU, 1, 1, maxv)
+            sP = _resize_points(sP, depth, dcap, maxv)
+            sL = _resize_points(sL, depth, dcap, maxv)
+            sU = _resize_points(sU, depth, dcap, maxv)
+            P = _resize_points(P, n, cap, maxv)
+            L = _resize_points(L, n, cap, maxv)
+            U = _resize_points(U, n, cap, maxv)
+            f2 = np.empty(maxv)
+            f2[:cnv] = f[:cnv]
+            s2 = np.empty(maxv, dtype=np.int8)
+            s2[:cnv] = s[:cnv]
+            f, s = f2, s2
+            tP = np.empty((2, maxv, 3))
+            tL = np.empty((2, maxv, 3))
+            tU = np.empty((2, maxv), dtype=np.int64)
+        if depth == dcap:
+            dcap *= 2
+            sP = _resize_points(sP, depth, dcap, maxv)
+            sL = _resize_points(sL, depth, dcap, maxv)
+            sU = _resize_points(sU, depth, dcap, maxv)
+            sNV = _resize_rows(sNV, depth, dcap)
+            sCand = _resize_rows(sCand, depth, dcap)
+            sNC = _resize_rows(sNC, depth, dcap)
+            sCode = _resize_rows(sCode, depth, dcap)
+        k = cand[split_at]
         a0 = lines[0, k]
         a1 = lines[1, k]
         b = lines[2, k]
         unit = unit_offset + k
-        n_now = n
-        for i in range(n_now):
-            nv = NV[i]
-            has_pos, has_neg = _classify(P[i], nv, a0, a1, b, rel_tol, f, s)
-            if not (has_pos and has_neg):
-                # whole piece on one side; a unit that is zero on it counts as on
-                C[i, k] = has_pos or not has_neg
-                continue
-            if n == cap or nv + 3 > maxv:
-                new_cap = cap * 2 if n == cap else cap
-                new_maxv = maxv * 2 if nv + 3 > maxv else maxv
-                P2 = np.empty((new_cap, new_maxv, 3))
-                L2 = np.empty((new_cap, new_maxv, 3))
-                U2 = np.empty((new_cap, new_maxv), dtype=np.int64)
-                NV2 = np.empty(new_cap, dtype=np.int64)
-                C2 = np.zeros((new_cap, w), dtype=np.bool_)
-                for q in range(n):
-                    P2[q, : NV[q]] = P[q, : NV[q]]
-                    L2[q, : NV[q]] = L[q, : NV[q]]
-                    U2[q, : NV[q]] = U[q, : NV[q]]
-                    C2[q] = C[q]
-                NV2[:n] = NV[:n]
-                P, L, U, NV, C = P2, L2, U2, NV2, C2
-                if new_maxv != maxv:
-                    f2 = np.empty(new_maxv)
-                    f2[:nv] = f[:nv]
-                    s2 = np.empty(new_maxv, dtype=np.int8)
-                    s2[:nv] = s[:nv]
-                    f, s = f2, s2
-                    tP = np.empty((2, new_maxv, 3))
-                    tL = np.empty((2, new_maxv, 3))
-                    tU = np.empty((2, new_maxv), dtype=np.int64)
-                cap, maxv = new_cap, new_maxv
-            mp = _clip_side(P[i], L[i], U[i], nv, f, s, 1, a0, a1, b, unit, tP[0], tL[0], tU[0])
-            mn = _clip_side(P[i], L[i], U[i], nv, f, s, -1, a0, a1, b, unit, tP[1], tL[1], tU[1])
-            P[i, :mp] = tP[0, :mp]
-            L[i, :mp] = tL[0, :mp]
-            U[i, :mp] = tU[0, :mp]
-            NV[i] = mp
-            P[n, :mn] = tP[1, :mn]
-            L[n, :mn] = tL[1, :mn]
-            U[n, :mn] = tU[1, :mn]
-            NV[n] = mn
-            C[n] = C[i]
-            C[i, k] = True
-            C[n, k] = False
-            n += 1
+        mp = _clip_side(cP[0], cL[0], cU[0], cnv, f, s, 1, a0, a1, b, unit, tP[0], tL[0], tU[0])
+        mn = _clip_side(cP[0], cL[0], cU[0], cnv, f, s, -1, a0, a1, b, unit, tP[1], tL[1], tU[1])
+        rc = nc - split_at - 1
+        sP[depth, :mn] = tP[1, :mn]
+        sL[depth, :mn] = tL[1, :mn]
+        sU[depth, :mn] = tU[1, :mn]
+        sNV[depth] = mn
+        sCand[depth, :rc] = cand[split_at + 1 : nc]
+        sNC[depth] = rc
+        sCode[depth] = code
+        sCode[depth, k] = False
+        depth += 1
+        cP[0, :mp] = tP[0, :mp]
+        cL[0, :mp] = tL[0, :mp]
+        cU[0, :mp] = tU[0, :mp]
+        cnv = mp
+        for i in range(rc):
+            cand[i] = cand[split_at + 1 + i]
+        nc = rc
+        code[k] = True
     return n, NV, P, L, U, C
 
 
