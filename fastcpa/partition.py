@@ -25,6 +25,7 @@ Tolerances (documented behaviour on degenerate input)
   switch and are reported off.
 """
 
+import numba
 import numpy as np
 
 from ._validation import as_points
@@ -36,6 +37,16 @@ __all__ = ["partition", "Partition"]
 REL_TOL_2D = 1e-12
 # Rows of a (regions x units) map block processed at once; bounds temporary memory.
 _CHUNK_ROWS = 4096
+# Fewest parent regions for which the two-pass parallel polygon split is used.
+_PARALLEL_MIN_PARENTS = 64
+# "auto" | "serial" | "parallel": how S = 2 parents are split (tests force each path).
+_SPLIT_MODE = "auto"
+
+
+def _use_parallel_split(n_parents):
+    if _SPLIT_MODE != "auto":
+        return _SPLIT_MODE == "parallel"
+    return n_parents >= _PARALLEL_MIN_PARENTS and numba.get_num_threads() > 2
 
 
 class Partition:
@@ -281,15 +292,16 @@ def _next_maps(U_prev, parent, code, eta, W, c):
     offset); the children's post-activation maps are ``q * U_prev[parent]``
     with ``q = 1`` (on) or ``eta`` (off). Returns ``(n, S+1, out)``.
     """
-    n, S1 = len(parent), U_prev.shape[1]
+    from fastcpa.kernels.cpu.regions import gather_scaled_maps
+
+    n, S1, w = len(parent), U_prev.shape[1], U_prev.shape[2]
     out = np.empty((n, S1, W.shape[0]))
-    Wt = W.T
+    H = np.empty((min(n, _CHUNK_ROWS), S1, w))
     for a in range(0, n, _CHUNK_ROWS):
         e = min(a + _CHUNK_ROWS, n)
-        q = np.where(code[a:e], 1.0, eta)[:, None, :]
-        H = U_prev[parent[a:e]] * q
+        gather_scaled_maps(U_prev, parent[a:e], code[a:e], eta, H[: e - a])
         # one 2-D GEMM (a stack of (S+1) x w products would be memory-bound)
-        np.matmul(H.reshape(-1, H.shape[2]), Wt, out=out[a:e].reshape(-1, W.shape[0]))
+        np.matmul(H[: e - a].reshape(-1, w), W.T, out=out[a:e].reshape(-1, W.shape[0]))
     out[:, -1, :] += c
     return out
 
@@ -428,7 +440,7 @@ def _plane():
 
 
 def _partition_2d(gen, rel_tol=REL_TOL_2D):
-    from fastcpa.kernels.cpu.regions import split_polygons_count, split_polygons_fill
+    from fastcpa.kernels.cpu.regions import split_polygons_count, split_polygons_fill, split_polygons_serial
 
     ptr, P, L, EU = _plane()
     parents, codes = [], []
@@ -443,17 +455,22 @@ def _partition_2d(gen, rel_tol=REL_TOL_2D):
             U = _next_maps(U, parent, code, gen.slopes[l - 1], W, c)
         w = W.shape[0]
         switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
-        n_pieces, n_points = split_polygons_count(ptr, P, L, EU, U, switching, unit_offset, rel_tol)
-        piece_off = np.concatenate(([0], np.cumsum(n_pieces)[:-1])).astype(np.int64)
-        point_off = np.concatenate(([0], np.cumsum(n_points)[:-1])).astype(np.int64)
-        n, nv = int(n_pieces.sum()), int(n_points.sum())
-        parent = np.empty(n, np.int64)
-        c_ptr = np.empty(n + 1, np.int64)
-        c_P, c_L, c_U = np.empty((nv, 3)), np.empty((nv, 3)), np.empty(nv, np.int64)
-        code = np.empty((n, w), dtype=bool)
-        split_polygons_fill(ptr, P, L, EU, U, switching, unit_offset, rel_tol, piece_off, point_off,
-                            parent, c_ptr, c_P, c_L, c_U, code)
-        c_ptr[n] = nv
+        if _use_parallel_split(len(ptr) - 1):
+            # two parallel passes (count, fill) split every parent twice: worth it on > 2 threads
+            n_pieces, n_points = split_polygons_count(ptr, P, L, EU, U, switching, unit_offset, rel_tol)
+            piece_off = np.concatenate(([0], np.cumsum(n_pieces)[:-1])).astype(np.int64)
+            point_off = np.concatenate(([0], np.cumsum(n_points)[:-1])).astype(np.int64)
+            n, nv = int(n_pieces.sum()), int(n_points.sum())
+            parent = np.empty(n, np.int64)
+            c_ptr = np.empty(n + 1, np.int64)
+            c_P, c_L, c_U = np.empty((nv, 3)), np.empty((nv, 3)), np.empty(nv, np.int64)
+            code = np.empty((n, w), dtype=bool)
+            split_polygons_fill(ptr, P, L, EU, U, switching, unit_offset, rel_tol, piece_off, point_off,
+                                parent, c_ptr, c_P, c_L, c_U, code)
+            c_ptr[n] = nv
+        else:
+            parent, c_ptr, c_P, c_L, c_U, code = split_polygons_serial(ptr, P, L, EU, U, switching, unit_offset,
+                                                                        rel_tol)
         ptr, P, L, EU = c_ptr, c_P, c_L, c_U
         parents.append(parent)
         codes.append(code)

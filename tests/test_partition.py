@@ -137,6 +137,21 @@ def test_agrees_with_lp_reference_enumeration(rng):
         assert unique_codes(out["codes"]) == unique_codes(part.code_bits())
 
 
+def test_serial_and_parallel_polygon_splits_agree(rng, monkeypatch):
+    import sys
+
+    mod = sys.modules["fastcpa.partition"]  # the module (fastcpa.partition is the function)
+
+    gen = make(rng, [2, 12, 10, 3], "leaky_relu", 0.1)
+    out = {}
+    for mode in ("serial", "parallel"):
+        monkeypatch.setattr(mod, "_SPLIT_MODE", mode)
+        out[mode] = fastcpa.partition(gen)
+    a, b = out["serial"], out["parallel"]
+    for name in ("A", "b", "codes", "facet_ptr", "facet_normal", "facet_unit", "boundary_ptr", "boundary"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
 # ----------------------------------------------------------------------------- degenerate input
 def test_unit_with_zero_incoming_weights_never_splits(rng):
     Ws, cs = init_layers(rng, [2, 6, 5, 2], scale="normal")

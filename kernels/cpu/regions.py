@@ -101,7 +101,7 @@ def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_o
         nc = 0
         for k in range(w):
             if switching[k] and s[k] != 0.0:
-                t = -o[k] / s[k]
+                t = -o[k] / s[k] + 0.0  # + 0.0 turns a breakpoint at -0.0 into 0.0
                 if lo[j] < t < hi[j]:
                     t_buf[nc] = t
                     k_buf[nc] = k
@@ -478,6 +478,66 @@ def split_polygons_fill(ptr, P, L, U, lines, switching, unit_offset, rel_tol, pi
             c_U[q : q + nv] = UU[i, :nv]
             c_code[r + i] = CC[i]
             q += nv
+
+
+@jit
+def split_polygons_serial(ptr, P, L, U, lines, switching, unit_offset, rel_tol):
+    """One serial pass over the parents, growing the outputs as it goes.
+
+    Cheaper than :func:`split_polygons_count` + :func:`split_polygons_fill`
+    (which split every parent twice) when there are few threads or parents.
+    Returns ``(c_parent, c_ptr, c_P, c_L, c_U, c_code)``.
+    """
+    m = ptr.shape[0] - 1
+    w = lines.shape[2]
+    cap = 2 * m + 16
+    vcap = 2 * P.shape[0] + 64
+    c_parent = np.empty(cap, dtype=np.int64)
+    c_ptr = np.empty(cap + 1, dtype=np.int64)
+    c_code = np.empty((cap, w), dtype=np.bool_)
+    c_P = np.empty((vcap, 3))
+    c_L = np.empty((vcap, 3))
+    c_U = np.empty(vcap, dtype=np.int64)
+    r = 0
+    q = 0
+    for j in range(m):
+        a, e = ptr[j], ptr[j + 1]
+        n, NV, PP, LL, UU, CC = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol)
+        nv_total = NV[:n].sum()
+        if r + n + 1 > cap:
+            cap = 2 * (r + n + 1)
+            c_parent = _grow(c_parent, r, cap)
+            c_ptr = _grow(c_ptr, r, cap + 1)
+            c_code = _grow(c_code, r, cap)
+        if q + nv_total > vcap:
+            vcap = 2 * (q + nv_total)
+            c_P = _grow(c_P, q, vcap)
+            c_L = _grow(c_L, q, vcap)
+            c_U = _grow(c_U, q, vcap)
+        for i in range(n):
+            c_parent[r] = j
+            c_ptr[r] = q
+            nv = NV[i]
+            c_P[q : q + nv] = PP[i, :nv]
+            c_L[q : q + nv] = LL[i, :nv]
+            c_U[q : q + nv] = UU[i, :nv]
+            c_code[r] = CC[i]
+            q += nv
+            r += 1
+    c_ptr[r] = q
+    return c_parent[:r], c_ptr[: r + 1], c_P[:q], c_L[:q], c_U[:q], c_code[:r]
+
+
+@jit(parallel=True)
+def gather_scaled_maps(U_prev, parent, code, eta, out):
+    """``out[i] = U_prev[parent[i]] * q[i]`` with ``q = 1`` (on) or ``eta`` (off), in one pass."""
+    n, S1, w = out.shape
+    for i in prange(n):
+        p = parent[i]
+        for k in range(w):
+            q = 1.0 if code[i, k] else eta[k]
+            for a in range(S1):
+                out[i, a, k] = U_prev[p, a, k] * q
 
 
 # ----------------------------------------------------------------------------- lookup
