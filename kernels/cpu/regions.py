@@ -290,10 +290,9 @@ def _resize_points(a, rows, cap, maxv):
 
 
 @jit
-def _resize_rows(a, rows, cap):
-    out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
-    out[:rows] = a[:rows]
-    return out
+def _resize_polygons(P, L, U, rows, cap, maxv):
+    """Grow a pool of polygons (points, edge lines, edge owners) together."""
+    return _resize_points(P, rows, cap, maxv), _resize_points(L, rows, cap, maxv), _resize_points(U, rows, cap, maxv)
 
 
 @jit
@@ -364,11 +363,9 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
         if split_at < 0:  # a finished piece
             if n == cap:
                 cap *= 2
-                P = _resize_points(P, n, cap, maxv)
-                L = _resize_points(L, n, cap, maxv)
-                U = _resize_points(U, n, cap, maxv)
-                NV = _resize_rows(NV, n, cap)
-                C = _resize_rows(C, n, cap)
+                P, L, U = _resize_polygons(P, L, U, n, cap, maxv)
+                NV = _grow(NV, n, cap)
+                C = _grow(C, n, cap)
             P[n, :cnv] = cP[0, :cnv]
             L[n, :cnv] = cL[0, :cnv]
             U[n, :cnv] = cU[0, :cnv]
@@ -388,15 +385,9 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
             continue
         if cnv + 3 > maxv:  # a child has at most cnv + 3 points
             maxv *= 2
-            cP = _resize_points(cP, 1, 1, maxv)
-            cL = _resize_points(cL, 1, 1, maxv)
-            cU = _resize_points(cU, 1, 1, maxv)
-            sP = _resize_points(sP, depth, dcap, maxv)
-            sL = _resize_points(sL, depth, dcap, maxv)
-            sU = _resize_points(sU, depth, dcap, maxv)
-            P = _resize_points(P, n, cap, maxv)
-            L = _resize_points(L, n, cap, maxv)
-            U = _resize_points(U, n, cap, maxv)
+            cP, cL, cU = _resize_polygons(cP, cL, cU, 1, 1, maxv)
+            sP, sL, sU = _resize_polygons(sP, sL, sU, depth, dcap, maxv)
+            P, L, U = _resize_polygons(P, L, U, n, cap, maxv)
             f2 = np.empty(maxv)
             f2[:cnv] = f[:cnv]
             s2 = np.empty(maxv, dtype=np.int8)
@@ -407,13 +398,11 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
             tU = np.empty((2, maxv), dtype=np.int64)
         if depth == dcap:
             dcap *= 2
-            sP = _resize_points(sP, depth, dcap, maxv)
-            sL = _resize_points(sL, depth, dcap, maxv)
-            sU = _resize_points(sU, depth, dcap, maxv)
-            sNV = _resize_rows(sNV, depth, dcap)
-            sCand = _resize_rows(sCand, depth, dcap)
-            sNC = _resize_rows(sNC, depth, dcap)
-            sCode = _resize_rows(sCode, depth, dcap)
+            sP, sL, sU = _resize_polygons(sP, sL, sU, depth, dcap, maxv)
+            sNV = _grow(sNV, depth, dcap)
+            sCand = _grow(sCand, depth, dcap)
+            sNC = _grow(sNC, depth, dcap)
+            sCode = _grow(sCode, depth, dcap)
         k = cand[split_at]
         a0 = lines[0, k]
         a1 = lines[1, k]
