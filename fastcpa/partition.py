@@ -35,8 +35,9 @@ __all__ = ["partition", "Partition"]
 
 #: Relative resolution of the S = 2 polygon clipper (see module docstring).
 REL_TOL_2D = 1e-12
-# Rows of a (regions x units) map block processed at once; bounds temporary memory.
-_CHUNK_ROWS = 4096
+# Regions' maps are updated from their predecessor's by rank-one terms and
+# recomputed in full every this many rows (bounds the rounding of the updates).
+_MAP_RESTART = 32
 # Fewest parent regions for which the two-pass parallel polygon split is used.
 _PARALLEL_MIN_PARENTS = 64
 # "auto" | "serial" | "parallel": how S = 2 parents are split (tests force each path).
@@ -285,24 +286,32 @@ def partition(generator, *, backend="auto"):
 
 
 # ----------------------------------------------------------------------------- layer maps
-def _next_maps(U_prev, parent, code, eta, W, c):
+def _map_blocks(parent, restart=_MAP_RESTART):
+    """Row blocks for :func:`~fastcpa.kernels.cpu.layer_maps.scaled_maps_product`:
+    runs of one parent, cut every ``restart`` rows."""
+    n = len(parent)
+    cuts = np.flatnonzero(parent[1:] != parent[:-1]) + 1
+    cuts = np.union1d(cuts, np.arange(0, n, restart))
+    return np.append(cuts, n).astype(np.int64)
+
+
+def _next_maps(U_prev, parent, code, eta, W, c, out=None):
     """Pre-activation maps of the next layer for every child region.
 
     ``U_prev[parent]`` are the parents' maps of this layer (rows: d/dz_i ...,
     offset); the children's post-activation maps are ``q * U_prev[parent]``
-    with ``q = 1`` (on) or ``eta`` (off). Returns ``(n, S+1, out)``.
+    with ``q = 1`` (on) or ``eta`` (off). Returns ``(n, S+1, out)``, or writes
+    the slope rows and offset row into ``out = (A, b)`` when given.
     """
-    from fastcpa.kernels.cpu.regions import gather_scaled_maps
+    from fastcpa.kernels.cpu.layer_maps import scaled_maps_product
 
-    n, S1, w = len(parent), U_prev.shape[1], U_prev.shape[2]
-    out = np.empty((n, S1, W.shape[0]))
-    H = np.empty((min(n, _CHUNK_ROWS), S1, w))
-    for a in range(0, n, _CHUNK_ROWS):
-        e = min(a + _CHUNK_ROWS, n)
-        gather_scaled_maps(U_prev, parent[a:e], code[a:e], eta, H[: e - a])
-        # one 2-D GEMM (a stack of (S+1) x w products would be memory-bound)
-        np.matmul(H[: e - a].reshape(-1, w), W.T, out=out[a:e].reshape(-1, W.shape[0]))
-    out[:, -1, :] += c
+    n, S1 = len(parent), U_prev.shape[1]
+    Wt = np.ascontiguousarray(W.T)
+    if out is None:
+        M = np.empty((n, S1, W.shape[0]))
+        scaled_maps_product(U_prev, parent, code, eta, Wt, c, _map_blocks(parent), M[:, : S1 - 1], M[:, S1 - 1])
+        return M
+    scaled_maps_product(U_prev, parent, code, eta, Wt, c, _map_blocks(parent), *out)
     return out
 
 
@@ -319,9 +328,9 @@ def _output_maps(gen, U, parent, code):
     if gen.n_layers == 1:
         W, c = gen.weights[0], gen.biases[0]
         return W[None].copy(), c[None].copy()
-    M = _next_maps(U, parent, code, gen.slopes[-1], gen.weights[-1], gen.biases[-1])
-    A = np.ascontiguousarray(np.swapaxes(M[:, :S, :], 1, 2))
-    b = np.ascontiguousarray(M[:, S, :])
+    A = np.empty((len(parent), gen.output_dim, S))
+    b = np.empty((len(parent), gen.output_dim))
+    _next_maps(U, parent, code, gen.slopes[-1], gen.weights[-1], gen.biases[-1], out=(np.swapaxes(A, 1, 2), b))
     return A, b
 
 

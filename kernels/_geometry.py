@@ -34,6 +34,26 @@ def side_of(value, tol):
     return 0
 
 
+def side_of_disc(nx, ny, off, anorm, babs, cx, cy, rad, rel_tol):
+    """+1 or -1 when a whole disc (centre ``(cx, cy)``, radius ``rad``) is
+    certainly on that side of a line, with every point of it beyond the
+    :func:`line_tolerance` of that point; 0 when undecided (the caller then
+    classifies the polygon's points one by one).
+
+    The margin is twice the largest point tolerance in the disc plus a few
+    ulps of the terms, so this never disagrees with the point-wise test even
+    with ``rel_tol = 0``: it only skips work for lines that clearly miss.
+    """
+    v = nx * cx + ny * cy + off
+    terms = anorm * (math.sqrt(cx * cx + cy * cy) + rad) + babs
+    margin = anorm * rad + (2.0 * rel_tol + 1e-14) * terms
+    if v > margin:
+        return 1
+    if v < -margin:
+        return -1
+    return 0
+
+
 def crossing_point(px, py, pw, fp, qx, qy, qw, fq):
     """Where the segment from p (value fp) to q (value fq, opposite sign) meets
     the line, as a normalised homogeneous point ``(x, y, w)``.

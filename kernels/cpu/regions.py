@@ -4,8 +4,10 @@ Both kernels refine a partition by one hidden layer. Inside a parent region
 every pre-activation of the next layer is affine, ``u_k(z) = a_k . z + beta_k``,
 so the parent is split by (at most) ``width`` hyperplanes. For S = 1 the
 parents are swept left to right carrying the affine maps by their changes at
-boundaries; for S = 2 parents are independent and split in two parallel
-passes (count pieces, then fill them at their prefix-sum offsets).
+boundaries; for S = 2 parents are independent and split by depth-first
+cutting, either in one serial pass or (on more than two threads) in two
+parallel passes (count pieces, then fill them at their prefix-sum offsets).
+The regions' affine maps are computed in ``layer_maps``.
 """
 
 import numpy as np
@@ -18,6 +20,7 @@ line_value = jit(_g.line_value)
 line_tolerance = jit(_g.line_tolerance)
 side_of = jit(_g.side_of)
 crossing_point = jit(_g.crossing_point)
+side_of_disc = jit(_g.side_of_disc)
 foot_of_line = jit(_g.foot_of_line)
 unit_on_interval = jit(_g.unit_on_interval)
 
@@ -211,6 +214,28 @@ def _classify(P, nv, a0, a1, b, rel_tol, f, s):
 
 
 @jit
+def _enclosing_disc(P, nv):
+    """``(bounded, cx, cy, rad)``: a disc holding a polygon with only finite
+    points (centroid of the points, largest distance); ``bounded`` is False
+    when a point is ideal (the polygon is unbounded)."""
+    cx = 0.0
+    cy = 0.0
+    for i in range(nv):
+        if P[i, 2] == 0.0:
+            return False, 0.0, 0.0, 0.0
+        cx += P[i, 0]
+        cy += P[i, 1]
+    cx /= nv
+    cy /= nv
+    r2 = 0.0
+    for i in range(nv):
+        dx = P[i, 0] - cx
+        dy = P[i, 1] - cy
+        r2 = max(r2, dx * dx + dy * dy)
+    return True, cx, cy, np.sqrt(r2)
+
+
+@jit
 def _clip_side(P, L, U, nv, f, s, sigma, a0, a1, b, unit, oP, oL, oU):
     """Sutherland-Hodgman clip of one polygon to ``sigma * (a.z + b) >= 0``.
 
@@ -296,19 +321,25 @@ def _resize_polygons(P, L, U, rows, cap, maxv):
 
 
 @jit
-def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
+def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol, out, n, q):
     """Split one parent polygon by every switching unit's line.
 
-    Depth-first cutting: a piece carries the candidate lines that crossed its
-    parent; each candidate that misses the piece is settled for the whole
-    subtree (its code bit is set once), and the first one that crosses splits
-    it. Far cheaper than testing every line against every piece when many
-    lines cross one parent (one hidden layer over the whole plane).
+    Depth-first cutting with the candidate lines in unit order: at a piece,
+    candidates are classified in order; each one that misses the piece is
+    settled for the whole subtree (its code bit is set once) and the first one
+    that crosses splits it. Both children then inherit the candidates after
+    the splitting line, so a piece's candidates are always a suffix
+    ``cand[start:]`` of the parent's list and nothing but the pieces' points is
+    copied when descending. Most candidates miss a small piece; a disc around
+    it settles those in O(1). Far cheaper than testing every line against every
+    piece when many lines cross one parent (one hidden layer over the plane).
 
-    Returns ``(n, NV, P, L, U, C)``: the number of pieces, their point counts,
-    pooled boundary points / edge lines / edge owners, and the layer's sign
-    code of each piece.
+    The pieces are appended to ``out = (ptr, P, L, U, C)`` (boundary start per
+    piece, pooled boundary points / edge lines / edge owners, the layer's sign
+    code of each piece), which holds ``n`` pieces and ``q`` points so far and
+    grows by doubling. Returns ``(out, n, q)``.
     """
+    o_ptr, o_P, o_L, o_U, o_C = out
     w = lines.shape[1]
     nv0 = P0.shape[0]
     maxv = nv0 + 8
@@ -326,34 +357,38 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
         if switching[k]:
             cand[nc] = k
             nc += 1
+    start = 0
+    # Bits of cand[:start] are fixed for the current subtree; deeper pieces only
+    # write bits of their own (later) candidates, so no copy is ever needed.
     code = np.zeros(w, dtype=np.bool_)
-    # pieces waiting (the negative side of each split), with their candidates
+    # pieces waiting (the negative side of each split) and their first candidate
     dcap = 16
     sP = np.empty((dcap, maxv, 3))
     sL = np.empty((dcap, maxv, 3))
     sU = np.empty((dcap, maxv), dtype=np.int64)
     sNV = np.empty(dcap, dtype=np.int64)
-    sCand = np.empty((dcap, w), dtype=np.int64)
-    sNC = np.empty(dcap, dtype=np.int64)
-    sCode = np.zeros((dcap, w), dtype=np.bool_)
+    sStart = np.empty(dcap, dtype=np.int64)
     depth = 0
-    # finished pieces
-    cap = 8
-    P = np.empty((cap, maxv, 3))
-    L = np.empty((cap, maxv, 3))
-    U = np.empty((cap, maxv), dtype=np.int64)
-    NV = np.empty(cap, dtype=np.int64)
-    C = np.zeros((cap, w), dtype=np.bool_)
-    n = 0
     f = np.empty(maxv)
     s = np.empty(maxv, dtype=np.int8)
-    tP = np.empty((2, maxv, 3))
-    tL = np.empty((2, maxv, 3))
-    tU = np.empty((2, maxv), dtype=np.int64)
+    tP = np.empty((1, maxv, 3))
+    tL = np.empty((1, maxv, 3))
+    tU = np.empty((1, maxv), dtype=np.int64)
+    anorm = np.empty(w)
+    babs = np.empty(w)
+    for k in range(w):
+        anorm[k] = np.sqrt(lines[0, k] ** 2 + lines[1, k] ** 2)
+        babs[k] = abs(lines[2, k])
     while True:
         split_at = -1
-        for i in range(nc):
+        bounded, cx, cy, rad = _enclosing_disc(cP[0], cnv)
+        for i in range(start, nc):
             k = cand[i]
+            if bounded:
+                side = side_of_disc(lines[0, k], lines[1, k], lines[2, k], anorm[k], babs[k], cx, cy, rad, rel_tol)
+                if side != 0:
+                    code[k] = side > 0
+                    continue
             has_pos, has_neg = _classify(cP[0], cnv, lines[0, k], lines[1, k], lines[2, k], rel_tol, f, s)
             if has_pos and has_neg:
                 split_at = i
@@ -361,17 +396,22 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
             # whole piece on one side; a unit that is zero on it counts as on
             code[k] = has_pos or not has_neg
         if split_at < 0:  # a finished piece
-            if n == cap:
-                cap *= 2
-                P, L, U = _resize_polygons(P, L, U, n, cap, maxv)
-                NV = _grow(NV, n, cap)
-                C = _grow(C, n, cap)
-            P[n, :cnv] = cP[0, :cnv]
-            L[n, :cnv] = cL[0, :cnv]
-            U[n, :cnv] = cU[0, :cnv]
-            NV[n] = cnv
-            C[n] = code
+            if n >= o_C.shape[0]:  # (o_ptr always has one entry more)
+                cap = 2 * (n + 1)
+                o_ptr = _grow(o_ptr, n, cap + 1)
+                o_C = _grow(o_C, n, cap)
+            if q + cnv > o_P.shape[0]:
+                vcap = 2 * (q + cnv)
+                o_P = _grow(o_P, q, vcap)
+                o_L = _grow(o_L, q, vcap)
+                o_U = _grow(o_U, q, vcap)
+            o_ptr[n] = q
+            o_P[q : q + cnv] = cP[0, :cnv]
+            o_L[q : q + cnv] = cL[0, :cnv]
+            o_U[q : q + cnv] = cU[0, :cnv]
+            o_C[n] = code
             n += 1
+            q += cnv
             if depth == 0:
                 break
             depth -= 1
@@ -379,56 +419,50 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol):
             cP[0, :cnv] = sP[depth, :cnv]
             cL[0, :cnv] = sL[depth, :cnv]
             cU[0, :cnv] = sU[depth, :cnv]
-            nc = sNC[depth]
-            cand[:nc] = sCand[depth, :nc]
-            code[:] = sCode[depth]
+            start = sStart[depth]
+            code[cand[start - 1]] = False  # the negative side of its split
             continue
         if cnv + 3 > maxv:  # a child has at most cnv + 3 points
             maxv *= 2
             cP, cL, cU = _resize_polygons(cP, cL, cU, 1, 1, maxv)
             sP, sL, sU = _resize_polygons(sP, sL, sU, depth, dcap, maxv)
-            P, L, U = _resize_polygons(P, L, U, n, cap, maxv)
             f2 = np.empty(maxv)
             f2[:cnv] = f[:cnv]
             s2 = np.empty(maxv, dtype=np.int8)
             s2[:cnv] = s[:cnv]
             f, s = f2, s2
-            tP = np.empty((2, maxv, 3))
-            tL = np.empty((2, maxv, 3))
-            tU = np.empty((2, maxv), dtype=np.int64)
+            tP = np.empty((1, maxv, 3))
+            tL = np.empty((1, maxv, 3))
+            tU = np.empty((1, maxv), dtype=np.int64)
         if depth == dcap:
             dcap *= 2
             sP, sL, sU = _resize_polygons(sP, sL, sU, depth, dcap, maxv)
             sNV = _grow(sNV, depth, dcap)
-            sCand = _grow(sCand, depth, dcap)
-            sNC = _grow(sNC, depth, dcap)
-            sCode = _grow(sCode, depth, dcap)
+            sStart = _grow(sStart, depth, dcap)
         k = cand[split_at]
         a0 = lines[0, k]
         a1 = lines[1, k]
         b = lines[2, k]
         unit = unit_offset + k
         mp = _clip_side(cP[0], cL[0], cU[0], cnv, f, s, 1, a0, a1, b, unit, tP[0], tL[0], tU[0])
-        mn = _clip_side(cP[0], cL[0], cU[0], cnv, f, s, -1, a0, a1, b, unit, tP[1], tL[1], tU[1])
-        rc = nc - split_at - 1
-        sP[depth, :mn] = tP[1, :mn]
-        sL[depth, :mn] = tL[1, :mn]
-        sU[depth, :mn] = tU[1, :mn]
+        mn = _clip_side(cP[0], cL[0], cU[0], cnv, f, s, -1, a0, a1, b, unit, sP[depth], sL[depth], sU[depth])
         sNV[depth] = mn
-        sCand[depth, :rc] = cand[split_at + 1 : nc]
-        sNC[depth] = rc
-        sCode[depth] = code
-        sCode[depth, k] = False
+        sStart[depth] = split_at + 1
         depth += 1
         cP[0, :mp] = tP[0, :mp]
         cL[0, :mp] = tL[0, :mp]
         cU[0, :mp] = tU[0, :mp]
         cnv = mp
-        for i in range(rc):
-            cand[i] = cand[split_at + 1 + i]
-        nc = rc
+        start = split_at + 1
         code[k] = True
-    return n, NV, P, L, U, C
+    return (o_ptr, o_P, o_L, o_U, o_C), n, q
+
+
+@jit
+def _new_pieces(n_pieces, n_points, w):
+    """Empty growable outputs for :func:`_split_polygon`."""
+    return (np.empty(n_pieces + 1, dtype=np.int64), np.empty((n_points, 3)), np.empty((n_points, 3)),
+            np.empty(n_points, dtype=np.int64), np.empty((n_pieces, w), dtype=np.bool_))
 
 
 @jit(parallel=True)
@@ -439,9 +473,10 @@ def split_polygons_count(ptr, P, L, U, lines, switching, unit_offset, rel_tol):
     n_points = np.empty(m, dtype=np.int64)
     for j in prange(m):
         a, e = ptr[j], ptr[j + 1]
-        n, NV, _, _, _, _ = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol)
+        _, n, q = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol,
+                                 _new_pieces(8, 8 * (e - a), lines.shape[2]), 0, 0)
         n_pieces[j] = n
-        n_points[j] = NV[:n].sum()
+        n_points[j] = q
     return n_pieces, n_points
 
 
@@ -455,78 +490,46 @@ def split_polygons_fill(ptr, P, L, U, lines, switching, unit_offset, rel_tol, pi
     m = ptr.shape[0] - 1
     for j in prange(m):
         a, e = ptr[j], ptr[j + 1]
-        n, NV, PP, LL, UU, CC = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol)
         r = piece_off[j]
-        q = point_off[j]
+        q0 = point_off[j]
+        # exactly sized (the count pass ran the same split), so nothing grows
+        n1 = piece_off[j + 1] if j + 1 < m else c_code.shape[0]
+        q1 = point_off[j + 1] if j + 1 < m else c_P.shape[0]
+        out = _new_pieces(n1 - r, q1 - q0, lines.shape[2])
+        (optr, oP, oL, oU, oC), n, q = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset,
+                                                      rel_tol, out, 0, 0)
         for i in range(n):
             c_parent[r + i] = j
-            c_ptr[r + i] = q
-            nv = NV[i]
-            c_P[q : q + nv] = PP[i, :nv]
-            c_L[q : q + nv] = LL[i, :nv]
-            c_U[q : q + nv] = UU[i, :nv]
-            c_code[r + i] = CC[i]
-            q += nv
+            c_ptr[r + i] = q0 + optr[i]
+            c_code[r + i] = oC[i]
+        c_P[q0 : q0 + q] = oP[:q]
+        c_L[q0 : q0 + q] = oL[:q]
+        c_U[q0 : q0 + q] = oU[:q]
 
 
 @jit
 def split_polygons_serial(ptr, P, L, U, lines, switching, unit_offset, rel_tol):
-    """One serial pass over the parents, growing the outputs as it goes.
+    """One serial pass over the parents, appending to growing outputs.
 
     Cheaper than :func:`split_polygons_count` + :func:`split_polygons_fill`
     (which split every parent twice) when there are few threads or parents.
     Returns ``(c_parent, c_ptr, c_P, c_L, c_U, c_code)``.
     """
     m = ptr.shape[0] - 1
-    w = lines.shape[2]
-    cap = 2 * m + 16
-    vcap = 2 * P.shape[0] + 64
-    c_parent = np.empty(cap, dtype=np.int64)
-    c_ptr = np.empty(cap + 1, dtype=np.int64)
-    c_code = np.empty((cap, w), dtype=np.bool_)
-    c_P = np.empty((vcap, 3))
-    c_L = np.empty((vcap, 3))
-    c_U = np.empty(vcap, dtype=np.int64)
-    r = 0
+    out = _new_pieces(2 * m + 16, 2 * P.shape[0] + 64, lines.shape[2])
+    c_parent = np.empty(2 * m + 16, dtype=np.int64)
+    n = 0
     q = 0
     for j in range(m):
         a, e = ptr[j], ptr[j + 1]
-        n, NV, PP, LL, UU, CC = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol)
-        nv_total = NV[:n].sum()
-        if r + n + 1 > cap:
-            cap = 2 * (r + n + 1)
-            c_parent = _grow(c_parent, r, cap)
-            c_ptr = _grow(c_ptr, r, cap + 1)
-            c_code = _grow(c_code, r, cap)
-        if q + nv_total > vcap:
-            vcap = 2 * (q + nv_total)
-            c_P = _grow(c_P, q, vcap)
-            c_L = _grow(c_L, q, vcap)
-            c_U = _grow(c_U, q, vcap)
-        for i in range(n):
-            c_parent[r] = j
-            c_ptr[r] = q
-            nv = NV[i]
-            c_P[q : q + nv] = PP[i, :nv]
-            c_L[q : q + nv] = LL[i, :nv]
-            c_U[q : q + nv] = UU[i, :nv]
-            c_code[r] = CC[i]
-            q += nv
-            r += 1
-    c_ptr[r] = q
-    return c_parent[:r], c_ptr[: r + 1], c_P[:q], c_L[:q], c_U[:q], c_code[:r]
-
-
-@jit(parallel=True)
-def gather_scaled_maps(U_prev, parent, code, eta, out):
-    """``out[i] = U_prev[parent[i]] * q[i]`` with ``q = 1`` (on) or ``eta`` (off), in one pass."""
-    n, S1, w = out.shape
-    for i in prange(n):
-        p = parent[i]
-        for k in range(w):
-            q = 1.0 if code[i, k] else eta[k]
-            for a in range(S1):
-                out[i, a, k] = U_prev[p, a, k] * q
+        n0 = n
+        out, n, q = _split_polygon(P[a:e], L[a:e], U[a:e], lines[j], switching, unit_offset, rel_tol, out, n, q)
+        if n > c_parent.shape[0]:
+            c_parent = _grow(c_parent, n0, 2 * n)
+        c_parent[n0:n] = j
+    c_ptr, c_P, c_L, c_U, c_code = out
+    c_ptr[n] = q
+    return c_parent[:n], c_ptr[: n + 1], c_P[:q], c_L[:q], c_U[:q], c_code[:n]
 
 
 # ----------------------------------------------------------------------------- lookup
