@@ -5,9 +5,10 @@ Importing fastcpa compiles nothing and never imports CuPy; call
 :func:`fastcpa.warmup` to compile the CPU kernels ahead of first use.
 """
 
+from .gaussian import IntervalMoments, interval_moments
 from .generator import Generator
 from .partition import Partition, partition
 from ._warmup import warmup
 
 __version__ = "0.1.0.dev0"
-__all__ = ["Generator", "Partition", "partition", "warmup", "__version__"]
+__all__ = ["Generator", "IntervalMoments", "Partition", "interval_moments", "partition", "warmup", "__version__"]

@@ -15,3 +15,13 @@ def jit(fn=None, *, parallel=False):
     if fn is None:
         return lambda f: njit(**opts)(f)
     return njit(**opts)(fn)
+
+
+_SCALARS = {}
+
+
+def scalars(module):
+    """The CPU-compiled copies of a scalar source module's functions (see ``kernels._scalar``)."""
+    from .._scalar import compile_scalars
+
+    return compile_scalars(module, jit, _SCALARS)
