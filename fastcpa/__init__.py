@@ -7,8 +7,9 @@ Importing fastcpa compiles nothing and never imports CuPy; call
 
 from .gaussian import IntervalMoments, interval_moments
 from .generator import Generator
+from .model import CPAModel, Posterior
 from .partition import Partition, partition
 from ._warmup import warmup
 
 __version__ = "0.1.0.dev0"
-__all__ = ["Generator", "IntervalMoments", "Partition", "interval_moments", "partition", "warmup", "__version__"]
+__all__ = ["CPAModel", "Generator", "Posterior", "IntervalMoments", "Partition", "interval_moments", "partition", "warmup", "__version__"]

@@ -182,6 +182,8 @@ class Partition:
         """Boolean array (R,): whether each region is bounded."""
         if self.latent_dim == 1:
             return np.isfinite(self.intervals).all(axis=1)
+        if self.latent_dim > 2:  # only the single region R^S of an affine generator
+            return np.zeros(self.n_regions, bool)
         ideal = np.add.reduceat((self.boundary[:, 2] == 0.0).astype(np.int64), self.boundary_ptr[:-1])
         return ideal == 0
 
@@ -280,9 +282,23 @@ def partition(generator, *, backend="auto"):
         return _partition_1d(generator)
     if S == 2:
         return _partition_2d(generator)
+    if not generator.switching.any():  # an affine generator: one region, any S
+        return _partition_affine(generator)
     raise NotImplementedError(
-        f"exact partitions are implemented for latent dimension 1 and 2; this generator has S = {S}."
+        f"exact partitions are implemented for latent dimension 1 and 2 (and affine generators of any S); "
+        f"this generator has S = {S}."
     )
+
+
+def _partition_affine(gen):
+    """The single region R^S of a generator whose units never switch (S >= 3)."""
+    S = gen.latent_dim
+    A, b = np.eye(S), np.zeros(S)
+    for W, c in zip(gen.weights, gen.biases):  # slopes are all 1: h = u
+        A, b = W @ A, W @ b + c
+    codes = np.zeros((1, (gen.n_units + 63) // 64), np.uint64)
+    return Partition(gen, A[None], b[None], codes, np.zeros(2, np.int64), np.zeros((0, S)), np.zeros(0),
+                     np.zeros(0, np.int64), {})
 
 
 # ----------------------------------------------------------------------------- layer maps

@@ -123,3 +123,8 @@ def interval_moments(lo, hi, mu, sigma):
         w = b - a  # hi - lo overflowed
     lm, m, v = std_interval_moments(a, b, w)
     return lm, mu + sigma * m, sigma * sigma * v
+
+
+def interval_log_mass(lo, hi, mu, sigma):
+    """``log P(lo <= z <= hi)`` for z ~ N(mu, sigma^2): the log-mass of :func:`interval_moments`."""
+    return interval_moments(lo, hi, mu, sigma)[0]

@@ -1,0 +1,397 @@
+"""The probabilistic model ``z ~ N(0, sigma_z^2 I)``, ``x = g(z) + N(0, Sigma_x)``, exactly.
+
+``CPAModel`` sums over the regions of the generator's partition (DESIGN 2.2-2.3):
+``log p(x) = logsumexp_r (log kappa_r(x) + log Phi_r(x))``, streamed over
+(sample, region) chunks so no N x R matrix is formed, with the certified
+pruning described in ``fastcpa.kernels.cpu.pairs``.
+"""
+
+import math
+
+import numpy as np
+import scipy.sparse
+import scipy.stats
+
+from ._validation import as_float64
+from .generator import Generator
+from .partition import partition
+
+__all__ = ["CPAModel", "Posterior"]
+
+#: Default pruning gap (nats): pairs whose evidence bound is this far below a
+#: sample's best term are skipped; log p is then low by at most R * exp(-gap).
+PRUNE_GAP = 40.0
+#: Region probabilities below this are left out of ``Posterior.region_probs``.
+MIN_REGION_PROB = 1e-15
+
+
+def _check_backend(backend):
+    if backend not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'gpu', got {backend!r}.")
+    if backend == "gpu":
+        raise NotImplementedError("CPAModel has no GPU kernels yet; use backend='cpu' (or 'auto').")
+
+
+class CPAModel:
+    """Exact likelihood and posterior of a CPA generator with Gaussian latent and noise.
+
+    Parameters
+    ----------
+    generator : Generator
+    sigma_x : float or array_like of shape (D,)
+        Noise standard deviation: isotropic (a scalar) or per output
+        dimension (diagonal covariance). Must be finite and > 0.
+    sigma_z : float, default 1.0
+        Standard deviation of the isotropic Gaussian prior on z.
+
+    Notes
+    -----
+    The partition of latent space is computed on first use and kept
+    (``model.partition``). Exact inference currently covers latent dimension
+    S = 1, and affine generators (no switching unit) of any S; S = 2
+    polygons are the next step.
+
+    Examples
+    --------
+    >>> import numpy as np, fastcpa
+    >>> rng = np.random.default_rng(0)
+    >>> gen = fastcpa.Generator([rng.normal(size=(8, 1)), rng.normal(size=(3, 8))],
+    ...                         [rng.normal(size=8), rng.normal(size=3)])
+    >>> model = fastcpa.CPAModel(gen, sigma_x=0.1)
+    >>> X = model.sample(4, seed=1)
+    >>> model.log_prob(X).shape
+    (4,)
+    >>> post = model.posterior(X)
+    >>> post.mean.shape, post.cov.shape
+    ((4, 1), (4, 1, 1))
+    """
+
+    def __init__(self, generator, sigma_x, sigma_z=1.0):
+        if not isinstance(generator, Generator):
+            raise TypeError(f"CPAModel takes a fastcpa.Generator, got {type(generator).__name__}.")
+        D = generator.output_dim
+        sx = as_float64(sigma_x, "sigma_x")
+        if sx.ndim > 1 or (sx.ndim == 1 and sx.shape[0] != D):
+            raise ValueError(f"sigma_x must be a scalar or have shape ({D},) (one per output dimension), got {sx.shape}.")
+        if np.any(sx <= 0):
+            raise ValueError("sigma_x must be > 0 (the likelihood is unbounded at zero noise).")
+        sz = as_float64(sigma_z, "sigma_z")
+        if sz.ndim != 0 or sz <= 0:
+            raise ValueError(f"sigma_z must be a positive scalar, got {sigma_z!r}.")
+        self.generator = generator
+        self.sigma_x = float(sx) if sx.ndim == 0 else sx
+        self.sigma_z = float(sz)
+        self._partition = None
+        self._params = None
+
+    def __repr__(self):
+        sx = self.sigma_x if np.ndim(self.sigma_x) == 0 else f"<{len(self.sigma_x)} values>"
+        return f"CPAModel({self.generator!r}, sigma_x={sx}, sigma_z={self.sigma_z})"
+
+    # ------------------------------------------------------------------ regions
+    @property
+    def partition(self):
+        """The generator's exact partition (computed on first access)."""
+        if self._partition is None:
+            self._partition = partition(self.generator)
+        return self._partition
+
+    @property
+    def _noise_var(self):
+        return np.broadcast_to(np.asarray(self.sigma_x, float) ** 2, (self.generator.output_dim,))
+
+    def _region_params(self):
+        """Per-region quantities of DESIGN 2.2 that do not depend on x (computed once)."""
+        if self._params is not None:
+            return self._params
+        part = self.partition
+        S, D = self.generator.latent_dim, self.generator.output_dim
+        whole = part.facet_ptr[1:] == part.facet_ptr[:-1]
+        if S != 1 and not whole.all():
+            raise NotImplementedError(
+                f"exact inference for S = {S} needs the Gaussian polygon integrals, which are not implemented "
+                "yet; S = 1 generators and affine generators of any S are supported.")
+        A, b = part.A, part.b
+        R = len(A)
+        prec = 1.0 / self._noise_var
+        PA = A * prec[None, :, None]
+        Lam = np.eye(S)[None] / self.sigma_z**2 + np.einsum("rds,rdt->rst", A, PA)
+        Sigma = np.linalg.inv(Lam)
+        Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, 1, 2))
+        logdet_lam = np.linalg.slogdet(Lam)[1]
+        Pb = b * prec[None, :]
+        if S == 1:
+            lo, hi = np.ascontiguousarray(part.intervals[:, 0]), np.ascontiguousarray(part.intervals[:, 1])
+        else:
+            lo = hi = np.zeros(R)
+        self._params = dict(
+            PA_T=np.ascontiguousarray(PA.transpose(1, 0, 2).reshape(D, R * S)),
+            Pb_T=np.ascontiguousarray(Pb.T),
+            Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, Pb)),
+            bb=np.einsum("rd,rd->r", b, Pb),
+            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, lo=lo, hi=hi, whole=whole, prec=prec,
+            const=-0.5 * (D * math.log(2 * math.pi) + np.log(self._noise_var).sum()) - S * math.log(self.sigma_z),
+        )
+        return self._params
+
+    def _check_X(self, X):
+        X = as_float64(X, "X")
+        D = self.generator.output_dim
+        if X.ndim == 1 and D > 1 and X.shape[0] == D:
+            raise ValueError(f"X must have shape (N, {D}); for one sample pass X[None, :].")
+        if X.ndim == 1 and D == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[1] != D:
+            raise ValueError(f"X must have shape (N, {D}) (one sample per row), got {X.shape}.")
+        return X
+
+    def _chunks(self, X, sample_chunk, region_chunk):
+        """Yield ``(rows, regions, XA, Xb)`` GEMM blocks of the pair products."""
+        p = self._region_params()
+        S = self.generator.latent_dim
+        R = len(p["bb"])
+        for a in range(0, len(X), sample_chunk):
+            Xc = X[a:a + sample_chunk]
+            for r0 in range(0, R, region_chunk):
+                r1 = min(R, r0 + region_chunk)
+                XA = (Xc @ p["PA_T"][:, r0 * S:r1 * S]).reshape(len(Xc), r1 - r0, S)
+                Xb = np.ascontiguousarray(Xc @ p["Pb_T"][:, r0:r1])
+                yield slice(a, a + len(Xc)), slice(r0, r1), XA, Xb
+
+    @staticmethod
+    def _region_args(p, rs):
+        return (p["Ab"][rs], p["bb"][rs], p["Sigma"][rs], p["logdet_lam"][rs], p["lo"][rs], p["hi"][rs],
+                p["whole"][rs], p["const"])
+
+    # ------------------------------------------------------------------ likelihood
+    def log_prob(self, X, *, prune=True, sample_chunk=1024, region_chunk=1024, backend="auto"):
+        """Exact log p(x) of each row of X.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D)
+        prune : bool, default True
+            Skip pairs whose evidence bound is more than ``PRUNE_GAP`` (40)
+            nats below the row's best term: the result is then low by at most
+            ``R * exp(-40)`` relative (R regions), i.e. ``R * 4.2e-18`` nats.
+        sample_chunk, region_chunk : int
+            Chunk sizes of the (sample, region) stream; memory is
+            O(sample_chunk * region_chunk * S), independent of N and R.
+        backend : {"auto", "cpu", "gpu"}
+
+        Returns
+        -------
+        ndarray, shape (N,)
+        """
+        from fastcpa.kernels.cpu.pairs import log_prob_chunk
+
+        _check_backend(backend)
+        X = self._check_X(X)
+        p = self._region_params()
+        xx = (X * X) @ p["prec"]
+        run_max = np.full(len(X), -np.inf)
+        run_sum = np.zeros(len(X))
+        skipped = np.zeros(len(X), np.int64)
+        gap = PRUNE_GAP if prune else np.inf
+        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
+            log_prob_chunk(XA, Xb, xx[rows], *self._region_args(p, rs), gap, run_max[rows], run_sum[rows],
+                           skipped[rows])
+        self.last_pairs_skipped_ = int(skipped.sum())
+        return run_max + np.log(run_sum)
+
+    # ------------------------------------------------------------------ posterior
+    def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
+        """The exact posterior p(z | x) of each row of X: a mixture of truncated Gaussians.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D)
+        sample_chunk, region_chunk : int
+            Chunk sizes (memory is O(sample_chunk * region_chunk * S^2)).
+        backend : {"auto", "cpu", "gpu"}
+
+        Returns
+        -------
+        Posterior
+        """
+        from fastcpa.kernels.cpu.pairs import posterior_chunk
+
+        _check_backend(backend)
+        X = self._check_X(X)
+        p = self._region_params()
+        N, S = len(X), self.generator.latent_dim
+        R = len(p["bb"])
+        xx = (X * X) @ p["prec"]
+        # running mixture state per row: log-weight max M, weight sum W, mean, scatter
+        M = np.full(N, -np.inf)
+        W = np.zeros(N)
+        mean = np.zeros((N, S))
+        scat = np.zeros((N, S, S))
+        kept_rows, kept_cols, kept_terms = [], [], []
+        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
+            n, rc = Xb.shape
+            terms = np.empty((n, rc))
+            means = np.empty((n, rc, S))
+            covs = np.empty((n, rc, S, S))
+            posterior_chunk(XA, Xb, xx[rows], *self._region_args(p, rs), terms, means, covs)
+            cm = terms.max(axis=1)
+            w = np.exp(terms - cm[:, None])
+            cw = w.sum(axis=1)
+            cmean = np.einsum("nr,nrs->ns", w, means) / cw[:, None]
+            d = means - cmean[:, None, :]
+            cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
+            # merge (chunk weight cw at scale cm) into the running state (W at scale M)
+            newM = np.maximum(M[rows], cm)
+            a = W[rows] * np.exp(M[rows] - newM)
+            a[W[rows] == 0] = 0.0
+            c = cw * np.exp(cm - newM)
+            tot = a + c
+            delta = cmean - mean[rows]
+            frac = (c / tot)[:, None]
+            scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
+                          + cscat * np.exp(cm - newM)[:, None, None]
+                          + (a * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
+            mean[rows] = mean[rows] + frac * delta
+            M[rows], W[rows] = newM, tot
+            # region-probability candidates: anything within reach of the final threshold
+            keep = terms >= (newM[:, None] + math.log(MIN_REGION_PROB))
+            i, j = np.nonzero(keep)
+            kept_rows.append(i + rows.start)
+            kept_cols.append(j + rs.start)
+            kept_terms.append(terms[i, j])
+        log_p = M + np.log(W)
+        cov = scat / W[:, None, None]
+        i, j, t = (np.concatenate(v) for v in (kept_rows, kept_cols, kept_terms))
+        prob = np.exp(t - log_p[i])
+        sel = prob >= MIN_REGION_PROB
+        probs = scipy.sparse.csr_array((prob[sel], (i[sel], j[sel])), shape=(N, R))
+        return Posterior(self, X, log_p, mean, cov, probs)
+
+    # ------------------------------------------------------------------ generative side
+    def sample(self, n, seed=None, *, return_latent=False):
+        """Draw ``n`` samples x = g(z) + noise from the model.
+
+        Parameters
+        ----------
+        n : int
+        seed : int or numpy.random.Generator, optional
+        return_latent : bool, default False
+            Also return the latent draws.
+
+        Returns
+        -------
+        X : ndarray, shape (n, D)
+        Z : ndarray, shape (n, S), only with ``return_latent=True``
+        """
+        rng = np.random.default_rng(seed)
+        Z = self.sigma_z * rng.standard_normal((int(n), self.generator.latent_dim))
+        X = self.generator(Z) + np.sqrt(self._noise_var) * rng.standard_normal((int(n), self.generator.output_dim))
+        return (X, Z) if return_latent else X
+
+    def marginal_moments(self):
+        """Exact mean (D,) and covariance (D, D) of x under the model.
+
+        Sums over regions of the prior's truncated moments (centred per region,
+        so nothing cancels): ``Cov = sum_r P_r [A_r C_r A_r^T + d_r d_r^T] + Sigma_x``
+        with ``d_r = A_r m_r + b_r - E[x]``.
+        """
+        from .gaussian import interval_moments
+
+        part = self.partition
+        S = self.generator.latent_dim
+        whole = part.facet_ptr[1:] == part.facet_ptr[:-1]
+        A, b = part.A, part.b
+        if S == 1:
+            r = interval_moments(part.intervals[:, 0], part.intervals[:, 1], 0.0, self.sigma_z)
+            P, m, C = np.exp(r.log_mass), r.mean[:, None], r.var[:, None, None]
+        elif whole.all():
+            P, m, C = np.ones(len(A)), np.zeros((len(A), S)), np.broadcast_to(self.sigma_z**2 * np.eye(S), (len(A), S, S))
+        else:
+            raise NotImplementedError(f"marginal_moments for S = {S} needs the Gaussian polygon integrals (not yet).")
+        mu_r = np.einsum("rds,rs->rd", A, m) + b
+        mean = P @ mu_r
+        d = mu_r - mean
+        cov = np.einsum("r,rds,rst,ret->de", P, A, C, A) + np.einsum("r,rd,re->de", P, d, d)
+        return mean, cov + np.diag(self._noise_var)
+
+
+class Posterior:
+    """Exact posterior p(z | x) for a batch of samples (see :meth:`CPAModel.posterior`).
+
+    Attributes
+    ----------
+    log_prob : ndarray, shape (N,)
+        log p(x) (all pairs evaluated, no pruning).
+    mean : ndarray, shape (N, S)
+    cov : ndarray, shape (N, S, S)
+    region_probs : scipy.sparse.csr_array, shape (N, R)
+        p(region r | x), entries below ``MIN_REGION_PROB`` (1e-15) left out.
+    """
+
+    def __init__(self, model, X, log_prob, mean, cov, region_probs):
+        self.model, self.X = model, X
+        self.log_prob, self.mean, self.cov, self.region_probs = log_prob, mean, cov, region_probs
+
+    def _region_gaussians(self, rows, regions):
+        """Mean and covariance of each (row, region)'s Gaussian on z before truncation."""
+        p = self.model._region_params()
+        part = self.model.partition
+        A, b = part.A[regions], part.b[regions]
+        y = np.einsum("nds,nd->ns", A * p["prec"][None, :, None], self.X[rows] - b)
+        Sigma = p["Sigma"][regions]
+        return np.einsum("nst,nt->ns", Sigma, y), Sigma
+
+    def sample(self, k, seed=None):
+        """Exact draws z ~ p(z | x): a region by its probability, then the truncated Gaussian.
+
+        Parameters
+        ----------
+        k : int
+            Draws per sample.
+        seed : int or numpy.random.Generator, optional
+
+        Returns
+        -------
+        ndarray, shape (N, k, S)
+        """
+        rng = np.random.default_rng(seed)
+        N, S = self.mean.shape
+        probs = self.region_probs
+        regions = np.empty((N, k), np.int64)
+        for n in range(N):
+            lo, hi = probs.indptr[n], probs.indptr[n + 1]
+            w = probs.data[lo:hi]
+            regions[n] = probs.indices[lo:hi][rng.choice(hi - lo, size=k, p=w / w.sum())]
+        rows = np.repeat(np.arange(N), k)
+        reg = regions.reshape(-1)
+        mu, Sigma = self._region_gaussians(rows, reg)
+        part = self.model.partition
+        whole = (part.facet_ptr[1:] == part.facet_ptr[:-1])[reg]
+        out = np.empty((N * k, S))
+        if whole.any():
+            L = np.linalg.cholesky(Sigma[whole])
+            out[whole] = mu[whole] + np.einsum("nst,nt->ns", L, rng.standard_normal((int(whole.sum()), S)))
+        if (~whole).any():  # S = 1 intervals: scipy's truncnorm is exact and tail-safe
+            sd = np.sqrt(Sigma[~whole, 0, 0])
+            m = mu[~whole, 0]
+            lo, hi = part.intervals[reg[~whole]].T
+            out[~whole, 0] = scipy.stats.truncnorm.rvs((lo - m) / sd, (hi - m) / sd, loc=m, scale=sd,
+                                                       random_state=rng)
+        return out.reshape(N, k, S)
+
+    def log_density(self, Z):
+        """log p(z | x) at given latent points: one per sample (N, S) or k per sample (N, k, S)."""
+        Z = as_float64(Z, "Z")
+        N, S = self.mean.shape
+        single = Z.ndim == 2
+        Zk = Z[:, None, :] if single else Z
+        if Zk.ndim != 3 or Zk.shape[0] != N or Zk.shape[2] != S:
+            raise ValueError(f"Z must have shape ({N}, {S}) or ({N}, k, {S}), got {Z.shape}.")
+        model = self.model
+        k = Zk.shape[1]
+        G = model.generator(Zk.reshape(-1, S)).reshape(N, k, -1)
+        var = model._noise_var
+        lx = -0.5 * (((self.X[:, None, :] - G) ** 2 / var).sum(-1) + np.log(2 * np.pi * var).sum())
+        lz = -0.5 * ((Zk**2).sum(-1) / model.sigma_z**2 + S * math.log(2 * math.pi * model.sigma_z**2))
+        out = lz + lx - self.log_prob[:, None]
+        return out[:, 0] if single else out
