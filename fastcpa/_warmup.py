@@ -33,3 +33,12 @@ def warmup(backend="cpu"):
                         [rng.normal(size=3), rng.normal(size=3), rng.normal(size=2)])
         part = partition(gen)
         part.locate(rng.normal(size=(2, S)))
+    from .gaussian import interval_moments
+    from .model import CPAModel
+
+    interval_moments([-1.0, 0.5], [2.0, np.inf])
+    gen = Generator([rng.normal(size=(3, 1)), rng.normal(size=(2, 3))], [rng.normal(size=3), rng.normal(size=2)])
+    model = CPAModel(gen, sigma_x=0.5)
+    X = model.sample(2, seed=0)
+    model.log_prob(X)
+    model.posterior(X)
