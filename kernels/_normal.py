@@ -29,6 +29,8 @@ _CF_TERMS_FAR = 30
 def exp_neg_half_square(t):
     """``exp(-t*t/2)`` with the square split exactly (Dekker), so the result
     keeps full relative accuracy where ``t*t`` itself would round."""
+    if not abs(t) < 40.0:  # underflows to (sub)normal zero anyway; the split would overflow for huge t
+        return math.exp(-0.5 * t * t)
     c = 134217729.0 * t  # 2**27 + 1
     th = c - (c - t)
     tl = t - th
