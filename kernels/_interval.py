@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ._normal import INV_SQRT2, LOG_SQRT_2PI, log_phi, mills_tails
+from ._normal import INV_SQRT2, LOG_SQRT_2PI, log_phi, mills_ratio, mills_tails
 
 # Largest variation of the log-density over an interval treated as thin.
 _THIN = 1.0
@@ -125,6 +125,43 @@ def interval_moments(lo, hi, mu, sigma):
     return lm, mu + sigma * m, sigma * sigma * v
 
 
+def std_interval_log_mass(a, b, w):
+    """``log P(a <= t <= b)`` for t ~ N(0, 1), ``w = b - a``: the log-mass of
+    :func:`std_interval_moments` by the same regimes, without the moments
+    (about 3x cheaper; relative error a few ulps larger in the 2-5 sd range,
+    where the Mills ratio comes from erfc)."""
+    if not (a <= b) or not (w >= 0.0):
+        return math.nan
+    if w == 0.0:
+        return -math.inf
+    if b <= 0.0:
+        a, b = -b, -a
+    if math.isfinite(w):
+        c = a + 0.5 * w
+        if abs(c) * w + 0.25 * w * w <= _THIN:
+            h = 0.5 * w
+            i0 = 0.0
+            for i in range(_N_GL):
+                s = h * _GL_NODES[i]
+                i0 += _GL_WEIGHTS[i] * math.exp(-c * s - 0.5 * s * s)
+            return log_phi(c) + math.log(h * i0)
+    if a >= 0.0:
+        Ra = mills_ratio(a)
+        if b == math.inf:
+            return log_phi(a) + math.log(Ra)
+        return log_phi(a) + math.log(Ra - math.exp(-0.5 * w * (a + b)) * mills_ratio(b))
+    p_lo = 0.5 * math.erfc(-a * INV_SQRT2)
+    p_hi = 0.5 * math.erfc(b * INV_SQRT2)
+    if p_lo + p_hi < 0.5:
+        return math.log1p(-(p_lo + p_hi))
+    return math.log(0.5 * (math.erf(b * INV_SQRT2) + math.erf(-a * INV_SQRT2)))
+
+
 def interval_log_mass(lo, hi, mu, sigma):
-    """``log P(lo <= z <= hi)`` for z ~ N(mu, sigma^2): the log-mass of :func:`interval_moments`."""
-    return interval_moments(lo, hi, mu, sigma)[0]
+    """``log P(lo <= z <= hi)`` for z ~ N(mu, sigma^2) (see :func:`std_interval_log_mass`)."""
+    a = (lo - mu) / sigma
+    b = (hi - mu) / sigma
+    w = (hi - lo) / sigma
+    if math.isinf(w) and not (math.isinf(lo) or math.isinf(hi)):
+        w = b - a
+    return std_interval_log_mass(a, b, w)

@@ -64,10 +64,18 @@ def mills_tails(t):
 
 
 def mills_ratio(t):
-    """``R(t) = Q(t) / phi(t)`` for any real t (``inf`` only when it overflows, t < -37.5)."""
-    if t >= 0.0:
-        return mills_tails(t)[0]
-    return SQRT_HALF_PI * math.erfc(t * INV_SQRT2) / exp_neg_half_square(t)
+    """``R(t) = Q(t) / phi(t)`` for any real t (``inf`` only when it overflows, t < -37.5).
+
+    Cheaper than :func:`mills_tails` (no ``delta``/``gamma``): from erfc below
+    t = 5 (relative error up to ~t^2 ulps, from rounding ``t / sqrt(2)``),
+    from 30 terms of the continued fraction above (converged to an ulp).
+    """
+    if t < 5.0:
+        return SQRT_HALF_PI * math.erfc(t * INV_SQRT2) / exp_neg_half_square(t)
+    f = 0.0
+    for k in range(_CF_TERMS_FAR, 0, -1):
+        f = k / (t + f)
+    return 1.0 / (t + f)
 
 
 def log_ndtr(x):
