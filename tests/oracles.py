@@ -1,0 +1,697 @@
+"""Independent high-precision oracles for Gaussian integrals (tests only).
+
+Nothing here imports fastcpa: these are slow, arbitrary-precision reference
+implementations built on mpmath, used to check the compiled kernels.
+
+* :func:`interval_moments_mp` -- log-mass, mean and variance of a 1-D normal
+  truncated to an interval (closed forms, precision raised until two
+  evaluations at different precisions agree).
+* :func:`polygon_moments_mp` -- log-mass, mean and covariance of a 2-D normal
+  truncated to a convex polygon (whitening, exact polygon geometry, outer
+  adaptive Gauss-Legendre quadrature with a closed-form inner integral).
+* :func:`polygon_from_vertices` -- half-plane description of a CCW polygon.
+
+Every function works inside ``mp.workdps``/``mp.workprec`` contexts, so the
+global mpmath precision seen by other tests is left unchanged.
+"""
+
+from mpmath import mp
+from mpmath.calculus.quadrature import GaussLegendre
+
+__all__ = ["interval_moments_mp", "polygon_moments_mp", "polygon_from_vertices"]
+
+
+# ---------------------------------------------------------------------------
+# scalar helpers (all evaluated at the current mp precision)
+# ---------------------------------------------------------------------------
+
+
+def _mpf(x):
+    """Convert a float / int / str / mpf (or numpy scalar) to mpf exactly."""
+    if isinstance(x, str):
+        return mp.mpf(x)
+    try:
+        return mp.mpf(x)
+    except TypeError:
+        return mp.mpf(float(x))
+
+
+_CONST = {}
+
+
+def _consts():
+    """``(sqrt(2), 1/sqrt(2 pi))`` at the current precision (cached)."""
+    c = _CONST.get(mp.prec)
+    if c is None:
+        c = _CONST[mp.prec] = (mp.sqrt(2), 1 / mp.sqrt(2 * mp.pi))
+    return c
+
+
+def _Q(x):
+    """Upper tail ``P(N(0,1) >= x)`` with full relative accuracy for large x."""
+    if abs(x) > 10**6 and not mp.isinf(x):
+        if x < 0:
+            return 1 - _Q(-x)
+        # mpmath's erfc overflows for huge arguments: asymptotic Mills series,
+        # terms (2n-1)!!/x^(2n) shrink by >= 1e12 per step here
+        s, term, n, x2 = mp.one, mp.one, 0, x * x
+        while abs(term) > mp.eps:
+            n += 1
+            term *= -(2 * n - 1) / x2
+            s += term
+        return _phi(x) / x * s
+    return mp.erfc(x / _consts()[0]) / 2
+
+
+def _phi(x):
+    """Standard normal density; 0 at +-inf."""
+    if mp.isinf(x):
+        return mp.zero
+    return mp.exp(-x * x / 2) * _consts()[1]
+
+
+def _std_interval_raw(a, b):
+    """``(int_a^b u^k phi(u) du for k = 0, 1, 2)`` by closed forms.
+
+    The mass uses upper tails of the side away from 0 (no ``1 - tiny``); any
+    remaining cancellation (thin intervals) is left to the caller, who either
+    re-evaluates at a higher precision or avoids thin intervals.
+    """
+    if a >= 0:
+        m0 = _Q(a) - _Q(b)
+    elif b <= 0:
+        m0 = _Q(-b) - _Q(-a)
+    else:
+        m0 = 1 - _Q(-a) - _Q(b)
+    pa, pb = _phi(a), _phi(b)
+    m1 = pa - pb
+    m2 = m0 + (a * pa if pa else pa) - (b * pb if pb else pb)
+    return m0, m1, m2
+
+
+# ---------------------------------------------------------------------------
+# 1-D: truncated normal on an interval
+# ---------------------------------------------------------------------------
+
+
+def _interval_at(lo, hi, mu, sigma):
+    """One evaluation of (log_mass, mean, var) at the current precision."""
+    lo, hi, mu, sigma = _mpf(lo), _mpf(hi), _mpf(mu), _mpf(sigma)
+    a = (lo - mu) / sigma if not mp.isinf(lo) else lo
+    b = (hi - mu) / sigma if not mp.isinf(hi) else hi
+    m0, m1, m2 = _std_interval_raw(a, b)
+    if not m0 > 0:
+        return None
+    ms = m1 / m0
+    vs = m2 / m0 - ms * ms
+    return mp.log(m0), mu + sigma * ms, sigma * sigma * vs
+
+
+def interval_moments_mp(lo, hi, mu=0, sigma=1, dps=50):
+    """Moments of ``z ~ N(mu, sigma^2)`` truncated to ``[lo, hi]``.
+
+    Parameters
+    ----------
+    lo, hi : float, int, str or mpf
+        Interval ends, ``lo < hi``; ``-inf`` / ``+inf`` allowed.
+    mu : float or mpf, optional
+        Mean of the normal.
+    sigma : float or mpf, optional
+        Standard deviation, ``> 0``.
+    dps : int, optional
+        Decimal digits wanted in the results.
+
+    Returns
+    -------
+    log_mass, mean, var : mpf
+        ``log P(lo <= z <= hi)``, ``E[z | lo <= z <= hi]`` and
+        ``Var[z | lo <= z <= hi]``.
+
+    Raises
+    ------
+    ValueError
+        If ``lo >= hi``, ``sigma <= 0`` or an input is NaN.
+
+    Notes
+    -----
+    Closed forms on the standardised interval ``[a, b]``: the mass is a
+    difference of upper tails ``Q = erfc(x / sqrt 2) / 2`` taken on the side
+    away from the mean (relative accuracy far in the tails, e.g. masses like
+    ``exp(-5e5)``), ``E = (phi(a) - phi(b)) / P`` and
+    ``Var = 1 + (a phi(a) - b phi(b)) / P - E^2``. Cancellation (thin
+    intervals: mass, mean and especially the variance lose up to
+    ``~log10(a^2/width^2)`` digits; far tails lose ``~4 log10 a`` digits in the
+    variance) is handled by evaluating at ``dps + 40`` and ``dps + 65`` digits
+    and doubling the working precision until the two agree to ``dps + 3``
+    digits (relative; the mean relative to ``|mean| + sd``). The returned values
+    are those of the higher precision, so they are good to well beyond ``dps``
+    digits. Typical cost: ~1 ms; thin far intervals (width 1e-10 at 40 sd)
+    ~3 ms.
+    """
+    with mp.workdps(dps + 10):
+        lo_, hi_, sig_ = _mpf(lo), _mpf(hi), _mpf(sigma)
+        if mp.isnan(lo_) or mp.isnan(hi_) or mp.isnan(_mpf(mu)) or mp.isnan(sig_):
+            raise ValueError("interval_moments_mp: NaN input")
+        if not lo_ < hi_:
+            raise ValueError(f"interval_moments_mp: need lo < hi, got lo={lo}, hi={hi}")
+        if not sig_ > 0:
+            raise ValueError(f"interval_moments_mp: need sigma > 0, got {sigma}")
+    wp = dps + 40
+    tol = mp.mpf(10) ** (-(dps + 3))
+    while wp <= 20 * dps + 2000:
+        with mp.workdps(wp):
+            r1 = _interval_at(lo, hi, mu, sigma)
+        with mp.workdps(wp + 25):
+            r2 = _interval_at(lo, hi, mu, sigma)
+            if r1 is not None and r2 is not None:
+                l1, e1, v1 = r1
+                l2, e2, v2 = r2
+                sd = mp.sqrt(abs(v2))
+                ok = (
+                    v2 > 0
+                    and abs(l1 - l2) <= tol * max(1, abs(l2))
+                    and abs(e1 - e2) <= tol * (abs(e2) + sd)
+                    and abs(v1 - v2) <= tol * v2
+                )
+                if ok:
+                    return l2, e2, v2
+        wp *= 2
+    raise ArithmeticError(
+        f"interval_moments_mp: no agreement up to {wp // 2} digits for "
+        f"lo={lo}, hi={hi}, mu={mu}, sigma={sigma}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# 2-D: truncated normal on a convex polygon
+# ---------------------------------------------------------------------------
+
+
+def _section_moments(l, r):
+    """``int_l^r u^k phi(u) du`` (k = 0, 1, 2) with no catastrophic cancellation.
+
+    Thin finite sections (``h (1 + |c|) < 0.02``, half-width ``h``, centre ``c``)
+    use the Hermite expansion ``phi(c + s) = phi(c) sum_n He_n(c) (-s)^n / n!``
+    integrated term by term; otherwise the closed forms of
+    :func:`_std_interval_raw` lose at most a few bits.
+    """
+    if not r > l:
+        return mp.zero, mp.zero, mp.zero
+    if mp.isinf(l) or mp.isinf(r):
+        if mp.isinf(l) and mp.isinf(r):
+            return mp.one, mp.zero, mp.one
+        return _std_interval_raw(l, r)
+    h = (r - l) / 2
+    c = (r + l) / 2
+    if h * (1 + abs(c)) >= mp.mpf("0.02"):
+        return _std_interval_raw(l, r)
+    # a_n = He_n(c) (-1)^n / n!  via  e_{n+1} = (c e_n - e_{n-1}) / (n + 1)
+    eps = mp.eps
+    e_prev, e_cur = mp.zero, mp.one  # e_{-1}, e_0
+    a = [mp.one]  # a_0
+    s0 = s1 = s2 = mp.zero
+    h2 = h * h
+    hp = 2 * h  # 2 h^{n+1} at n = 0
+    n = 0
+    while True:
+        # make sure a_{n+1}, a_{n+2} exist (needed at this even n? only a_{n-1}, a_{n-2})
+        an = a[n]
+        an1 = a[n - 1] if n >= 1 else mp.zero
+        an2 = a[n - 2] if n >= 2 else mp.zero
+        w = hp / (n + 1)  # int_{-h}^{h} s^n ds for even n
+        t0 = an * w
+        t1 = (c * an + an1) * w
+        t2 = (c * c * an + 2 * c * an1 + an2) * w
+        s0 += t0
+        s1 += t1
+        s2 += t2
+        if n >= 4 and abs(t0) <= eps * abs(s0) and abs(t1) <= eps * (abs(s1) + h * abs(s0)) \
+                and abs(t2) <= eps * abs(s2):
+            break
+        if n > 400:
+            break
+        # advance two orders
+        for _ in range(2):
+            k = len(a) - 1  # current highest index
+            e_next = (c * e_cur - e_prev) / (k + 1)
+            e_prev, e_cur = e_cur, e_next
+            a.append(e_next if (k + 1) % 2 == 0 else -e_next)
+        n += 2
+        hp *= h2
+    pc = _phi(c)
+    return s0 * pc, s1 * pc, s2 * pc
+
+
+class _Geometry:
+    """Half-planes ``a_i . u + c_i >= 0`` (unit a_i) in rotated whitened space.
+
+    ``u = (d + t, v)``: the nearest point of P to the origin is ``(d, 0)``, so
+    ``t >= 0`` on P when ``d > 0``.
+    """
+
+    def __init__(self, A, C, tol):
+        self.tol = tol
+        self.vert_lo = mp.ninf  # bounds on t from (near-)vertical lines
+        self.vert_hi = mp.inf
+        self.lower = []  # (p, q): v >= p + q t
+        self.upper = []  # (p, q): v <= p + q t
+        self.A, self.C = A, C
+
+    def setup(self, d):
+        self.d = d
+        for (al, be), c in zip(self.A, self.C):
+            if abs(be) <= self.tol:
+                # al * (d + t) + c >= 0
+                if al > 0:
+                    self.vert_lo = max(self.vert_lo, -c / al - d)
+                else:
+                    self.vert_hi = min(self.vert_hi, -c / al - d)
+            elif be > 0:
+                self.lower.append((-(c + al * d) / be, -al / be))
+            else:
+                self.upper.append((-(c + al * d) / be, -al / be))
+
+    def section(self, t):
+        l = max((p + q * t for p, q in self.lower), default=mp.ninf)
+        r = min((p + q * t for p, q in self.upper), default=mp.inf)
+        return l, r
+
+    def in_t_range(self, t):
+        return self.vert_lo <= t <= self.vert_hi
+
+
+def _solve2(a1, c1, a2, c2):
+    """Intersection of the lines ``a1.u + c1 = 0`` and ``a2.u + c2 = 0``."""
+    det = a1[0] * a2[1] - a1[1] * a2[0]
+    x = (-c1 * a2[1] + c2 * a1[1]) / det
+    y = (-a1[0] * c2 + a2[0] * c1) / det
+    return x, y
+
+
+def _prepare(normals, offsets, mu, Sigma):
+    """Convert inputs to mpf lists and validate shapes."""
+    mu = [_mpf(x) for x in (list(mu) if not isinstance(mu, mp.matrix) else mu)]
+    if isinstance(Sigma, mp.matrix):
+        S = [[Sigma[i, j] for j in range(2)] for i in range(2)]
+    else:
+        S = [[_mpf(x) for x in row] for row in Sigma]
+    if len(mu) != 2 or len(S) != 2 or any(len(row) != 2 for row in S):
+        raise ValueError("polygon_moments_mp: mu must have 2 entries and Sigma be 2x2")
+    if isinstance(normals, mp.matrix):
+        N = [[normals[i, j] for j in range(2)] for i in range(normals.rows)]
+    else:
+        N = [[_mpf(x) for x in row] for row in normals]
+    if isinstance(offsets, mp.matrix):
+        O = [offsets[i] for i in range(len(offsets))]
+    else:
+        O = [_mpf(x) for x in offsets]
+    if len(N) != len(O) or any(len(row) != 2 for row in N):
+        raise ValueError("polygon_moments_mp: normals must be (m, 2) and offsets (m,)")
+    return N, O, mu, S
+
+
+def _polygon_at(N, O, mu, S, wp, dps):
+    """One evaluation at ``wp`` working digits; returns (log_mass, mean, cov, quad_ok)."""
+    with mp.workdps(wp):
+        N = [[+x for x in row] for row in N]
+        O = [+x for x in O]
+        mu = [+x for x in mu]
+        if S[0][1] != S[1][0]:
+            raise ValueError("polygon_moments_mp: Sigma must be symmetric")
+        # Cholesky Sigma = L L^T (lower)
+        if not S[0][0] > 0:
+            raise ValueError("polygon_moments_mp: Sigma must be positive definite")
+        L00 = mp.sqrt(S[0][0])
+        L10 = S[1][0] / L00
+        r = S[1][1] - L10 * L10
+        if not r > 0:
+            raise ValueError("polygon_moments_mp: Sigma must be positive definite")
+        L11 = mp.sqrt(r)
+        tol = mp.mpf(10) ** (-(wp - 15))
+
+        # half-planes in whitened space: (L^T n) . u + (n . mu + o) >= 0, normalised
+        A, C = [], []
+        for (n0, n1), o in zip(N, O):
+            a0 = L00 * n0 + L10 * n1
+            a1 = L11 * n1
+            c = n0 * mu[0] + n1 * mu[1] + o
+            na = mp.sqrt(a0 * a0 + a1 * a1)
+            scale = abs(n0) * (L00 + abs(L10)) + abs(n1) * (abs(L10) + L11)
+            if na <= tol * scale or na == 0:
+                if c >= -tol * (abs(n0 * mu[0]) + abs(n1 * mu[1]) + abs(o)):
+                    continue  # 0 . z + o >= 0 with o >= 0: no constraint
+                raise ValueError("polygon_moments_mp: polygon is empty "
+                                 "(a zero normal with a negative offset)")
+            A.append((a0 / na, a1 / na))
+            C.append(c / na)
+        m = len(A)
+
+        def feasible(p, slack=tol):
+            return all(a[0] * p[0] + a[1] * p[1] + c >= -slack * (1 + abs(c) + abs(p[0]) + abs(p[1]))
+                       for a, c in zip(A, C))
+
+        # vertices (pairwise intersections that satisfy every half-plane)
+        verts = []
+        for i in range(m):
+            for j in range(i + 1, m):
+                det = A[i][0] * A[j][1] - A[i][1] * A[j][0]
+                if abs(det) <= tol:
+                    continue
+                p = _solve2(A[i], C[i], A[j], C[j])
+                if feasible(p):
+                    verts.append(p)
+
+        # nearest point of P to the origin
+        if all(c >= 0 for c in C):
+            near, d = (mp.zero, mp.zero), mp.zero
+        else:
+            cands = [(-c * a[0], -c * a[1]) for a, c in zip(A, C)] + verts
+            cands = [p for p in cands if feasible(p)]
+            if not cands:
+                raise ValueError("polygon_moments_mp: polygon is empty")
+            near = min(cands, key=lambda p: p[0] ** 2 + p[1] ** 2)
+            d = mp.sqrt(near[0] ** 2 + near[1] ** 2)
+        # rotation R (R e = (1, 0)) with R near = (d, 0); when d = 0 it is free:
+        # pick the one (identity, or one edge made vertical or horizontal) with
+        # the least steep non-vertical edges, so sections change slowly with t
+        if d > 0:
+            e0, e1 = near[0] / d, near[1] / d
+        else:
+            def steepness(e):
+                worst = mp.zero
+                for a in A:
+                    al, be = e[0] * a[0] + e[1] * a[1], -e[1] * a[0] + e[0] * a[1]
+                    if abs(be) > tol:
+                        worst = max(worst, abs(al / be))
+                return worst
+            cands = [(mp.one, mp.zero)] + [(a[0], a[1]) for a in A] + [(a[1], -a[0]) for a in A]
+            e0, e1 = min(cands, key=steepness)
+        rot = lambda p: (e0 * p[0] + e1 * p[1], -e1 * p[0] + e0 * p[1])  # noqa: E731
+        Ar = [rot(a) for a in A]
+        vr = [rot(p) for p in verts]
+        geo = _Geometry(Ar, C, tol)
+        geo.setup(d)
+
+        # breakpoints in t = u1 - d: vertices and vertical edges inside the range
+        pts = [p[0] - d for p in vr]
+        pts += [x for x in (geo.vert_lo, geo.vert_hi) if not mp.isinf(x)]
+        pts = sorted(set(x for x in pts if geo.vert_lo - tol <= x <= geo.vert_hi + tol))
+
+        def nonempty(t):
+            if not geo.in_t_range(t):
+                return False
+            l, r = geo.section(t)
+            return r - l > tol * (1 + abs(l) + abs(r)) if not (mp.isinf(l) or mp.isinf(r)) else r > l
+
+        if not pts:
+            if not nonempty(mp.zero):
+                raise ValueError("polygon_moments_mp: polygon is empty")
+            pts = [mp.zero]
+            go_lo = go_hi = True
+        else:
+            go_lo = nonempty(pts[0] - 1)
+            go_hi = nonempty(pts[-1] + 1)
+        # merge breakpoints closer than tol
+        merged = [pts[0]]
+        for x in pts[1:]:
+            if x - merged[-1] > tol * (1 + abs(x)):
+                merged.append(x)
+        pts = merged
+        if len(pts) == 1 and not (go_lo or go_hi):
+            raise ValueError("polygon_moments_mp: polygon has zero area (a segment or a point)")
+        # interior test at one point strictly inside the t-range
+        if len(pts) >= 2:
+            tm = (pts[0] + pts[1]) / 2
+        else:
+            tm = pts[0] + 1 if go_hi else pts[0] - 1
+        if not nonempty(tm):
+            raise ValueError("polygon_moments_mp: polygon has zero area or is empty")
+        # steep section ends v = p + q t (|q| > 3) sweep the bulk of phi(v) within
+        # a short t-range: break where they cross v = 0, +-1, +-2.5, +-5, +-10, +-20
+        for p, q in geo.lower + geo.upper:
+            if abs(q) > 3:
+                for c in (0, 1, -1, 2.5, -2.5, 5, -5, 10, -10, 20, -20):
+                    x = (c - p) / q
+                    if (go_lo or pts[0] < x) and (go_hi or x < pts[-1]):
+                        pts.append(x)
+        pts = sorted(set(pts))
+
+        # integrand: weight phi(d + t)/phi(d) times the inner moments
+        def f(t):
+            l, r = geo.section(t)
+            m0, m1, m2 = _section_moments(l, r)
+            w = mp.exp(-t * (d + t / 2))
+            m0, m1, m2 = w * m0, w * m1, w * m2
+            return (m0, t * m0, t * t * m0, m1, t * m1, m2)
+
+        # truncate infinite ends where the weight exp(-(d t + t^2/2)) < e^-lam_max
+        # (relative to the integrand near t = 0; checked against I00 below)
+        lam_max = (wp + 10) * mp.log(10)
+        for _ in range(10):
+            t_hi = -d + mp.sqrt(d * d + 2 * lam_max)
+            t_lo = -d - mp.sqrt(d * d + 2 * lam_max)
+            lo_end = t_lo if go_lo else max(pts[0], t_lo)
+            hi_end = t_hi if go_hi else min(pts[-1], t_hi)
+            clipped = lo_end > pts[0] or go_lo or hi_end < pts[-1] or go_hi
+            seg = [lo_end] + [x for x in pts if lo_end < x < hi_end] + [hi_end]
+            # extra breakpoints where the weight has dropped by e^-1, e^-4, e^-16, e^-64
+            for lam in (1, 4, 16, 64):
+                for x in (-d + mp.sqrt(d * d + 2 * lam), -d - mp.sqrt(d * d + 2 * lam)):
+                    if lo_end < x < hi_end:
+                        seg.append(x)
+            seg = sorted(set(seg))
+            I, ok = _vector_gauss_legendre(f, seg, dps)
+            if not I[0] > 0:
+                raise ValueError("polygon_moments_mp: polygon has zero mass (zero area?)")
+            if not clipped:
+                break
+            # beyond the cut the integrands are below (1 + T^2)^2 e^-lam_max
+            T = max(abs(seg[0]), abs(seg[-1]))
+            tail = mp.exp(-lam_max) * (1 + T * T) ** 2
+            if tail <= mp.mpf(10) ** (-(dps + 10)) * I[0]:
+                break
+            lam_max = (dps + 20) * mp.log(10) - mp.log(I[0]) + 4 * mp.log(2 + 2 * T) + 10
+        else:
+            raise ArithmeticError("polygon_moments_mp: could not bound the truncated tails")
+        I00, I10, I20, I01, I11, I02 = I
+        if not I00 > 0:
+            raise ValueError("polygon_moments_mp: polygon has zero mass (zero area?)")
+        log_mass = mp.log(I00) - d * d / 2 - mp.log(2 * mp.pi) / 2
+        Et, Ev = I10 / I00, I01 / I00
+        ctt = I20 / I00 - Et * Et
+        ctv = I11 / I00 - Et * Ev
+        cvv = I02 / I00 - Ev * Ev
+        mean_r = (d + Et, Ev)
+        # back to z: z = mu + L R^T u_r, with R^T = [[e0, -e1], [e1, e0]]
+        B = mp.matrix([[L00, 0], [L10, L11]]) * mp.matrix([[e0, -e1], [e1, e0]])
+        mean = mp.matrix([mu[0], mu[1]]) + B * mp.matrix([mean_r[0], mean_r[1]])
+        cov = B * mp.matrix([[ctt, ctv], [ctv, cvv]]) * B.T
+        cov[0, 1] = cov[1, 0] = (cov[0, 1] + cov[1, 0]) / 2
+        return log_mass, mean, cov, ok
+
+
+_GL = {}
+
+
+def _vector_gauss_legendre(f, pts, dps, max_degree=6, max_depth=12):
+    """Adaptive Gauss-Legendre quadrature of a 6-vector integrand.
+
+    The integrand is entire on each segment between consecutive ``pts`` (the
+    section ends are linear there), so Gauss-Legendre converges geometrically.
+    A first pass with 24 nodes per segment gives scales ``S_k = sum |I_k|``;
+    each segment is then refined (12, 24, 48, 96 nodes) until consecutive
+    orders differ by at most ``10^-((dps+8)/1.6) max(S_k, S_0)`` in every
+    component, so that the higher order, which is kept, is good to about
+    ``10^-(dps+8)`` (digits roughly double per order); a segment is bisected
+    when 96 nodes do not suffice.
+    Returns the summed vector and whether every piece converged.
+    """
+    rule = _GL.get("rule")
+    if rule is None:
+        rule = _GL["rule"] = GaussLegendre(mp)
+    prec = mp.prec
+
+    def at(a, b, degree):
+        S = [mp.zero] * 6
+        for x, w in rule.get_nodes(a, b, degree, prec):
+            v = f(x)
+            for k in range(6):
+                S[k] += w * v[k]
+        return S
+
+    segs = [(a, b) for a, b in zip(pts[:-1], pts[1:]) if b > a]
+    first = [(at(a, b, 3), at(a, b, 4)) for a, b in segs]
+    scale = [sum(abs(r[1][k]) for r in first) for k in range(6)]
+    ref = [max(scale[k], scale[0]) for k in range(6)]
+    # "digits double per order" (as in mpmath's error estimate): a difference
+    # below 10^-((dps+8)/1.6) leaves the higher order below 10^-(dps+8)
+    tol_sq = [mp.mpf(10) ** (-(dps + 8) / mp.mpf(1.6)) * r for r in ref]
+    state = {"ok": True, "pieces": 0}
+
+    def close(u, v, frac):
+        return all(abs(x - y) <= frac * t for x, y, t in zip(u, v, tol_sq))
+
+    def refine(a, b, prev, cur, depth):
+        state["pieces"] += 1
+        frac = mp.mpf(2) ** (-depth)  # error budget shrinks with the piece
+        degree = 4
+        while not close(cur, prev, frac):
+            if degree >= max_degree:
+                if depth >= max_depth or state["pieces"] > 400:
+                    state["ok"] = False
+                    return cur
+                m = (a + b) / 2
+                left = refine(a, m, at(a, m, 3), at(a, m, 4), depth + 1)
+                right = refine(m, b, at(m, b, 3), at(m, b, 4), depth + 1)
+                return [x + y for x, y in zip(left, right)]
+            degree += 1
+            prev, cur = cur, at(a, b, degree)
+        return cur
+
+    total = [mp.zero] * 6
+    for (a, b), (prev, cur) in zip(segs, first):
+        total = [t + c for t, c in zip(total, refine(a, b, prev, cur, 0))]
+    return total, state["ok"]
+
+
+def polygon_moments_mp(normals, offsets, mu, Sigma, dps=40, check=False):
+    """Moments of ``z ~ N(mu, Sigma)`` in R^2 truncated to a convex polygon.
+
+    The polygon is ``P = {z : normals[i] . z + offsets[i] >= 0 for all i}``.
+
+    Parameters
+    ----------
+    normals : array_like, shape (m, 2)
+        Half-plane normals (floats, strings or mpf; need not be unit). ``m = 0``
+        (an empty list or a ``(0, 2)`` array) means the whole plane.
+    offsets : array_like, shape (m,)
+        Half-plane offsets.
+    mu : array_like, shape (2,)
+        Mean.
+    Sigma : array_like, shape (2, 2)
+        Symmetric positive-definite covariance (may be nearly singular, e.g.
+        eigenvalues 1 and 1e-8; pass mpf/strings for exact entries).
+    dps : int, optional
+        Decimal digits wanted; the work is done at ``dps + 30``.
+    check : bool, optional
+        If true, also evaluate at ``dps + 55`` digits and raise
+        ``ArithmeticError`` unless the two agree to ``dps`` digits (doubles the
+        cost).
+
+    Returns
+    -------
+    log_mass : mpf
+        ``log P(z in P)``.
+    mean : mpmath.matrix, shape (2, 1)
+        ``E[z | z in P]`` (``mean[i]``).
+    cov : mpmath.matrix, shape (2, 2)
+        ``Cov[z | z in P]`` (``cov[i, j]``), exactly symmetric.
+
+    Raises
+    ------
+    ValueError
+        If P is empty or has zero area, if Sigma is not symmetric positive
+        definite, or on malformed shapes.
+    ArithmeticError
+        If the quadrature does not converge (or ``check`` fails).
+
+    Notes
+    -----
+    Method: whiten (``z = mu + L u``, Cholesky in mpmath); map the half-planes
+    to unit-normal half-planes in ``u``; find P's vertices exactly (pairwise
+    intersections satisfying every half-plane) and the nearest point ``p`` of
+    P to the origin (the origin, a foot of perpendicular or a vertex); rotate
+    so ``p = (d, 0)``, whence P lies in ``u1 >= d``. With ``u1 = d + t`` the
+    mass is ``phi(d) int exp(-d t - t^2/2) M0(t) dt`` where ``M_k(t) =
+    int u2^k phi(u2)`` over the section ``[l(t), r(t)]`` of P (closed forms,
+    or a Hermite series for thin sections so nothing cancels); ``phi(d)`` is
+    kept in the logarithm, so masses like ``exp(-5000)`` are no harder than
+    O(1) ones. The six integrals of ``t^j M_k`` (``j + k <= 2``) are done
+    together by adaptive Gauss-Legendre quadrature (the integrand is entire
+    between breakpoints), split at the vertices' ``t``, where the weight has
+    dropped by ``e^-1, e^-4, e^-16, e^-64``, and where steep section ends
+    cross ``v = 0, +-1, ..., +-20``; infinite (or very long) ranges are cut
+    where the weight is below ``10^-(dps+40)`` and the cut is checked against
+    the mass. When ``d = 0`` the rotation is free and is chosen to make the
+    edges as little steep as possible. Moments are formed about ``(d, 0)`` (so
+    far-out variances do not cancel) and mapped back through ``L R^T`` and
+    ``mu``.
+
+    Accuracy: at ``dps=40`` the tests see errors of 1e-55 or less (log_mass
+    absolute, i.e. relative in the mass; the mean relative to
+    ``|mean| + sd``; the covariance relative to the largest variance), against
+    closed forms far in the tails (mass ~1e-394, 60 sd out), wedge angles,
+    and a brute-force 2-D quadrature; the promise is ``dps`` digits.
+    Typical time at ``dps=40`` (after the first call, which builds the
+    quadrature nodes, ~0.3 s): 0.01-0.4 s for up to 8 edges; up to ~1 s for
+    far or thin polygons under nearly singular Sigma. ``check=True`` doubles
+    it.
+    """
+    if dps < 10:
+        raise ValueError("polygon_moments_mp: dps must be >= 10")
+    wp = dps + 30
+    with mp.workdps(wp + 40):
+        N, O, mu_, S = _prepare(normals, offsets, mu, Sigma)
+    res = _polygon_at(N, O, mu_, S, wp, dps)
+    if not res[3]:
+        res = _polygon_at(N, O, mu_, S, wp + 30, dps + 10)
+        if not res[3]:
+            raise ArithmeticError("polygon_moments_mp: quadrature did not converge")
+    log_mass, mean, cov, _ = res
+    if check:
+        l2, m2, c2, ok2 = _polygon_at(N, O, mu_, S, wp + 25, dps + 10)
+        with mp.workdps(wp):
+            tol = mp.mpf(10) ** (-dps)
+            sd = mp.sqrt(max(cov[0, 0], cov[1, 1]))
+            bad = (abs(l2 - log_mass) > tol * max(1, abs(l2))
+                   or any(abs(m2[i] - mean[i]) > tol * (abs(m2[i]) + sd) for i in range(2))
+                   or any(abs(c2[i, j] - cov[i, j]) > tol * sd * sd
+                          for i in range(2) for j in range(2)))
+        if bad or not ok2:
+            raise ArithmeticError("polygon_moments_mp: self-check failed (precision loss)")
+    return log_mass, mean, cov
+
+
+def polygon_from_vertices(vertices, dps=40):
+    """Half-plane form of a bounded convex polygon given by CCW vertices.
+
+    Parameters
+    ----------
+    vertices : array_like, shape (k, 2)
+        Vertices in counterclockwise order, ``k >= 3`` (floats, strings, mpf).
+    dps : int, optional
+        Working precision; with float vertices the result is exact (the
+        normals are differences of floats, the offsets are computed at
+        ``dps + 40`` digits).
+
+    Returns
+    -------
+    normals : list of [mpf, mpf]
+        ``normals[i] = (-(v[i+1]-v[i])_y, (v[i+1]-v[i])_x)``, pointing inwards.
+    offsets : list of mpf
+        ``offsets[i] = -normals[i] . v[i]``, so that the interior has
+        ``normals[i] . z + offsets[i] > 0``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than 3 vertices are given or the signed area is not positive
+        (clockwise or degenerate input).
+    """
+    with mp.workdps(dps + 40):
+        V = [(_mpf(v[0]), _mpf(v[1])) for v in vertices]
+        k = len(V)
+        if k < 3:
+            raise ValueError("polygon_from_vertices: need at least 3 vertices")
+        area2 = mp.fsum(V[i][0] * V[(i + 1) % k][1] - V[(i + 1) % k][0] * V[i][1] for i in range(k))
+        if not area2 > 0:
+            raise ValueError("polygon_from_vertices: vertices must be counterclockwise "
+                             "with positive area")
+        normals, offsets = [], []
+        for i in range(k):
+            x0, y0 = V[i]
+            x1, y1 = V[(i + 1) % k]
+            n = [-(y1 - y0), x1 - x0]
+            normals.append(n)
+            offsets.append(-(n[0] * x0 + n[1] * y0))
+        return normals, offsets
