@@ -59,3 +59,11 @@ def as_points(Z, dim, name="Z"):
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{name} must have shape (N, {dim}), got {arr.shape}.")
     return arr
+
+
+def check_backend(backend, what):
+    """Validate a ``backend`` argument; only CPU kernels exist for ``what`` so far."""
+    if backend not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'gpu', got {backend!r}.")
+    if backend == "gpu":
+        raise NotImplementedError(f"{what} has no GPU kernels yet; use backend='cpu' (or 'auto').")

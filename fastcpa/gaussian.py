@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import as_float64
+from ._validation import as_float64, check_backend
 
 __all__ = ["IntervalMoments", "interval_moments"]
 
@@ -49,13 +49,6 @@ class IntervalMoments:
     def raw_second(self):
         """``E[z^2 1{lo <= z <= hi}] = mass * (var + mean^2)``."""
         return self.mass * (self.var + self.mean**2)
-
-
-def _check_backend(backend):
-    if backend not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"backend must be 'auto', 'cpu' or 'gpu', got {backend!r}.")
-    if backend == "gpu":
-        raise NotImplementedError("the Gaussian integrals have no GPU kernels yet; use backend='cpu' (or 'auto').")
 
 
 def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
@@ -100,7 +93,7 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
     >>> float(r.mean[1])                           # ~ 40 + 1/40
     40.02496884720726
     """
-    _check_backend(backend)
+    check_backend(backend, "the Gaussian integrals")
     lo = as_float64(lo, "lo", allow_nonfinite=True)
     hi = as_float64(hi, "hi", allow_nonfinite=True)
     mean = as_float64(mean, "mean")

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse
 import scipy.stats
 
-from ._validation import as_float64
+from ._validation import as_float64, check_backend
 from .generator import Generator
 from .partition import partition
 
@@ -23,13 +23,6 @@ __all__ = ["CPAModel", "Posterior"]
 PRUNE_GAP = 40.0
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
-
-
-def _check_backend(backend):
-    if backend not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"backend must be 'auto', 'cpu' or 'gpu', got {backend!r}.")
-    if backend == "gpu":
-        raise NotImplementedError("CPAModel has no GPU kernels yet; use backend='cpu' (or 'auto').")
 
 
 class CPAModel:
@@ -185,7 +178,7 @@ class CPAModel:
         """
         from fastcpa.kernels.cpu.pairs import log_prob_chunk
 
-        _check_backend(backend)
+        check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
         xx = (X * X) @ p["prec"]
@@ -216,7 +209,7 @@ class CPAModel:
         """
         from fastcpa.kernels.cpu.pairs import posterior_chunk
 
-        _check_backend(backend)
+        check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
         N, S = len(X), self.generator.latent_dim
