@@ -147,9 +147,10 @@ def std_interval_log_mass(a, b, w):
             return log_phi(c) + math.log(h * i0)
     if a >= 0.0:
         Ra = mills_ratio(a)
-        if b == math.inf:
+        ex = -0.5 * w * (a + b)
+        if ex < -40.0:  # e R(b) / R(a) < e^-40, below half an ulp: the upper end does not matter
             return log_phi(a) + math.log(Ra)
-        return log_phi(a) + math.log(Ra - math.exp(-0.5 * w * (a + b)) * mills_ratio(b))
+        return log_phi(a) + math.log(Ra - math.exp(ex) * mills_ratio(b))
     p_lo = 0.5 * math.erfc(-a * INV_SQRT2)
     p_hi = 0.5 * math.erfc(b * INV_SQRT2)
     if p_lo + p_hi < 0.5:

@@ -21,9 +21,9 @@ SQRT_HALF_PI = 1.2533141373155003  # sqrt(pi / 2)
 INV_SQRT2 = 0.7071067811865476
 # Below it the Mills ratio comes from erfc, above it from the continued fraction.
 _CF_FROM = 2.0
-# Terms of the continued fraction: converged to an ulp for t >= 2 (120) and t >= 6 (30).
+# Terms of the continued fraction between 2 and 6 (converged to an ulp for t >= 2);
+# beyond, :func:`_cf_terms` decides.
 _CF_TERMS = 120
-_CF_TERMS_FAR = 30
 
 
 def exp_neg_half_square(t):
@@ -42,6 +42,13 @@ def log_phi(t):
     return -0.5 * t * t - LOG_SQRT_2PI
 
 
+def _cf_terms(t):
+    """Continued-fraction terms that converge to an ulp at ``t >= 5``: measured
+    against mpmath, 23 suffice at t = 5, 12 at 10, 7 at 20, 4 at 100; this
+    gives 30, 18, 12 and 7."""
+    return 6 + int(120.0 / t)
+
+
 def mills_tails(t):
     """``(R, delta, gamma)`` at ``t >= 0``: the Mills ratio and the continued-fraction tails
     (see the module docstring), each to a few ulps."""
@@ -54,7 +61,7 @@ def mills_tails(t):
         return R, delta, gamma
     f_next = 0.0
     f2 = 0.0
-    n_terms = _CF_TERMS_FAR if t >= 6.0 else _CF_TERMS
+    n_terms = _cf_terms(t) if t >= 6.0 else _CF_TERMS
     for k in range(n_terms, 1, -1):  # backward recurrence f_k = k / (t + f_{k+1})
         f_next = k / (t + f_next)
         f2 = f_next
@@ -68,12 +75,12 @@ def mills_ratio(t):
 
     Cheaper than :func:`mills_tails` (no ``delta``/``gamma``): from erfc below
     t = 5 (relative error up to ~t^2 ulps, from rounding ``t / sqrt(2)``),
-    from 30 terms of the continued fraction above (converged to an ulp).
+    from the continued fraction above (``_cf_terms``, converged to an ulp).
     """
     if t < 5.0:
         return SQRT_HALF_PI * math.erfc(t * INV_SQRT2) / exp_neg_half_square(t)
     f = 0.0
-    for k in range(_CF_TERMS_FAR, 0, -1):
+    for k in range(_cf_terms(t), 0, -1):
         f = k / (t + f)
     return 1.0 / (t + f)
 
