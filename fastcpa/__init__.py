@@ -5,11 +5,14 @@ Importing fastcpa compiles nothing and never imports CuPy; call
 :func:`fastcpa.warmup` to compile the CPU kernels ahead of first use.
 """
 
-from .gaussian import IntervalMoments, interval_moments
+from .gaussian import IntervalMoments, PolygonMoments, interval_moments, polygon_moments
 from .generator import Generator
 from .model import CPAModel, Posterior
 from .partition import Partition, partition
 from ._warmup import warmup
 
 __version__ = "0.1.0.dev0"
-__all__ = ["CPAModel", "Generator", "Posterior", "IntervalMoments", "Partition", "interval_moments", "partition", "warmup", "__version__"]
+__all__ = [
+    "CPAModel", "Generator", "Posterior", "IntervalMoments", "PolygonMoments", "Partition", "interval_moments",
+    "polygon_moments", "partition", "warmup", "__version__",
+]

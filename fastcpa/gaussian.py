@@ -1,4 +1,4 @@
-"""Gaussian mass and moments over intervals (and polygons): fastcpa's numerical core, public.
+"""Gaussian mass and moments over intervals and convex polygons: fastcpa's numerical core, public.
 
 These are the building blocks of the exact likelihood; they are exposed so
 other libraries can use fastcpa as a fast, tail-safe core for Gaussian
@@ -14,7 +14,7 @@ import numpy as np
 
 from ._validation import as_float64, check_backend
 
-__all__ = ["IntervalMoments", "interval_moments"]
+__all__ = ["IntervalMoments", "PolygonMoments", "interval_moments", "polygon_moments"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,114 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
     out = [np.empty(flat[0].shape[0]) for _ in range(3)]
     interval_moments_batch(*flat, *out)
     return IntervalMoments(*(o.reshape(shape) for o in out))
+
+
+@dataclass(frozen=True)
+class PolygonMoments:
+    """Mass and conditional moments of 2-D normals over convex polygons.
+
+    Attributes
+    ----------
+    log_mass : numpy.ndarray, shape (...)
+        ``log P(z in polygon)``; ``-inf`` for an empty or zero-area polygon.
+    mean : numpy.ndarray, shape (..., 2)
+        ``E[z | z in polygon]``.
+    cov : numpy.ndarray, shape (..., 2, 2)
+        ``Cov[z | z in polygon]``.
+    """
+
+    log_mass: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+
+    @property
+    def mass(self):
+        """``P(z in polygon)`` (underflows to 0 where ``log_mass < -745``)."""
+        return np.exp(self.log_mass)
+
+
+def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.0)), *, moments=True,
+                    backend="auto"):
+    """Log-mass, conditional mean and covariance of N(mean, cov) over convex polygons in R^2.
+
+    Polygon i is ``{z : normals[i] @ z + offsets[i] >= 0}``, an intersection
+    of half-planes: bounded or not (half-planes, wedges, strips, orthants).
+    Batched: the leading dimensions of all arguments broadcast.
+
+    Parameters
+    ----------
+    normals : array_like, shape (..., K, 2)
+        Half-plane normals (need not be unit). Rows with normal ``(0, 0)``
+        and offset 0 are vacuous (use them to pad polygons with fewer
+        sides); ``K = 0`` is the whole plane.
+    offsets : array_like, shape (..., K)
+    mean : array_like, shape (..., 2), default (0, 0)
+    cov : array_like, shape (..., 2, 2), default identity
+        Symmetric positive definite (nearly singular is fine).
+    moments : bool, default True
+        Also compute mean and covariance (else they are NaN; log-mass only
+        is several times cheaper).
+    backend : {"auto", "cpu", "gpu"}, default "auto"
+        Only CPU kernels exist so far.
+
+    Returns
+    -------
+    PolygonMoments
+        ``log_mass`` (...), ``mean`` (..., 2), ``cov`` (..., 2, 2).
+
+    Notes
+    -----
+    Exact closed forms (DESIGN 2.4): Owen's T for the mass (with a scaled
+    form far from the mean), the divergence theorem for the moments, and,
+    where those would cancel (thin, tiny or far polygons), exact interval
+    moments along sections with Gauss-Legendre panels across them. Checked
+    against 40-digit mpmath quadrature in the tests: relative error of the
+    log-mass about 1e-15 in the bulk and out to 37 standard deviations
+    (masses below 1e-300 included), moments to about 1e-13. For a polygon of
+    width ``w`` whose sides lie at distance ``o`` from the mean, float64
+    inputs determine the mass only to about ``1e-16 * o / w`` relative; the
+    result is as accurate as that.
+
+    Examples
+    --------
+    >>> import numpy as np, fastcpa
+    >>> r = fastcpa.polygon_moments([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])   # the orthant z >= 0
+    >>> float(r.mass)
+    0.25
+    >>> r = fastcpa.polygon_moments([[1.0, 0.0], [0.0, 1.0]], [-9.0, -8.0])  # z1 >= 9, z2 >= 8
+    >>> float(r.log_mass)          # log(Q(9) Q(8)) = log(2.6e-35)
+    -78.64158627324666
+    >>> np.round(r.mean, 4)
+    array([9.1085, 8.1214])
+    """
+    check_backend(backend, "the Gaussian integrals")
+    normals = as_float64(normals, "normals")
+    offsets = as_float64(offsets, "offsets")
+    mean = as_float64(mean, "mean")
+    cov = as_float64(cov, "cov")
+    if normals.ndim < 2 or normals.shape[-1] != 2:
+        raise ValueError(f"normals must have shape (..., K, 2), got {normals.shape}.")
+    if offsets.ndim < 1 or offsets.shape[-1] != normals.shape[-2]:
+        raise ValueError(f"offsets must have shape (..., K) with K = {normals.shape[-2]} (one per normal), "
+                         f"got {offsets.shape}.")
+    if mean.ndim < 1 or mean.shape[-1] != 2:
+        raise ValueError(f"mean must have shape (..., 2), got {mean.shape}.")
+    if cov.ndim < 2 or cov.shape[-2:] != (2, 2):
+        raise ValueError(f"cov must have shape (..., 2, 2), got {cov.shape}.")
+    if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-12, atol=0):
+        raise ValueError("cov must be symmetric.")
+    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] * cov[..., 1, 0]
+    if np.any(cov[..., 0, 0] <= 0) or np.any(det <= 0):
+        raise ValueError("cov must be positive definite (both eigenvalues > 0).")
+    K = normals.shape[-2]
+    shape = np.broadcast_shapes(normals.shape[:-2], offsets.shape[:-1], mean.shape[:-1], cov.shape[:-2])
+    n = int(np.prod(shape))
+    N = np.ascontiguousarray(np.broadcast_to(normals, shape + (K, 2))).reshape(n, K, 2)
+    O = np.ascontiguousarray(np.broadcast_to(offsets, shape + (K,))).reshape(n, K)
+    M = np.ascontiguousarray(np.broadcast_to(mean, shape + (2,))).reshape(n, 2)
+    C = np.ascontiguousarray(np.broadcast_to(cov, shape + (2, 2))).reshape(n, 2, 2)
+    from fastcpa.kernels.cpu.truncated import polygon_moments_batch
+
+    lm, mu, cv = np.empty(n), np.full((n, 2), np.nan), np.full((n, 2, 2), np.nan)
+    polygon_moments_batch(N, O, M, C, bool(moments), lm, mu, cv)
+    return PolygonMoments(lm.reshape(shape), mu.reshape(shape + (2,)), cv.reshape(shape + (2, 2)))

@@ -100,32 +100,55 @@ class CPAModel:
         part = self.partition
         S, D = self.generator.latent_dim, self.generator.output_dim
         whole = part.facet_ptr[1:] == part.facet_ptr[:-1]
-        if S != 1 and not whole.all():
+        if S > 2 and not whole.all():
             raise NotImplementedError(
-                f"exact inference for S = {S} needs the Gaussian polygon integrals, which are not implemented "
-                "yet; S = 1 generators and affine generators of any S are supported.")
+                f"exact inference for S = {S} needs Gaussian integrals over polytopes, which are not implemented "
+                "yet; S = 1 and S = 2 generators and affine generators of any S are supported.")
         A, b = part.A, part.b
         R = len(A)
         prec = 1.0 / self._noise_var
         PA = A * prec[None, :, None]
-        Lam = np.eye(S)[None] / self.sigma_z**2 + np.einsum("rds,rdt->rst", A, PA)
-        Sigma = np.linalg.inv(Lam)
-        Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, 1, 2))
-        logdet_lam = np.linalg.slogdet(Lam)[1]
-        Pb = b * prec[None, :]
-        if S == 1:
-            lo, hi = np.ascontiguousarray(part.intervals[:, 0]), np.ascontiguousarray(part.intervals[:, 1])
+        s = 1.0 / self.sigma_z**2
+        if S == 2:
+            # Lambda = s I + (P^1/2 A)^T (P^1/2 A) = s I + Rq^T Rq; its Cholesky factor from Rq
+            # needs no subtraction (the Schur complement is a sum of positive terms).
+            Bw = A * np.sqrt(prec)[None, :, None]
+            if D == 1:
+                Bw = np.concatenate([Bw, np.zeros((R, 1, 2))], axis=1)
+            Rq = np.linalg.qr(Bw, mode="r")
+            r11, r12, r22 = Rq[:, 0, 0], Rq[:, 0, 1], Rq[:, 1, 1]
+            l11 = np.sqrt(s + r11**2)
+            l21 = r11 * r12 / l11
+            l22 = np.sqrt(s + r22**2 + r12**2 * s / (s + r11**2))
+            Lt = np.ascontiguousarray(np.stack([l11, l21, l22], axis=1))
+            Lam = np.empty((R, 2, 2))
+            Lam[:, 0, 0], Lam[:, 0, 1], Lam[:, 1, 0], Lam[:, 1, 1] = l11**2, l11 * l21, l11 * l21, l21**2 + l22**2
+            Sigma = np.empty((R, 2, 2))
+            det = (l11 * l22) ** 2
+            Sigma[:, 0, 0], Sigma[:, 1, 1] = Lam[:, 1, 1] / det, Lam[:, 0, 0] / det
+            Sigma[:, 0, 1] = Sigma[:, 1, 0] = -Lam[:, 0, 1] / det
+            logdet_lam = 2.0 * np.log(l11 * l22)
         else:
-            lo = hi = np.zeros(R)
-        self._params = dict(
+            Lam = np.eye(S)[None] * s + np.einsum("rds,rdt->rst", A, PA)
+            Sigma = np.linalg.inv(Lam)
+            Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, 1, 2))
+            logdet_lam = np.linalg.slogdet(Lam)[1]
+        Pb = b * prec[None, :]
+        params = dict(
             PA_T=np.ascontiguousarray(PA.transpose(1, 0, 2).reshape(D, R * S)),
             Pb_T=np.ascontiguousarray(Pb.T),
             Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, Pb)),
             bb=np.einsum("rd,rd->r", b, Pb),
-            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, lo=lo, hi=hi, whole=whole, prec=prec,
+            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole, prec=prec,
             const=-0.5 * (D * math.log(2 * math.pi) + np.log(self._noise_var).sum()) - S * math.log(self.sigma_z),
         )
-        return self._params
+        if S == 1:
+            params["lo"] = np.ascontiguousarray(part.intervals[:, 0])
+            params["hi"] = np.ascontiguousarray(part.intervals[:, 1])
+        elif S == 2 and not whole.all():
+            params.update(Lt=Lt, **_whitened_boundaries(part, Lt))
+        self._params = params
+        return params
 
     def _check_X(self, X):
         X = as_float64(X, "X")
@@ -151,10 +174,27 @@ class CPAModel:
                 Xb = np.ascontiguousarray(Xc @ p["Pb_T"][:, r0:r1])
                 yield slice(a, a + len(Xc)), slice(r0, r1), XA, Xb
 
-    @staticmethod
-    def _region_args(p, rs):
-        return (p["Ab"][rs], p["bb"][rs], p["Sigma"][rs], p["logdet_lam"][rs], p["lo"][rs], p["hi"][rs],
-                p["whole"][rs], p["const"])
+    def _pair_kernels(self):
+        """The (log_prob, posterior) chunk kernels for this latent dimension, and
+        a function giving their region arguments for a chunk of regions."""
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        head = ("Ab", "bb", "Sigma", "logdet_lam")
+        if self.generator.latent_dim == 2 and "Lt" in p:
+            def args(rs):
+                ptr = p["ptr"][rs.start:rs.stop + 1]
+                return (*(p[k][rs] for k in head), p["whole"][rs], ptr, p["PW"], p["LN"], p["Lt"][rs], p["const"])
+
+            return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, args
+        if self.generator.latent_dim > 1:  # affine generator: one whole-space region
+            def args(rs):
+                zero = np.zeros(rs.stop - rs.start)
+                return (*(p[k][rs] for k in head), zero, zero, p["whole"][rs], p["const"])
+        else:
+            def args(rs):
+                return (*(p[k][rs] for k in head), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
+        return pairs.log_prob_chunk, pairs.posterior_chunk, args
 
     # ------------------------------------------------------------------ likelihood
     def log_prob(self, X, *, prune=True, sample_chunk=1024, region_chunk=1024, backend="auto"):
@@ -176,19 +216,17 @@ class CPAModel:
         -------
         ndarray, shape (N,)
         """
-        from fastcpa.kernels.cpu.pairs import log_prob_chunk
-
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
+        log_prob_chunk, _, region_args = self._pair_kernels()
         xx = (X * X) @ p["prec"]
         run_max = np.full(len(X), -np.inf)
         run_sum = np.zeros(len(X))
         skipped = np.zeros(len(X), np.int64)
         gap = PRUNE_GAP if prune else np.inf
         for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-            log_prob_chunk(XA, Xb, xx[rows], *self._region_args(p, rs), gap, run_max[rows], run_sum[rows],
-                           skipped[rows])
+            log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows], skipped[rows])
         self.last_pairs_skipped_ = int(skipped.sum())
         return run_max + np.log(run_sum)
 
@@ -207,11 +245,10 @@ class CPAModel:
         -------
         Posterior
         """
-        from fastcpa.kernels.cpu.pairs import posterior_chunk
-
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
+        _, posterior_chunk, region_args = self._pair_kernels()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
         xx = (X * X) @ p["prec"]
@@ -226,7 +263,7 @@ class CPAModel:
             terms = np.empty((n, rc))
             means = np.empty((n, rc, S))
             covs = np.empty((n, rc, S, S))
-            posterior_chunk(XA, Xb, xx[rows], *self._region_args(p, rs), terms, means, covs)
+            posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
             cm = terms.max(axis=1)
             w = np.exp(terms - cm[:, None])
             cw = w.sum(axis=1)
@@ -388,3 +425,36 @@ class Posterior:
         lz = -0.5 * ((Zk**2).sum(-1) / model.sigma_z**2 + S * math.log(2 * math.pi * model.sigma_z**2))
         out = lz + lx - self.log_prob[:, None]
         return out[:, 0] if single else out
+
+
+def _whitened_boundaries(part, Lt):
+    """Each S = 2 region's boundary in its posterior's whitened frame (up to the
+    per-sample shift): points ``L^T v`` (ideal points: the unit direction
+    ``L^T d``), and per edge its line ``n . z + o >= 0`` with ``n`` mapped to
+    ``M^T n``, ``M = (L^T)^-1`` (zeros for arcs at infinity), as the pair
+    kernels take them."""
+    ptr, B, EU = part.boundary_ptr, part.boundary, part.boundary_unit
+    reg = np.repeat(np.arange(part.n_regions), np.diff(ptr))
+    l11, l21, l22 = Lt[reg, 0], Lt[reg, 1], Lt[reg, 2]
+    PW = np.empty((len(B), 3))
+    PW[:, 0] = l11 * B[:, 0] + l21 * B[:, 1]
+    PW[:, 1] = l22 * B[:, 1]
+    PW[:, 2] = B[:, 2]
+    ideal = B[:, 2] == 0.0
+    PW[ideal, :2] /= np.hypot(PW[ideal, 0], PW[ideal, 1])[:, None]
+    # the facet carrying each edge (consecutive edges on one unit share it)
+    from .partition import _facet_starts
+
+    keep = _facet_starts(ptr, EU)
+    facet = np.where(keep, np.cumsum(keep) - 1, -1)
+    prev = np.arange(-1, len(EU) - 1)
+    prev[ptr[:-1]] = ptr[1:] - 1
+    cont = (EU >= 0) & ~keep
+    facet[cont] = facet[prev[cont]]
+    LN = np.zeros((len(B), 5))
+    on = facet >= 0
+    n = part.facet_normal[facet[on]]
+    LN[on, 0], LN[on, 1], LN[on, 2] = n[:, 0], n[:, 1], part.facet_offset[facet[on]]
+    LN[on, 3] = n[:, 0] / l11[on]
+    LN[on, 4] = (n[:, 1] - l21[on] * n[:, 0] / l11[on]) / l22[on]
+    return {"ptr": np.ascontiguousarray(ptr), "PW": PW, "LN": LN}

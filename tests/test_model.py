@@ -213,7 +213,7 @@ def test_bad_input(rng):
         model.log_prob(np.zeros((1, 3)), backend="gpu")
 
 
-def test_two_dimensional_latent_not_yet_silent(rng):
-    gen = make_gen(rng, [2, 5, 3])
-    with pytest.raises(NotImplementedError, match="polygon integrals"):
+def test_three_dimensional_latent_not_yet_silent(rng):
+    gen = make_gen(rng, [3, 5, 3])
+    with pytest.raises(NotImplementedError, match="latent dimension 1 and 2"):
         fastcpa.CPAModel(gen, sigma_x=0.1).log_prob(np.zeros((1, 3)))

@@ -26,12 +26,15 @@ import math
 import numpy as np
 from numba import prange
 
-from .. import _interval
+from .. import _interval, _polygon
 from ._jit import jit, scalars
 
 _iv = scalars(_interval)
 interval_log_mass = _iv.interval_log_mass
 interval_moments = _iv.interval_moments
+_pg = scalars(_polygon)
+std_polygon_log_mass = _pg.std_polygon_log_mass
+std_polygon_moments = _pg.std_polygon_moments
 
 
 @jit
@@ -57,6 +60,16 @@ def _region_log_mass(mu, Sigma, r, lo, hi, whole):
     if whole[r]:
         return 0.0
     return interval_log_mass(lo[r], hi[r], mu[0], math.sqrt(Sigma[r, 0, 0]))
+
+
+@jit
+def _best_first(k, best):
+    """The k-th region to visit: the best candidate first, then the others in order."""
+    if k == 0:
+        return best
+    if k <= best:
+        return k - 1
+    return k
 
 
 @jit
@@ -90,13 +103,8 @@ def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, 
                 best = r
         m, s = run_max[i], run_sum[i]
         skipped = 0
-        for k in range(R):  # the best candidate first, then the others in order
-            if k == 0:
-                r = best
-            elif k <= best:
-                r = k - 1
-            else:
-                r = k
+        for k in range(R):
+            r = _best_first(k, best)
             if lk[r] < m - gap:
                 skipped += 1
                 continue
@@ -132,3 +140,114 @@ def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
                 terms[i, r] = lk + lm
                 means[i, r, 0] = mean
                 covs[i, r, 0, 0] = var
+
+
+# ----------------------------------------------------------------------------- S = 2
+@jit
+def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
+    """Region r's boundary in the frame u = L^T (z - mu) of its posterior
+    (``Lt[r] = (l11, l21, l22)``, ``L L^T`` the precision): rows
+    ``(x, y, w, lx, ly, loff)`` as ``kernels._polygon`` takes them. ``PW``
+    holds ``L^T v`` (ideal points: the unit direction), ``LN`` each edge's
+    line ``(n1, n2, o)`` in z and its normal in u; returns the point count."""
+    sx = Lt[r, 0] * mu[0] + Lt[r, 1] * mu[1]
+    sy = Lt[r, 2] * mu[1]
+    n = ptr[r + 1] - ptr[r]
+    for k in range(n):
+        v = ptr[r] + k
+        w = PW[v, 2]
+        W[k, 0] = PW[v, 0] - sx * w
+        W[k, 1] = PW[v, 1] - sy * w
+        W[k, 2] = w
+        W[k, 3] = LN[v, 3]
+        W[k, 4] = LN[v, 4]
+        if LN[v, 3] == 0.0 and LN[v, 4] == 0.0:
+            W[k, 5] = 0.0
+        else:
+            W[k, 5] = LN[v, 2] + LN[v, 0] * mu[0] + LN[v, 1] * mu[1]
+    return n
+
+
+@jit
+def _scratch(cap):
+    return (np.empty((cap, 6)), np.empty((cap, 6)), np.empty((cap + 8, 6)), np.empty((cap + 8, 6)),
+            np.empty((cap + 8, 3)), np.empty(cap + 8))
+
+
+@jit(parallel=True)
+def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, gap, run_max,
+                      run_sum, n_skipped):
+    """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
+    region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
+    are indexed by the same (chunk-local) region numbers."""
+    n, R = Xb.shape
+    cap = 8
+    for r in range(R):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    for i in prange(n):
+        y = np.empty(2)
+        mu = np.empty(2)
+        lk = np.empty(R)
+        W, E, B1, B2, V, Y = _scratch(cap)
+        best = 0
+        for r in range(R):
+            lk[r] = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            if lk[r] > lk[best]:
+                best = r
+        m, s = run_max[i], run_sum[i]
+        skipped = 0
+        for k in range(R):
+            r = _best_first(k, best)
+            if lk[r] < m - gap:
+                skipped += 1
+                continue
+            _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            if whole[r]:
+                lm = 0.0
+            else:
+                nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y)
+            m, s = _add_term(lk[r] + lm, m, s)
+        run_max[i], run_sum[i] = m, s
+        n_skipped[i] += skipped
+
+
+@jit(parallel=True)
+def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, terms, means,
+                       covs):
+    """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z)."""
+    n, R = Xb.shape
+    cap = 8
+    for r in range(R):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    for i in prange(n):
+        y = np.empty(2)
+        mu = np.empty(2)
+        W, E, B1, B2, V, Y = _scratch(cap)
+        for r in range(R):
+            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            if whole[r]:
+                terms[i, r] = lk
+                for a in range(2):
+                    means[i, r, a] = mu[a]
+                    for b in range(2):
+                        covs[i, r, a, b] = Sigma[r, a, b]
+                continue
+            nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y)
+            terms[i, r] = lk + lm
+            # z = mu + M u with M = (L^T)^-1 = [[1/l11, -l21/(l11 l22)], [0, 1/l22]]
+            l11 = Lt[r, 0]
+            l21 = Lt[r, 1]
+            l22 = Lt[r, 2]
+            m00 = 1.0 / l11
+            m01 = -l21 / (l11 * l22)
+            m11 = 1.0 / l22
+            means[i, r, 0] = mu[0] + m00 * ux + m01 * uy
+            means[i, r, 1] = mu[1] + m11 * uy
+            a00 = m00 * m00 * c00 + 2.0 * m00 * m01 * c01 + m01 * m01 * c11
+            a01 = m11 * (m00 * c01 + m01 * c11)
+            covs[i, r, 0, 0] = a00
+            covs[i, r, 0, 1] = a01
+            covs[i, r, 1, 0] = a01
+            covs[i, r, 1, 1] = m11 * m11 * c11

@@ -1,0 +1,648 @@
+"""Mass and moments of the standard bivariate normal over a convex polygon.
+
+Plain Python over ``math`` (plus constant tuples), compiled by each target.
+A polygon is the counter-clockwise cycle of homogeneous boundary points
+``P[0:n]`` (``(x, y, 1)`` finite, ``(x, y, 0)`` an ideal point, a unit
+direction at infinity; see ``kernels._geometry``), already whitened: the
+Gaussian is N(0, I). Callers whiten with :func:`chol2`.
+
+Per edge (a segment or a ray; arcs at infinity carry no boundary), with unit
+tangent ``t`` (CCW direction) and inward normal ``n = (-t_y, t_x)``, the line
+is ``n . u = c`` and a point on it is ``u = c n + s t`` with ``s`` in
+``[s1, s2]``. The edge table ``E[k] = (t_x, t_y, c, s1, s2, L)`` (``L`` the
+length, ``inf`` for rays) is all the formulas need.
+
+Mass (DESIGN 2.4), from the polar form ``int dtheta/(2 pi) [exp(-r_in^2/2) -
+exp(-r_out^2/2)]`` around the origin: each edge contributes
+
+    B(h, s1, s2) = 1/(2 pi) int_{s1}^{s2} h exp(-(h^2+s^2)/2) / (h^2+s^2) ds
+                 = T(h, s2/h) - T(h, s1/h)            (h = |c|, Owen's T)
+
+with the sign of ``c`` (entry edges, ``c > 0``, add; exit edges subtract).
+
+* Origin inside (every ``c <= 0``): the mass is a sum of positive
+  origin-apex sector masses ``W = dpsi/(2 pi) - B`` (``dpsi`` the angle the
+  edge subtends; arcs at infinity give ``dpsi/(2 pi)``), or, when it exceeds
+  1/2, ``1 - sum B`` with positive ``B``: nothing cancels either way. For
+  ``h < 1`` the sector mass is integrated directly (``-expm1`` form, two
+  24-point Gauss-Legendre panels on ``|s| <= 9`` plus closed-form angles
+  beyond, where the dropped Gaussian part is below ``e^-40`` relative).
+* Origin outside: ``mass = sum_entry B - sum_exit B``, each ``B`` scaled by
+  ``exp(-rho^2/2)`` (``rho`` the distance to the edge), all relative to the
+  distance ``d`` of the polygon, so ``exp(-5000)`` masses are no harder. Each
+  ``B`` is an Owen's T sum (foot point on the edge: two positive terms) or a
+  T difference, which is replaced by graded Gauss-Legendre panels of the
+  integral itself when it would lose more than 4 bits.
+* The entry/exit sum cancels when the polygon is thin (or small) next to
+  its distance; when it would lose more than 8 bits, the section rule
+  (:func:`section_rule`) takes over: exact, tail-safe interval moments along
+  one axis (towards the polygon) and Gauss-Legendre panels across, after
+  clipping the polygon to the box where the density is within ``e^-45`` of
+  its peak. Nothing in it subtracts.
+
+Moments by the divergence theorem: with ``J_e = int_e phi_2 ds =
+phi(c) (Phi(s2) - Phi(s1))`` and the truncated mean ``mu_e`` of ``s`` on the
+edge (``kernels._interval``),
+
+    int u phi_2 = sum_e J_e n_e
+    int (u - m) (u - m)^T phi_2 = M0 I + sum_e J_e (c_e n_e + mu_e t_e - m) n_e^T
+
+(symmetrised). They amplify rounding by the size of the boundary terms next
+to the covariance: much for thin polygons, and like ``d^4`` for far ones
+(the covariance is ``I`` minus nearly ``I``). Beyond ``_AMP_MAX`` the section
+rule serves.
+"""
+
+import math
+
+from ._geometry import crossing_point, foot_of_line, line_value
+from ._interval import std_interval_moments
+from ._owens_t import _GL_U, _GL_V, owens_t_scaled
+
+_INV_2PI = 0.15915494309189535
+_INV_SQRT_2PI = 0.3989422804014327
+LOG_2PI = 1.8378770664093453
+_N_PANEL = 24
+# B by a T difference only while s1^2/2 <= 30 (beyond, T(h, a1) / B > e^30).
+_DIRECT_FROM = 60.0
+# ... and only while T(h, a2) <= 16 B (at most 4 bits lost).
+_CANCEL = 16.0
+# Direct B: cut where the integrand has fallen by e^-40; panels rise by <= 16.
+_B_CUT = 40.0
+_B_RISE = 16.0
+_MAX_PANELS = 64
+# Sector masses with h < 1: panels on |s| <= _W_SPAN, closed-form angles beyond.
+_W_SPAN = 9.0
+# Cancellation of the mass (8 bits) or amplification of rounding in the moments
+# beyond which the section rule serves.
+_KAPPA_MAX = 256.0
+_AMP_MAX = 1e5
+# Section rule: clip to the box |u_i| <= sqrt(d^2 + _BOX) (density below e^-45 outside).
+_BOX = 90.0
+
+
+def _two_prod_diff(a, b, c, d):
+    """``a*b - c*d`` with the products split exactly (Dekker), so a nearly
+    singular 2x2 determinant keeps its relative accuracy."""
+    p = a * b
+    q = c * d
+    sa = 134217729.0 * a
+    ah = sa - (sa - a)
+    al = a - ah
+    sb = 134217729.0 * b
+    bh = sb - (sb - b)
+    bl = b - bh
+    ep = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    sc = 134217729.0 * c
+    ch = sc - (sc - c)
+    cl = c - ch
+    sd = 134217729.0 * d
+    dh = sd - (sd - d)
+    dl = d - dh
+    eq = ((ch * dh - q) + ch * dl + cl * dh) + cl * dl
+    return (p - q) + (ep - eq)
+
+
+def chol2(s11, s12, s22):
+    """Cholesky factor ``(l11, l21, l22)`` of a symmetric 2x2 matrix (lower,
+    ``S = L L^T``); the Schur complement comes from an exactly split
+    determinant. NaN when the matrix is not positive definite."""
+    if not (s11 > 0.0):
+        return math.nan, math.nan, math.nan
+    det = _two_prod_diff(s11, s22, s12, s12)
+    if not (det > 0.0):
+        return math.nan, math.nan, math.nan
+    l11 = math.sqrt(s11)
+    return l11, s12 / l11, math.sqrt(det / s11)
+
+
+# ----------------------------------------------------------------------------- clipping
+def _put(P, k, x, y, w, nx, ny, off):
+    P[k, 0] = x
+    P[k, 1] = y
+    P[k, 2] = w
+    P[k, 3] = nx
+    P[k, 4] = ny
+    P[k, 5] = off
+
+
+def _copy_row(Pin, j, Pout, k):
+    for c in range(6):
+        Pout[k, c] = Pin[j, c]
+
+
+def clip_halfplane(Pin, nin, nx, ny, off, Pout):
+    """Clip a homogeneous CCW polygon by ``nx*x + ny*y + off*w >= 0`` (one
+    Sutherland-Hodgman step); returns the number of points written to Pout
+    (at most ``nin + 2``).
+
+    Rows are ``(x, y, w, lx, ly, loff)``: the point and the line
+    ``lx*x + ly*y + loff >= 0`` carrying its outgoing edge (all zero for an
+    arc at infinity). Exact sign tests: points on the line are kept. A new
+    edge joining two ideal points (a whole line) gets its foot point as a
+    finite vertex, so an edge between two ideal points is always an arc."""
+    nout = 0
+    new_from = -1
+    for j in range(nin):
+        q = j + 1
+        if q == nin:
+            q = 0
+        fp = line_value(nx, ny, off, Pin[j, 0], Pin[j, 1], Pin[j, 2])
+        fq = line_value(nx, ny, off, Pin[q, 0], Pin[q, 1], Pin[q, 2])
+        if fp >= 0.0:
+            if fp == 0.0 and fq < 0.0:  # the boundary leaves along the new line
+                new_from = nout
+                _put(Pout, nout, Pin[j, 0], Pin[j, 1], Pin[j, 2], nx, ny, off)
+            else:
+                _copy_row(Pin, j, Pout, nout)
+            nout += 1
+            if fp > 0.0 and fq < 0.0:  # exit: the new edge starts here
+                x, y, w = _crossing(Pin, j, q, fp, fq, nx, ny)
+                new_from = nout
+                _put(Pout, nout, x, y, w, nx, ny, off)
+                nout += 1
+        elif fq > 0.0:  # entry: continue along the old edge
+            x, y, w = _crossing(Pin, j, q, fp, fq, nx, ny)
+            _put(Pout, nout, x, y, w, Pin[j, 3], Pin[j, 4], Pin[j, 5])
+            nout += 1
+    if new_from >= 0 and nout > 0:
+        nxt = new_from + 1
+        if nxt == nout:
+            nxt = 0
+        if Pout[new_from, 2] == 0.0 and Pout[nxt, 2] == 0.0:
+            for t in range(nout, new_from + 1, -1):
+                _copy_row(Pout, t - 1, Pout, t)
+            fx, fy = foot_of_line(nx, ny, off)
+            _put(Pout, new_from + 1, fx, fy, 1.0, nx, ny, off)
+            nout += 1
+    return nout
+
+
+def _crossing(Pin, j, q, fp, fq, nx, ny):
+    """Where edge j -> q crosses the line; an arc at infinity (two ideal ends,
+    up to 180 degrees apart) crosses it at the line's direction that lies
+    counter-clockwise of j."""
+    if Pin[j, 2] == 0.0 and Pin[q, 2] == 0.0:
+        nrm = math.hypot(nx, ny)
+        dx = -ny / nrm
+        dy = nx / nrm
+        if Pin[j, 0] * dy - Pin[j, 1] * dx < 0.0:
+            dx = -dx
+            dy = -dy
+        return dx, dy, 0.0
+    return crossing_point(Pin[j, 0], Pin[j, 1], Pin[j, 2], fp, Pin[q, 0], Pin[q, 1], Pin[q, 2], fq)
+
+
+def whole_plane(P):
+    """Write R^2 as three ideal points 120 degrees apart (joined by arcs) into
+    P (rows as in :func:`clip_halfplane`); returns 3."""
+    _put(P, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+    _put(P, 1, -0.8660254037844386, -0.5, 0.0, 0.0, 0.0, 0.0)
+    _put(P, 2, 0.8660254037844386, -0.5, 0.0, 0.0, 0.0, 0.0)
+    return 3
+
+
+# ----------------------------------------------------------------------------- edges
+def edge_table(P, n, E):
+    """Fill ``E[k] = (t_x, t_y, c, s1, s2, L)`` for the edges of ``P[0:n]``
+    (rows as in :func:`clip_halfplane`).
+
+    The edge's line (``n = (-t_y, t_x)``, ``c``) comes from the row's line,
+    not from the vertices, so a thin polygon keeps the relative accuracy of
+    its width; ``s1``, ``s2`` are the ends' projections on ``t``. Returns
+    ``(K, arc)``: the number of edges and the total angle of the arcs at
+    infinity. Zero-length segments are skipped.
+    """
+    k = 0
+    arc = 0.0
+    for j in range(n):
+        q = j + 1
+        if q == n:
+            q = 0
+        lx = P[j, 3]
+        ly = P[j, 4]
+        r = math.hypot(lx, ly)
+        if not (r > 0.0):  # an arc at infinity between two ideal points
+            arc += math.atan2(P[j, 0] * P[q, 1] - P[j, 1] * P[q, 0], P[j, 0] * P[q, 0] + P[j, 1] * P[q, 1])
+            continue
+        tx = ly / r
+        ty = -lx / r
+        if P[j, 2] != 0.0 and P[q, 2] != 0.0:
+            L = math.hypot(P[q, 0] - P[j, 0], P[q, 1] - P[j, 1])
+            if not (L > 0.0):
+                continue
+            s1 = tx * P[j, 0] + ty * P[j, 1]
+            s2 = s1 + L
+        elif P[j, 2] != 0.0:  # ray out
+            s1 = tx * P[j, 0] + ty * P[j, 1]
+            s2 = math.inf
+            L = math.inf
+        else:  # ray in
+            s1 = -math.inf
+            s2 = tx * P[q, 0] + ty * P[q, 1]
+            L = math.inf
+        E[k, 0] = tx
+        E[k, 1] = ty
+        E[k, 2] = -P[j, 5] / r
+        E[k, 3] = s1
+        E[k, 4] = s2
+        E[k, 5] = L
+        k += 1
+    return k, arc
+
+
+def _t_arg(s, h):
+    """Owen's T argument ``a = s / h`` for ``s >= 0`` (``inf`` at ``h = 0``)."""
+    if s == 0.0:
+        return 0.0
+    if h == 0.0:
+        return math.inf
+    return s / h
+
+
+def _b_direct(h, s1, L):
+    """``B exp((h^2 + s1^2)/2)`` for ``s1 >= 0`` by Gauss-Legendre panels in
+    ``y = s - s1``: graded away from the integrand's poles (``y = -s1 +- i h``,
+    at distance ``rho`` from ``y = 0``), each panel a rise of at most
+    ``_B_RISE`` in the exponent ``s1 y + y^2/2``, cut at ``_B_CUT``."""
+    if h == 0.0:
+        return 0.0
+    ycut = 2.0 * _B_CUT / (s1 + math.sqrt(s1 * s1 + 2.0 * _B_CUT))
+    top = min(L, ycut)
+    rho = math.sqrt(h * h + s1 * s1)
+    h2 = h * h
+    a = 0.0
+    total = 0.0
+    for _ in range(_MAX_PANELS):
+        if not (a < top):
+            break
+        g = a + s1
+        b = min(top, 2.0 * a + rho, a + 2.0 * _B_RISE / (g + math.sqrt(g * g + 2.0 * _B_RISE)))
+        w = b - a
+        acc = 0.0
+        for i in range(_N_PANEL):
+            y = a + w * _GL_U[i]
+            sy = s1 + y
+            acc += _GL_V[i] * math.exp(-(s1 * y + 0.5 * y * y)) / (h2 + sy * sy)
+        total += w * acc
+        a = b
+    return h * _INV_2PI * total
+
+
+def b_term(h, s1, s2, L):
+    """``(Bhat, rho2)`` with ``B(h, s1, s2) = Bhat exp(-rho2/2)``; ``rho2`` is
+    the squared distance from the origin to the edge (``h >= 0`` the line's)."""
+    if s1 <= 0.0 and 0.0 <= s2:  # foot point on the edge: two positive terms
+        return owens_t_scaled(h, _t_arg(s2, h)) + owens_t_scaled(h, _t_arg(-s1, h)), h * h
+    if s2 < 0.0:  # mirror so that 0 < s1 < s2
+        s1, s2 = -s2, -s1
+    rho2 = h * h + s1 * s1
+    if h == 0.0:
+        return 0.0, rho2
+    if s1 * s1 <= _DIRECT_FROM:
+        t2 = owens_t_scaled(h, _t_arg(s2, h))
+        t1 = owens_t_scaled(h, _t_arg(s1, h))
+        bh = t2 - t1
+        if t2 <= _CANCEL * bh:
+            return bh * math.exp(0.5 * s1 * s1), rho2
+    return _b_direct(h, s1, L), rho2
+
+
+def _dpsi(h, s1, s2, L):
+    """Angle the edge subtends at the origin (``h`` its line's distance)."""
+    if L == math.inf:
+        if s2 == math.inf:
+            if s1 == -math.inf:
+                return math.pi
+            return math.atan2(h, s1)
+        return math.atan2(h, -s2)
+    return math.atan2(h * L, h * h + s1 * s2)
+
+
+def _w_panel(h2, a, b):
+    """``int_a^b -expm1(-(h^2+s^2)/2) / (h^2+s^2) ds`` (24-point Gauss-Legendre)."""
+    w = b - a
+    acc = 0.0
+    for i in range(_N_PANEL):
+        s = a + w * _GL_U[i]
+        z = h2 + s * s
+        if z > 0.0:
+            acc += _GL_V[i] * (-math.expm1(-0.5 * z) / z)
+        else:
+            acc += _GL_V[i] * 0.5
+    return w * acc
+
+
+def w_term(h, s1, s2, L):
+    """Origin-apex sector mass of an edge seen from an origin inside the
+    polygon: ``dpsi/(2 pi) - B``, positive."""
+    if h >= 1.0:
+        bh, rho2 = b_term(h, s1, s2, L)
+        return _dpsi(h, s1, s2, L) * _INV_2PI - bh * math.exp(-0.5 * rho2)
+    if h == 0.0:
+        return 0.0
+    h2 = h * h
+    total = 0.0
+    lo = max(s1, -_W_SPAN)
+    hi = min(s2, _W_SPAN)
+    if lo < 0.0:
+        total += _w_panel(h2, lo, min(hi, 0.0))
+    if hi > 0.0:
+        total += _w_panel(h2, max(lo, 0.0), hi)
+    total *= h * _INV_2PI
+    # beyond |s| = 9 the Gaussian part is below e^-40 of the angle: closed form
+    if s2 > _W_SPAN:
+        a = max(s1, _W_SPAN)
+        total += _dpsi(h, a, s2, s2 - a) * _INV_2PI
+    if s1 < -_W_SPAN:
+        b = min(s2, -_W_SPAN)
+        total += _dpsi(h, s1, b, b - s1) * _INV_2PI
+    return total
+
+
+# ----------------------------------------------------------------------------- mass by edges
+def _edge_distance2(h, s1, s2):
+    if s1 <= 0.0 and 0.0 <= s2:
+        return h * h
+    m = min(abs(s1), abs(s2))
+    return h * h + m * m
+
+
+def fan_log_mass(E, K, arc):
+    """``(log_mass, d2, kappa)`` from the edge table: ``d2`` the squared
+    distance of the polygon from the origin, ``kappa`` the cancellation ratio
+    of the entry/exit sum (1 when the origin is inside)."""
+    inside = True
+    for k in range(K):
+        if E[k, 2] > 0.0:
+            inside = False
+    if inside:
+        w = arc * _INV_2PI
+        comp = 0.0
+        for k in range(K):
+            h = -E[k, 2]
+            w += w_term(h, E[k, 3], E[k, 4], E[k, 5])
+            bh, rho2 = b_term(h, E[k, 3], E[k, 4], E[k, 5])
+            comp += bh * math.exp(-0.5 * rho2)
+        if w > 0.5:
+            return math.log1p(-comp), 0.0, 1.0
+        return math.log(w), 0.0, 1.0
+    d2 = math.inf
+    for k in range(K):
+        d2 = min(d2, _edge_distance2(E[k, 2], E[k, 3], E[k, 4]))
+    pos = 0.0
+    neg = 0.0
+    for k in range(K):
+        c = E[k, 2]
+        bh, rho2 = b_term(abs(c), E[k, 3], E[k, 4], E[k, 5])
+        v = bh * math.exp(-0.5 * (rho2 - d2))
+        if c > 0.0:
+            pos += v
+        else:
+            neg += v
+    net = pos - neg
+    if not (net > 0.0):
+        return -math.inf, d2, math.inf
+    return math.log(net) - 0.5 * d2, d2, (pos + neg) / net
+
+
+def fan_moments(E, K, log_mass, d2):
+    """Mean and covariance (whitened frame) by the divergence theorem, and the
+    factor by which they amplify rounding (boundary terms over the largest
+    variance): large for thin polygons and, as ``d^4``, for far ones."""
+    m0 = math.exp(log_mass + 0.5 * d2)  # mass relative to exp(-d2/2)
+    m1x = 0.0
+    m1y = 0.0
+    g00 = 0.0
+    g01 = 0.0
+    g10 = 0.0
+    g11 = 0.0
+    jsum = 0.0
+    for k in range(K):
+        tx = E[k, 0]
+        ty = E[k, 1]
+        c = E[k, 2]
+        lm, ms, _ = std_interval_moments(E[k, 3], E[k, 4], E[k, 5])
+        j = math.exp(lm - 0.5 * (c * c - d2)) * _INV_SQRT_2PI
+        if not (j > 0.0):
+            continue
+        nx = -ty
+        ny = tx
+        px = c * nx + ms * tx
+        py = c * ny + ms * ty
+        jsum += j
+        m1x += j * nx
+        m1y += j * ny
+        g00 += j * px * nx
+        g01 += j * px * ny
+        g10 += j * py * nx
+        g11 += j * py * ny
+    mx = m1x / m0
+    my = m1y / m0
+    c00 = 1.0 + (g00 - mx * m1x) / m0
+    c11 = 1.0 + (g11 - my * m1y) / m0
+    c01 = 0.5 * ((g01 - mx * m1y) + (g10 - my * m1x)) / m0
+    # rounding is amplified by the size of the boundary terms next to the covariance
+    amp = jsum * (1.0 + d2 + mx * mx + my * my) / (m0 * max(c00, c11))
+    return mx, my, c00, c01, c11, amp
+
+
+# ----------------------------------------------------------------------------- section rule
+def _section(C, m, y):
+    """``(lo, hi)``: the polygon's section at y along the x-axis, from its
+    lines ``C[j] = (n . a, n . t, c)`` (``n . u >= c``)."""
+    lo = -math.inf
+    hi = math.inf
+    for j in range(m):
+        na = C[j, 0]
+        if na > 0.0:
+            lo = max(lo, (C[j, 2] - C[j, 1] * y) / na)
+        elif na < 0.0:
+            hi = min(hi, (C[j, 2] - C[j, 1] * y) / na)
+    return lo, hi
+
+
+def nearest_point(E, K):
+    """``(d2, px, py)``: squared distance from the origin to the polygon's
+    boundary and the nearest boundary point."""
+    d2 = math.inf
+    px = 0.0
+    py = 0.0
+    for k in range(K):
+        tx = E[k, 0]
+        ty = E[k, 1]
+        c = E[k, 2]
+        s1 = E[k, 3]
+        s2 = E[k, 4]
+        s = 0.0
+        if s1 > 0.0:
+            s = s1
+        elif s2 < 0.0:
+            s = s2
+        r2 = c * c + s * s
+        if r2 < d2:
+            d2 = r2
+            px = -c * ty + s * tx  # c n + s t
+            py = c * tx + s * ty
+    return d2, px, py
+
+
+def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
+    """Mass and moments by sections: exact interval moments along the x-axis
+    ``(ax, ay)`` (a unit vector) and 24-point Gauss-Legendre panels across
+    them, after clipping the polygon to the box where the density is within
+    ``e^-45`` of its value at distance ``sqrt(d2)``.
+
+    Serves where the edge formulas cancel (thin, small or far polygons):
+    nothing here subtracts, the sections' moments are tail-safe and the
+    panels' weights are positive. Sections come from the polygon's lines
+    (exact widths), the breakpoints between panels from its vertices.
+    Panels are short enough that the log of the integrand changes by at most
+    ~6 over one. Scratch: ``B1``, ``B2`` (n + 8, 6), ``V`` (n + 8, 3), ``Y``
+    (n + 8). Returns ``(log_mass, mx, my,
+    c00, c01, c11)`` in the whitened frame (moments NaN unless requested).
+    """
+    nan = math.nan
+    R = math.sqrt(d2 + _BOX)
+    for i in range(n):
+        _copy_row(P, i, B1, i)
+    k = clip_halfplane(B1, n, 1.0, 0.0, R, B2)
+    k = clip_halfplane(B2, k, -1.0, 0.0, R, B1)
+    k = clip_halfplane(B1, k, 0.0, 1.0, R, B2)
+    k = clip_halfplane(B2, k, 0.0, -1.0, R, B1)
+    tx = ay  # y-axis t, with the x-axis its left normal
+    ty = -ax
+    m = 0
+    for i in range(k):  # breakpoints y = t . v (the box made every point finite)
+        Y[m] = tx * B1[i, 0] + ty * B1[i, 1]
+        lx = B1[i, 3]
+        ly = B1[i, 4]
+        r = math.hypot(lx, ly)
+        V[m, 0] = (lx * ax + ly * ay) / r  # line n . u >= c in (n . a, n . t, c)
+        V[m, 1] = (lx * tx + ly * ty) / r
+        V[m, 2] = -B1[i, 5] / r
+        m += 1
+    if m < 3:
+        return -math.inf, nan, nan, nan, nan, nan
+    for i in range(1, m):  # insertion sort of the breakpoints
+        v = Y[i]
+        j = i - 1
+        while j >= 0 and Y[j] > v:
+            Y[j + 1] = Y[j]
+            j -= 1
+        Y[j + 1] = v
+    tot = 0.0  # running weight, mean and scatter (merged one node at a time)
+    my = 0.0
+    mx = 0.0
+    syy = 0.0
+    sxy = 0.0
+    sxx = 0.0
+    for p in range(m - 1):
+        ya = Y[p]
+        yb = Y[p + 1]
+        if not (yb > ya):
+            continue
+        la, ha = _section(V, m, ya)
+        lb, hb = _section(V, m, yb)
+        span = yb - ya
+        slope = max(abs(lb - la), abs(hb - ha)) / span
+        xmax = max(max(abs(la), abs(lb)), max(abs(ha), abs(hb)))
+        if la <= 0.0 and 0.0 <= ha or lb <= 0.0 and 0.0 <= hb:
+            xnear = 0.0
+        else:
+            xnear = min(min(abs(la), abs(lb)), min(abs(ha), abs(hb)))
+        y = ya
+        while y < yb:
+            ell = min(yb - y, 6.0 / (abs(y) + xmax * slope + slope + 3.0))
+            y2 = y + ell
+            if yb - y2 < 1e-12 * ell:
+                y2 = yb
+                ell = yb - y
+            ynear = 0.0 if (y <= 0.0 and 0.0 <= y2) else min(abs(y), abs(y2))
+            if ynear * ynear + xnear * xnear - d2 < 2.0 * _BOX + 20.0:
+                for i in range(_N_PANEL):
+                    yy = y + ell * _GL_U[i]
+                    lo, hi = _section(V, m, yy)
+                    if not (hi > lo):
+                        continue
+                    lm, sm, sv = std_interval_moments(lo, hi, hi - lo)
+                    w = _GL_V[i] * ell * _INV_SQRT_2PI * math.exp(lm - 0.5 * (yy * yy - d2))
+                    if not (w > 0.0):
+                        continue
+                    new = tot + w
+                    dy = yy - my
+                    dx = sm - mx
+                    r = w / new
+                    if want_moments:
+                        c = tot * r
+                        syy += c * dy * dy
+                        sxy += c * dy * dx
+                        sxx += c * dx * dx + w * sv
+                    my += r * dy
+                    mx += r * dx
+                    tot = new
+            y = y2
+    if not (tot > 0.0):
+        return -math.inf, nan, nan, nan, nan, nan
+    log_mass = math.log(tot) - 0.5 * d2
+    if not want_moments:
+        return log_mass, nan, nan, nan, nan, nan
+    cyy = syy / tot
+    cxy = sxy / tot
+    cxx = sxx / tot
+    # back to the whitened frame: u = y t + x a
+    ux = my * tx + mx * ax
+    uy = my * ty + mx * ay
+    c00 = tx * tx * cyy + 2.0 * tx * ax * cxy + ax * ax * cxx
+    c11 = ty * ty * cyy + 2.0 * ty * ay * cxy + ay * ay * cxx
+    c01 = tx * ty * cyy + (tx * ay + ty * ax) * cxy + ax * ay * cxx
+    return log_mass, ux, uy, c00, c01, c11
+
+
+# ----------------------------------------------------------------------------- entry points
+def _section_axis(E, K, d2):
+    """The x-axis of the section rule: towards the nearest point when the
+    origin is outside, else the first axis."""
+    if d2 > 0.0:
+        _, px, py = nearest_point(E, K)
+        r = math.hypot(px, py)
+        if r > 0.0:
+            return px / r, py / r
+    return 1.0, 0.0
+
+
+def std_polygon_log_mass(P, n, E, B1, B2, V, Y):
+    """``log P(u in polygon)`` for u ~ N(0, I), polygon ``P[0:n]`` (module
+    docstring). Scratch: ``E`` (n, 6), ``B1``, ``B2`` (n + 8, 6), ``V``
+    (n + 8, 3), ``Y`` (n + 8)."""
+    if n == 0:
+        return -math.inf
+    K, arc = edge_table(P, n, E)
+    if K == 0:
+        return 0.0 if arc > 0.0 else -math.inf
+    lm, d2, kappa = fan_log_mass(E, K, arc)
+    if kappa > _KAPPA_MAX:
+        ax, ay = _section_axis(E, K, d2)
+        lm = section_rule(P, n, d2, ax, ay, False, B1, B2, V, Y)[0]
+    return lm
+
+
+def std_polygon_moments(P, n, E, B1, B2, V, Y):
+    """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) restricted to the
+    polygon ``P[0:n]``: log-mass, mean and covariance (same scratch as
+    :func:`std_polygon_log_mass`)."""
+    nan = math.nan
+    if n == 0:
+        return -math.inf, nan, nan, nan, nan, nan
+    K, arc = edge_table(P, n, E)
+    if K == 0:
+        if arc > 0.0:
+            return 0.0, 0.0, 0.0, 1.0, 0.0, 1.0
+        return -math.inf, nan, nan, nan, nan, nan
+    lm, d2, kappa = fan_log_mass(E, K, arc)
+    if kappa <= _KAPPA_MAX and lm > -math.inf:
+        mx, my, c00, c01, c11, amp = fan_moments(E, K, lm, d2)
+        if amp <= _AMP_MAX:
+            return lm, mx, my, c00, c01, c11
+    ax, ay = _section_axis(E, K, d2)
+    return section_rule(P, n, d2, ax, ay, True, B1, B2, V, Y)
