@@ -336,8 +336,12 @@ class CPAModel:
             P, m, C = np.exp(r.log_mass), r.mean[:, None], r.var[:, None, None]
         elif whole.all():
             P, m, C = np.ones(len(A)), np.zeros((len(A), S)), np.broadcast_to(self.sigma_z**2 * np.eye(S), (len(A), S, S))
-        else:
-            raise NotImplementedError(f"marginal_moments for S = {S} needs the Gaussian polygon integrals (not yet).")
+        else:  # S = 2: the prior's moments over each region's polygon (facets padded with vacuous rows)
+            from .gaussian import polygon_moments
+
+            normals, offsets = _padded_facets(part)
+            r = polygon_moments(normals, offsets, np.zeros(2), self.sigma_z**2 * np.eye(2))
+            P, m, C = np.exp(r.log_mass), r.mean, r.cov
         mu_r = np.einsum("rds,rs->rd", A, m) + b
         mean = P @ mu_r
         d = mu_r - mean
@@ -401,12 +405,20 @@ class Posterior:
         if whole.any():
             L = np.linalg.cholesky(Sigma[whole])
             out[whole] = mu[whole] + np.einsum("nst,nt->ns", L, rng.standard_normal((int(whole.sum()), S)))
-        if (~whole).any():  # S = 1 intervals: scipy's truncnorm is exact and tail-safe
+        if (~whole).any() and S == 1:  # intervals: scipy's truncnorm is exact and tail-safe
             sd = np.sqrt(Sigma[~whole, 0, 0])
             m = mu[~whole, 0]
             lo, hi = part.intervals[reg[~whole]].T
             out[~whole, 0] = scipy.stats.truncnorm.rvs((lo - m) / sd, (hi - m) / sd, loc=m, scale=sd,
                                                        random_state=rng)
+        elif (~whole).any():  # polygons: exact rejection sampling, one (sample, region) pair at a time
+            idx = np.flatnonzero(~whole)
+            key = rows[idx] * part.n_regions + reg[idx]
+            order = np.argsort(key, kind="stable")
+            bounds = np.flatnonzero(np.diff(key[order])) + 1
+            for grp in np.split(idx[order], bounds):
+                j = grp[0]
+                out[grp] = _sample_polygon(rng, len(grp), part, reg[j], mu[j], Sigma[j])
         return out.reshape(N, k, S)
 
     def log_density(self, Z):
@@ -458,3 +470,62 @@ def _whitened_boundaries(part, Lt):
     LN[on, 3] = n[:, 0] / l11[on]
     LN[on, 4] = (n[:, 1] - l21[on] * n[:, 0] / l11[on]) / l22[on]
     return {"ptr": np.ascontiguousarray(ptr), "PW": PW, "LN": LN}
+
+
+def _padded_facets(part):
+    """Each region's facets as ``(normals (R, K, S), offsets (R, K))``, padded with vacuous rows."""
+    counts = np.diff(part.facet_ptr)
+    K = max(int(counts.max()), 1) if len(counts) else 1
+    normals = np.zeros((part.n_regions, K, part.latent_dim))
+    offsets = np.zeros((part.n_regions, K))
+    reg = np.repeat(np.arange(part.n_regions), counts)
+    slot = np.arange(len(reg)) - part.facet_ptr[reg]
+    normals[reg, slot] = part.facet_normal
+    offsets[reg, slot] = part.facet_offset
+    return normals, offsets
+
+
+def _sample_polygon(rng, k, part, r, mu, Sigma):
+    """k exact draws of N(mu, Sigma) restricted to S = 2 region r, by rejection.
+
+    In the whitened frame the proposal is a product of two truncated normals
+    over the polygon's bounding rectangle aligned with one of its edges, the
+    edge whose rectangle has the least Gaussian mass (for a convex polygon
+    some edge-aligned rectangle has at most twice its area). Draws inside the
+    polygon are kept: exactly the truncated Gaussian.
+    """
+    from .gaussian import interval_moments
+
+    L = np.linalg.cholesky(Sigma)
+    Linv = np.linalg.inv(L)
+    verts, rays = part.polygon(r)
+    V = (verts - mu) @ Linv.T
+    dirs = np.array([d for _, d in rays]).reshape(-1, 2) @ Linv.T
+    normals, offsets = part.facets(r)[:2]
+    Nu = normals @ L  # n . z + o = (L^T n) . u + (n . mu + o)
+    Ou = offsets + normals @ mu
+    frames = Nu / np.hypot(Nu[:, 0], Nu[:, 1])[:, None]
+    best = None
+    for nx, ny in frames:
+        axes = np.array([[ny, -nx], [nx, ny]])  # along the edge, across it
+        lo = (V @ axes.T).min(axis=0) if len(V) else np.full(2, -np.inf)
+        hi = (V @ axes.T).max(axis=0) if len(V) else np.full(2, np.inf)
+        if len(dirs):
+            proj = dirs @ axes.T
+            lo = np.where((proj < 0).any(axis=0), -np.inf, lo)
+            hi = np.where((proj > 0).any(axis=0), np.inf, hi)
+        lm = interval_moments(lo, hi).log_mass.sum()
+        if best is None or lm < best[0]:
+            best = (lm, axes, lo, hi)
+    _, axes, lo, hi = best
+    out = np.empty((0, 2))
+    batch = 2 * k + 16
+    while len(out) < k:
+        a = scipy.stats.truncnorm.rvs(lo[0], hi[0], size=batch, random_state=rng)
+        c = scipy.stats.truncnorm.rvs(lo[1], hi[1], size=batch, random_state=rng)
+        U = np.outer(a, axes[0]) + np.outer(c, axes[1])
+        inside = (U @ Nu.T + Ou >= 0).all(axis=1)
+        out = np.concatenate([out, U[inside]])
+        rate = max(inside.mean(), 1.0 / batch)
+        batch = min(int(1.2 * (k - len(out)) / rate) + 16, 1 << 22)
+    return mu + out[:k] @ L.T
