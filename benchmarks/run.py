@@ -343,14 +343,14 @@ def render(results, env, mode, repeats, ref_seconds):
     return "\n".join(lines) + "\n"
 
 
-def write_section(path, section):
-    """Write ``section`` into ``path``, replacing only an existing marked section."""
+def write_section(path, section, begin=BEGIN, end=END):
+    """Write ``section`` into ``path``, replacing only an existing section marked by ``begin``/``end``."""
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-        i, j = text.find(BEGIN), text.find(END)
+        i, j = text.find(begin), text.find(end)
         if i >= 0 and j > i:
-            text = text[:i] + section.rstrip("\n") + text[j + len(END):]
+            text = text[:i] + section.rstrip("\n") + text[j + len(end):]
         else:
             text = text.rstrip("\n") + "\n\n" + section
     else:

@@ -79,6 +79,9 @@ _KAPPA_MAX = 256.0
 _AMP_MAX = 1e5
 # Section rule: clip to the box |u_i| <= sqrt(d^2 + _BOX) (density below e^-45 outside).
 _BOX = 90.0
+# Section rule: lines with |n . a| below this bound y only; panels per piece at most.
+_ALONG = 1e-12
+_MAX_SECTION_PANELS = 4096.0
 
 
 def _two_prod_diff(a, b, c, d):
@@ -455,9 +458,10 @@ def _section(C, m, y):
     hi = math.inf
     for j in range(m):
         na = C[j, 0]
-        if na > 0.0:
+        # a line (nearly) along the x-axis bounds y only: the breakpoints handle it
+        if na > _ALONG:
             lo = max(lo, (C[j, 2] - C[j, 1] * y) / na)
-        elif na < 0.0:
+        elif na < -_ALONG:
             hi = min(hi, (C[j, 2] - C[j, 1] * y) / na)
     return lo, hi
 
@@ -542,18 +546,20 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
         yb = Y[p + 1]
         if not (yb > ya):
             continue
-        la, ha = _section(V, m, ya)
-        lb, hb = _section(V, m, yb)
         span = yb - ya
-        slope = max(abs(lb - la), abs(hb - ha)) / span
-        xmax = max(max(abs(la), abs(lb)), max(abs(ha), abs(hb)))
+        la, ha = _section(V, m, ya + 0.25 * span)  # inside the piece, away from its vertices
+        lb, hb = _section(V, m, ya + 0.75 * span)
+        slope = 2.0 * max(abs(lb - la), abs(hb - ha)) / span
         if la <= 0.0 and 0.0 <= ha or lb <= 0.0 and 0.0 <= hb:
             xnear = 0.0
         else:
             xnear = min(min(abs(la), abs(lb)), min(abs(ha), abs(hb)))
+        # the section mass varies at a rate set by its nearer end (the far end's
+        # contribution is smaller by the Gaussian ratio of the two ends)
+        rate = xnear * slope + slope + 3.0
         y = ya
         while y < yb:
-            ell = min(yb - y, 6.0 / (abs(y) + xmax * slope + slope + 3.0))
+            ell = min(yb - y, max(6.0 / (abs(y) + rate), span / _MAX_SECTION_PANELS))
             y2 = y + ell
             if yb - y2 < 1e-12 * ell:
                 y2 = yb
