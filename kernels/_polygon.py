@@ -633,10 +633,13 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y):
     return lm
 
 
-def std_polygon_moments(P, n, E, B1, B2, V, Y):
+def std_polygon_moments(P, n, E, B1, B2, V, Y, careful=True):
     """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) restricted to the
     polygon ``P[0:n]``: log-mass, mean and covariance (same scratch as
-    :func:`std_polygon_log_mass`)."""
+    :func:`std_polygon_log_mass`). With ``careful=False`` the edge formulas
+    are returned as they are, without the section-rule fallback: for terms
+    whose weight is negligible anyway (``-inf`` mass where they cancel
+    completely)."""
     nan = math.nan
     if n == 0:
         return -math.inf, nan, nan, nan, nan, nan
@@ -646,9 +649,11 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y):
             return 0.0, 0.0, 0.0, 1.0, 0.0, 1.0
         return -math.inf, nan, nan, nan, nan, nan
     lm, d2, kappa = fan_log_mass(E, K, arc)
-    if kappa <= _KAPPA_MAX and lm > -math.inf:
+    if (kappa <= _KAPPA_MAX or not careful) and lm > -math.inf:
         mx, my, c00, c01, c11, amp = fan_moments(E, K, lm, d2)
-        if amp <= _AMP_MAX:
+        if amp <= _AMP_MAX or not careful:
             return lm, mx, my, c00, c01, c11
+    if not careful:
+        return lm, nan, nan, nan, nan, nan
     ax, ay = _section_axis(E, K, d2)
     return section_rule(P, n, d2, ax, ay, True, B1, B2, V, Y)

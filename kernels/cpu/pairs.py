@@ -214,8 +214,14 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
 
 @jit(parallel=True)
 def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, terms, means,
-                       covs):
-    """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z)."""
+                       covs, gap=40.0):
+    """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
+
+    Every term is exact (accurate log-mass); the moments take the careful path
+    only for pairs within ``gap`` nats of the chunk row's best term: the
+    others weigh less than ``exp(-gap)`` relative and get the edge formulas
+    as they are (or, where those cancel completely, the untruncated
+    Gaussian's)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -224,6 +230,14 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
         y = np.empty(2)
         mu = np.empty(2)
         W, E, B1, B2, V, Y = _scratch(cap)
+        top = -math.inf
+        for r in range(R):
+            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            if not whole[r]:
+                nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y)
+            terms[i, r] = lk
+            top = max(top, lk)
         for r in range(R):
             lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
             if whole[r]:
@@ -234,8 +248,10 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
                         covs[i, r, a, b] = Sigma[r, a, b]
                 continue
             nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y)
-            terms[i, r] = lk + lm
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, terms[i, r] >= top - gap)
+            if not (c00 == c00):  # negligible and cancelled: the untruncated Gaussian's moments
+                ux = uy = c01 = 0.0
+                c00 = c11 = 1.0
             # z = mu + M u with M = (L^T)^-1 = [[1/l11, -l21/(l11 l22)], [0, 1/l22]]
             l11 = Lt[r, 0]
             l21 = Lt[r, 1]
