@@ -150,8 +150,8 @@ def clip_halfplane(Pin, nin, nx, ny, off, Pout):
         q = j + 1
         if q == nin:
             q = 0
-        fp = line_value(nx, ny, off, Pin[j, 0], Pin[j, 1], Pin[j, 2])
-        fq = line_value(nx, ny, off, Pin[q, 0], Pin[q, 1], Pin[q, 2])
+        fp = _side_value(Pin, nin, j, nx, ny, off)
+        fq = _side_value(Pin, nin, q, nx, ny, off)
         if fp >= 0.0:
             if fp == 0.0 and fq < 0.0:  # the boundary leaves along the new line
                 new_from = nout
@@ -179,6 +179,23 @@ def clip_halfplane(Pin, nin, nx, ny, off, Pout):
             _put(Pout, new_from + 1, fx, fy, 1.0, nx, ny, off)
             nout += 1
     return nout
+
+
+def _side_value(Pin, nin, j, nx, ny, off):
+    """The line's value at point j. An ideal point parallel to the line (value
+    0) lies on the side of the finite end of the line edge that runs to it
+    (along that edge the value is constant), e.g. the ends of z1 >= 1 are
+    outside z1 <= -1; with arcs on both sides it stays 0 (on the line)."""
+    v = line_value(nx, ny, off, Pin[j, 0], Pin[j, 1], Pin[j, 2])
+    if v != 0.0 or Pin[j, 2] != 0.0:
+        return v
+    i = j - 1 if j > 0 else nin - 1
+    if (Pin[i, 3] != 0.0 or Pin[i, 4] != 0.0) and Pin[i, 2] != 0.0:  # a line edge from finite point i
+        return line_value(nx, ny, off, Pin[i, 0], Pin[i, 1], 1.0)
+    k = j + 1 if j + 1 < nin else 0
+    if (Pin[j, 3] != 0.0 or Pin[j, 4] != 0.0) and Pin[k, 2] != 0.0:  # a line edge to finite point k
+        return line_value(nx, ny, off, Pin[k, 0], Pin[k, 1], 1.0)
+    return 0.0
 
 
 def _crossing(Pin, j, q, fp, fq, nx, ny):

@@ -427,14 +427,21 @@ def _polygon_at(N, O, mu, S, wp, dps):
         if not nonempty(tm):
             raise ValueError("polygon_moments_mp: polygon has zero area or is empty")
         # steep section ends v = p + q t (|q| > 3) sweep the bulk of phi(v) within
-        # a short t-range: break where they cross v = 0, +-1, +-2.5, +-5, +-10, +-20
+        # a short t-range: break where they cross v = 0, +-1, +-2.5, +-5, +-10, +-20.
+        # Every crossing inside P's t-range is needed: a piece holding a sharp
+        # step of M_k(t) (width ~1/|q|) between its Gauss nodes looks converged
+        # (both orders see ~0). The range is fixed before the loop (comparing
+        # with pts[-1] while appending used to drop every crossing beyond the
+        # last one added, e.g. those of v = -1, ..., -20 on a falling upper end).
+        t_first, t_last = pts[0], pts[-1]
+        steep = []
         for p, q in geo.lower + geo.upper:
             if abs(q) > 3:
                 for c in (0, 1, -1, 2.5, -2.5, 5, -5, 10, -10, 20, -20):
                     x = (c - p) / q
-                    if (go_lo or pts[0] < x) and (go_hi or x < pts[-1]):
-                        pts.append(x)
-        pts = sorted(set(pts))
+                    if (go_lo or t_first < x) and (go_hi or x < t_last):
+                        steep.append(x)
+        pts = sorted(set(pts + steep))
 
         # integrand: weight phi(d + t)/phi(d) times the inner moments
         def f(t):

@@ -32,16 +32,31 @@ def interval_moments_batch(lo, hi, mu, sigma, log_mass, mean, var):
 def _whitened_polygon(normals, offsets, i, l11, l21, l22, m1, m2, P, Q):
     """Clip the plane by polygon i's half-planes mapped to u = L^-1 (z - mean); returns (points array, n)."""
     n = whole_plane(P)
+    clipped = False
     for k in range(normals.shape[1]):
         a = normals[i, k, 0]
         b = normals[i, k, 1]
+        if a == 0.0 and b == 0.0:  # 0 . z + o >= 0: vacuous, or empty for o < 0
+            if offsets[i, k] < 0.0:
+                return P, 0
+            continue
         nx = l11 * a + l21 * b  # L^T n
         ny = l22 * b
         off = offsets[i, k] + a * m1 + b * m2
         n = clip_halfplane(P, n, nx, ny, off, Q)
         P, Q = Q, P
+        clipped = True
         if n == 0:
             break
+    if clipped:
+        # a clipped non-empty polygon keeps a finite point on its boundary; only
+        # ideal points left (e.g. between two parallel half-planes) means empty
+        finite = False
+        for j in range(n):
+            if P[j, 2] != 0.0:
+                finite = True
+        if not finite:
+            return P, 0
     return P, n
 
 
