@@ -342,6 +342,8 @@ class CPAModel:
             normals, offsets = _padded_facets(part)
             r = polygon_moments(normals, offsets, np.zeros(2), self.sigma_z**2 * np.eye(2))
             P, m, C = np.exp(r.log_mass), r.mean, r.cov
+            # a region whose prior mass underflows adds exactly nothing (its moments may be NaN)
+            m, C = np.where(P[:, None] > 0, m, 0.0), np.where(P[:, None, None] > 0, C, 0.0)
         mu_r = np.einsum("rds,rs->rd", A, m) + b
         mean = P @ mu_r
         d = mu_r - mean
