@@ -3,24 +3,29 @@ oracles that do not use fastcpa's sums.
 
 The main oracle is adaptive latent quadrature in log space (``Quad2D``), written from the
 forward pass alone. The log-integrand ``f(z) = log N(z; 0, sigma_z^2 I) + log N(x; g(z), Sigma_x)``
-is continuous and piecewise a concave quadratic; its kinks lie on lines (the partition's
-facet lines: geometry, used only as candidate breakpoints). A quadtree over a box far out
-in the prior's tail is refined cell by cell:
+is continuous and, wherever g is affine, a concave quadratic; g can only kink on the
+partition's facet lines (geometry, used here only as candidate breakpoints). A quadtree over
+a box 40 prior sd wide is refined cell by cell:
 
-* every cell is cut by the candidate lines crossing it into convex pieces, on each of which
-  the integrand is smooth (exp of a concave quadratic), so a collapsed Gauss-Legendre rule on
-  the pieces' fan triangles converges spectrally;
-* a cell is discarded when a rigorous upper bound of f on it (the tangent plane of the
-  concave piece at an interior point, or a global Lipschitz bound where many lines cross)
-  lies more than 60 nats below the best value seen; the discarded mass (and the box's
-  outside) is bounded and checked a posteriori against the result;
-* a cell becomes a leaf once f varies by at most a few nats over it (so no peak can hide
-  between the nodes), and the leaves are integrated with two rules (12 and 8 points per
-  direction) that must agree to 1e-11 relative.
+* each cell is cut by the candidate lines crossing it into convex pieces, and each piece is
+  *certified* affine from the forward pass (``Net.affine_at``: every unit keeps its sign at
+  all the piece's vertices, so no kink can hide inside, whatever the partition says). On a
+  certified piece f is exactly ``f(p) + grad . d - d^T H d / 2`` about an interior point p;
+* a cell is dropped when the exact max of that concave quadratic over its pieces (or a
+  global Lipschitz bound, for cells crossed by many lines or holding an uncertified piece)
+  lies 60 nats below the best value seen; the dropped mass and the box's outside are
+  bounded and checked a posteriori (< 1e-13 of the result);
+* a cell becomes a leaf once f varies by at most ~20 nats over each piece (no peak can hide
+  between nodes); leaves are integrated with collapsed Gauss-Legendre rules on the pieces'
+  fan triangles, 24 and 16 points per direction, which must agree to 1e-11 (spectral
+  convergence: the integrand is smooth on each piece); the quadratic is spot-checked
+  against the plain forward pass at random points;
+* the quadtree runs in the plain frame, or (if that needs too many pieces: a sliver-shaped
+  posterior on a rank-deficient region) in a frame whitened at the best point found.
 
-If the candidate lines missed a kink, the two rules would disagree and the oracle raises.
-Other oracles: the closed-form Gaussian of an affine generator (probabilistic PCA), Monte
-Carlo with stated standard errors, and direct quadrature in x of ``exp(log_prob)``.
+Other oracles: the closed-form Gaussian of an affine generator (probabilistic PCA), a 1-D
+mpmath integral for a one-unit ReLU net (its regions' maps have rank 1 and 0), Monte Carlo
+with stated standard errors, and quadrature in x of ``exp(log_prob)``.
 """
 
 import math
@@ -171,6 +176,10 @@ def _max_concave_on_polygon(dV, nv, g, H, peak):
     return np.where(inside, np.maximum(best, 0.5 * (g * peak).sum(1)), best)
 
 
+class _OverBudget(Exception):
+    pass
+
+
 class Quad2D:
     """Adaptive quadrature of exp(f) over R^2 (see the module docstring); ``x=None`` integrates
     the prior alone (for the data-space moments).
@@ -185,6 +194,7 @@ class Quad2D:
     V_LEAF = 10.0  # f varies by at most ~2 V_LEAF nats over a leaf's piece
     MAX_LINES = 12  # cells crossed by more lines are split (under a Lipschitz bound) before they are cut
     RULES = (24, 16)  # Gauss-Legendre points per direction on each triangle: result, check
+    PIECE_BUDGET = 20000  # pieces a frame may use before the other is tried
 
     def __init__(self, net, lines, sigma_x, sigma_z=1.0, x=None, box=None):
         self.net, self.lines, self.sz = net, lines, float(sigma_z)
@@ -252,12 +262,20 @@ class Quad2D:
         return fz[i], Z[i], self._quadratic(Z[i:i + 1], gz, J)[2][0]
 
     def _refine(self):
+        """Try the plain frame and the whitened one, each with a budget of pieces; else the plain one."""
+        for whiten, cap in ((False, self.PIECE_BUDGET), (True, self.PIECE_BUDGET), (False, None)):
+            try:
+                return self._refine_in_frame(whiten, cap)
+            except _OverBudget:
+                pass
+
+    def _refine_in_frame(self, whiten, cap):
         normals, offsets = self.lines
         # the quadtree lives in a frame z = zb + L u whitened at the best point found: there a
         # sliver-shaped posterior (a rank-deficient region, prior-wide along one direction) is round
         fbest, zb, Hb = self._good_value()
         lam, Q = np.linalg.eigh(Hb)
-        L = Q / np.sqrt(lam)
+        L = Q / np.sqrt(lam) if whiten else np.eye(2)
         if np.linalg.det(L) < 0:
             L[:, 0] *= -1.0
         detL = abs(np.linalg.det(L))
@@ -271,7 +289,7 @@ class Quad2D:
         C = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
         discarded = []  # logs of bounds on the discarded mass
         leaves = []
-        self.max_lines_leaf = 0
+        used = 0
         for level in range(48):
             if len(C) == 0:
                 break
@@ -283,6 +301,9 @@ class Quad2D:
             few = np.flatnonzero(~many)
             cellV = zb + (C[:, None, :] + h * corners) @ L.T
             V, nv, owner = self._cells_to_pieces(cellV, 4 * h * h * detL, cross, few)
+            used += len(nv)
+            if cap is not None and used > cap:
+                raise _OverBudget
             if len(nv):
                 p = (V * (np.arange(V.shape[1]) < nv[:, None])[:, :, None]).sum(1) / nv[:, None]
                 gp, J, ok = self.net.affine_at(p, V)
@@ -313,8 +334,6 @@ class Quad2D:
             if len(nv):
                 sel = leaf[owner]
                 leaves.append((V[sel], nv[sel], p[sel], gp[sel], J[sel], f[sel], grad[sel], H[sel]))
-                if leaf.any():
-                    self.max_lines_leaf = max(self.max_lines_leaf, int(cross[leaf].sum(1).max()))
             split = ~drop & ~leaf
             C = C[split]
             h *= 0.5
@@ -333,7 +352,7 @@ class Quad2D:
         return leaves, scipy.special.logsumexp(np.concatenate(discarded))
 
     @staticmethod
-    def _piece_moments(leaves, n, rng=None):
+    def _piece_moments(leaves, n):
         """Per piece: the integrals of exp(f - fref) times 1, d, d d^T (d = z - p), by the collapsed
         Gauss-Legendre rule with n x n points on each fan triangle; and fref."""
         V, nv, p, _, _, f, grad, H = leaves
@@ -351,7 +370,8 @@ class Quad2D:
         for a in range(0, len(owner), step):
             sl = slice(a, a + step)
             o = owner[sl]
-            d = (A[sl] - p[o])[:, None] + Uu[None, :, None] * ((B - A)[sl][:, None] + Vv[None, :, None] * (Cc - B)[sl][:, None])
+            ab, bc = (B - A)[sl][:, None], (Cc - B)[sl][:, None]
+            d = (A[sl] - p[o])[:, None] + Uu[None, :, None] * (ab + Vv[None, :, None] * bc)
             Ho = H[o]
             d0, d1 = d[..., 0], d[..., 1]
             q = (f[o][:, None] + d0 * grad[o][:, 0, None] + d1 * grad[o][:, 1, None]
@@ -456,6 +476,20 @@ def test_log_prob_matches_quadrature(rng, net_index, sigma_x):
     net, gen = make_net(rng, sizes, activation)
     model = fastcpa.CPAModel(gen, sigma_x=sigma_x)
     X = np.vstack([near_manifold(net, rng, 1, k, sigma_x) for k in (0.0, 5.0, 15.0, 30.0)])
+    lp = model.log_prob(X)
+    ref = np.array([quad(net, model, x).log_int for x in X])
+    assert np.all(rel_err(lp, ref) <= 1e-7), rel_err(lp, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net_index", range(len(NETS)))
+@pytest.mark.parametrize("sigma_x", SIGMAS)
+def test_log_prob_sweep(rng, net_index, sigma_x):
+    """Three points per distance from the manifold, every net and noise level."""
+    activation, sizes = NETS[net_index]
+    net, gen = make_net(rng, sizes, activation)
+    model = fastcpa.CPAModel(gen, sigma_x=sigma_x)
+    X = np.vstack([near_manifold(net, rng, 3, k, sigma_x) for k in (0.0, 5.0, 15.0, 30.0)])
     lp = model.log_prob(X)
     ref = np.array([quad(net, model, x).log_int for x in X])
     assert np.all(rel_err(lp, ref) <= 1e-7), rel_err(lp, ref)
