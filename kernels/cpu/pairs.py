@@ -144,6 +144,27 @@ def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
 
 # ----------------------------------------------------------------------------- S = 2
 @jit
+def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu):
+    """:func:`_kappa_and_mean` for S = 2 through the Cholesky factor ``L`` of
+    the precision (``Lt[r] = (l11, l21, l22)``): ``y^T Sigma y = |L^-1 y|^2``
+    is a sum of squares, free of the ``cond(Lambda) * eps`` error an explicit
+    ``Sigma`` brings on nearly rank-deficient regions."""
+    y0 = XA[i, r, 0] - Ab[r, 0]
+    y1 = XA[i, r, 1] - Ab[r, 1]
+    l11 = Lt[r, 0]
+    l21 = Lt[r, 1]
+    l22 = Lt[r, 2]
+    v0 = y0 / l11
+    v1 = (y1 - l21 * v0) / l22
+    mu[1] = v1 / l22
+    mu[0] = (v0 - l21 * mu[1]) / l11
+    y[0] = y0
+    y[1] = y1
+    quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - (v0 * v0 + v1 * v1)
+    return const - 0.5 * (logdet_lam[r] + quad)
+
+
+@jit
 def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
     """Region r's boundary in the frame u = L^T (z - mu) of its posterior
     (``Lt[r] = (l11, l21, l22)``, ``L L^T`` the precision): rows
@@ -191,7 +212,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
         W, E, B1, B2, V, Y = _scratch(cap)
         best = 0
         for r in range(R):
-            lk[r] = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            lk[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if lk[r] > lk[best]:
                 best = r
         m, s = run_max[i], run_sum[i]
@@ -201,7 +222,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
             if lk[r] < m - gap:
                 skipped += 1
                 continue
-            _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if whole[r]:
                 lm = 0.0
             else:
@@ -232,14 +253,14 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
         W, E, B1, B2, V, Y = _scratch(cap)
         top = -math.inf
         for r in range(R):
-            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
-            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if whole[r]:
                 terms[i, r] = lk
                 for a in range(2):
