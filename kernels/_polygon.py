@@ -483,6 +483,15 @@ def _section(C, m, y):
     return lo, hi
 
 
+def _near_end(lo, hi):
+    """Distance from 0 to the interval ``[lo, hi]``."""
+    if lo > 0.0:
+        return lo
+    if hi < 0.0:
+        return -hi
+    return 0.0
+
+
 def nearest_point(E, K):
     """``(d2, px, py)``: squared distance from the origin to the polygon's
     boundary and the nearest boundary point."""
@@ -564,24 +573,39 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
         if not (yb > ya):
             continue
         span = yb - ya
-        la, ha = _section(V, m, ya + 0.25 * span)  # inside the piece, away from its vertices
+        # within a piece both ends of the section are linear in y: sample them
+        # inside (away from its vertices) and extrapolate
+        q1 = ya + 0.25 * span
+        la, ha = _section(V, m, q1)
         lb, hb = _section(V, m, ya + 0.75 * span)
-        slope = 2.0 * max(abs(lb - la), abs(hb - ha)) / span
-        if la <= 0.0 and 0.0 <= ha or lb <= 0.0 and 0.0 <= hb:
-            xnear = 0.0
-        else:
-            xnear = min(min(abs(la), abs(lb)), min(abs(ha), abs(hb)))
-        # the section mass varies at a rate set by its nearer end (the far end's
-        # contribution is smaller by the Gaussian ratio of the two ends)
-        rate = xnear * slope + slope + 3.0
+        dl = (lb - la) / (0.5 * span)
+        dh = (hb - ha) / (0.5 * span)
+        slope = max(abs(dl), abs(dh))
         y = ya
         while y < yb:
-            ell = min(yb - y, max(6.0 / (abs(y) + rate), span / _MAX_SECTION_PANELS))
+            # the section mass varies at a rate set by its nearer end (the far
+            # end's contribution is smaller by the Gaussian ratio of the two)
+            x0 = _near_end(la + dl * (y - q1), ha + dh * (y - q1))
+            ell = min(yb - y, max(6.0 / (abs(y) + x0 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
+            x1 = _near_end(la + dl * (y + ell - q1), ha + dh * (y + ell - q1))
+            if x1 > x0:  # the near end recedes: the rate is set at the panel's far side
+                ell = min(yb - y, max(6.0 / (abs(y) + x1 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
             y2 = y + ell
             if yb - y2 < 1e-12 * ell:
                 y2 = yb
                 ell = yb - y
             ynear = 0.0 if (y <= 0.0 and 0.0 <= y2) else min(abs(y), abs(y2))
+            # nearest the section comes to the origin over the panel (linear ends)
+            lo0 = la + dl * (y - q1)
+            lo1 = la + dl * (y2 - q1)
+            hi0 = ha + dh * (y - q1)
+            hi1 = ha + dh * (y2 - q1)
+            if min(lo0, lo1) > 0.0:
+                xnear = min(lo0, lo1)
+            elif max(hi0, hi1) < 0.0:
+                xnear = -max(hi0, hi1)
+            else:
+                xnear = 0.0
             if ynear * ynear + xnear * xnear - d2 < 2.0 * _BOX + 20.0:
                 for i in range(_N_PANEL):
                     yy = y + ell * _GL_U[i]

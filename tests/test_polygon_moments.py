@@ -278,6 +278,16 @@ def test_against_oracle(name):
 # ---------------------------------------------------------------------------
 
 
+def test_narrow_wedge_57sd_opening_away():
+    """Regression: a 1.3-degree wedge whose apex is the nearest point, 57 sd out, opening away
+    from the mean. Its sections are steep near the apex; sampling them inside a piece once put
+    the whole wedge past the section rule's cutoff (log-mass -inf instead of -1623.67)."""
+    normals = np.array([[0.83341738, 0.55264408], [-0.84531879, -0.53426223]])
+    offsets = np.array([-1.13238967, -0.11015619])
+    ref = oracle(normals, offsets, (0.0, 0.0), I2)
+    assert_matches(fast(normals, offsets, (0.0, 0.0), I2), ref, LOG_TOL_FAR, "narrow wedge 57 sd out")
+
+
 STRIPS = {
     # name: (n, lo, hi, mean, cov) for {lo <= n.z <= hi}; hi = inf is a half-plane
     "half_plane_contains_mean": ((1.0, -0.5), -5.0, math.inf, (0.0, 0.0), CORR),
