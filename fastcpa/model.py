@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse
 import scipy.stats
 
+from ._threads import blas_single_threaded
 from ._validation import as_float64, check_backend
 from .generator import Generator
 from .partition import partition
@@ -21,6 +22,8 @@ __all__ = ["CPAModel", "Posterior"]
 #: Default pruning gap (nats): pairs whose evidence bound is this far below a
 #: sample's best term are skipped; log p is then low by at most R * exp(-gap).
 PRUNE_GAP = 40.0
+# Rows per thread and GEMM block in the S = 1 likelihood kernel.
+_ROW_BLOCK = 64
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
 
@@ -191,9 +194,12 @@ class CPAModel:
             def args(rs):
                 zero = np.zeros(rs.stop - rs.start)
                 return (*(p[k][rs] for k in head), zero, zero, p["whole"][rs], p["const"])
-        else:
-            def args(rs):
-                return (*(p[k][rs] for k in head), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
+
+            return pairs.log_prob_chunk, pairs.posterior_chunk, args
+
+        def args(rs):
+            return (*(p[k][rs] for k in head), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
+
         return pairs.log_prob_chunk, pairs.posterior_chunk, args
 
     # ------------------------------------------------------------------ likelihood
@@ -209,13 +215,17 @@ class CPAModel:
             ``R * exp(-40)`` relative (R regions), i.e. ``R * 4.2e-18`` nats.
         sample_chunk, region_chunk : int
             Chunk sizes of the (sample, region) stream; memory is
-            O(sample_chunk * region_chunk * S), independent of N and R.
+            O(sample_chunk * region_chunk * S), independent of N and R. (For
+            S = 1 the kernel forms its products in blocks of 64 rows per
+            thread, and ``sample_chunk`` is not used.)
         backend : {"auto", "cpu", "gpu"}
 
         Returns
         -------
         ndarray, shape (N,)
         """
+        from fastcpa.kernels.cpu import pairs
+
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
@@ -225,8 +235,18 @@ class CPAModel:
         run_sum = np.zeros(len(X))
         skipped = np.zeros(len(X), np.int64)
         gap = PRUNE_GAP if prune else np.inf
-        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-            log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows], skipped[rows])
+        with blas_single_threaded():
+            if "lo" in p:  # S = 1: the GEMM fused into the kernel
+                R = len(p["bb"])
+                for r0 in range(0, R, region_chunk):
+                    rs = slice(r0, min(R, r0 + region_chunk))
+                    G = np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]]))
+                    pairs.log_prob_block_1d(X, G, xx, *region_args(rs), gap, run_max, run_sum, skipped,
+                                            _ROW_BLOCK)
+            else:
+                for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
+                    log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows],
+                                   skipped[rows])
         self.last_pairs_skipped_ = int(skipped.sum())
         return run_max + np.log(run_sum)
 
@@ -258,37 +278,38 @@ class CPAModel:
         mean = np.zeros((N, S))
         scat = np.zeros((N, S, S))
         kept_rows, kept_cols, kept_terms = [], [], []
-        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-            n, rc = Xb.shape
-            terms = np.empty((n, rc))
-            means = np.empty((n, rc, S))
-            covs = np.empty((n, rc, S, S))
-            posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
-            cm = terms.max(axis=1)
-            w = np.exp(terms - cm[:, None])
-            cw = w.sum(axis=1)
-            cmean = np.einsum("nr,nrs->ns", w, means) / cw[:, None]
-            d = means - cmean[:, None, :]
-            cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
-            # merge (chunk weight cw at scale cm) into the running state (W at scale M)
-            newM = np.maximum(M[rows], cm)
-            a = W[rows] * np.exp(M[rows] - newM)
-            a[W[rows] == 0] = 0.0
-            c = cw * np.exp(cm - newM)
-            tot = a + c
-            delta = cmean - mean[rows]
-            frac = (c / tot)[:, None]
-            scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
-                          + cscat * np.exp(cm - newM)[:, None, None]
-                          + (a * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
-            mean[rows] = mean[rows] + frac * delta
-            M[rows], W[rows] = newM, tot
-            # region-probability candidates: anything within reach of the final threshold
-            keep = terms >= (newM[:, None] + math.log(MIN_REGION_PROB))
-            i, j = np.nonzero(keep)
-            kept_rows.append(i + rows.start)
-            kept_cols.append(j + rs.start)
-            kept_terms.append(terms[i, j])
+        with blas_single_threaded():  # no spinning BLAS workers between the kernels
+            for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
+                n, rc = Xb.shape
+                terms = np.empty((n, rc))
+                means = np.empty((n, rc, S))
+                covs = np.empty((n, rc, S, S))
+                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
+                cm = terms.max(axis=1)
+                w = np.exp(terms - cm[:, None])
+                cw = w.sum(axis=1)
+                cmean = np.einsum("nr,nrs->ns", w, means) / cw[:, None]
+                d = means - cmean[:, None, :]
+                cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
+                # merge (chunk weight cw at scale cm) into the running state (W at scale M)
+                newM = np.maximum(M[rows], cm)
+                a = W[rows] * np.exp(M[rows] - newM)
+                a[W[rows] == 0] = 0.0
+                c = cw * np.exp(cm - newM)
+                tot = a + c
+                delta = cmean - mean[rows]
+                frac = (c / tot)[:, None]
+                scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
+                              + cscat * np.exp(cm - newM)[:, None, None]
+                              + (a * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
+                mean[rows] = mean[rows] + frac * delta
+                M[rows], W[rows] = newM, tot
+                # region-probability candidates: anything within reach of the final threshold
+                keep = terms >= (newM[:, None] + math.log(MIN_REGION_PROB))
+                i, j = np.nonzero(keep)
+                kept_rows.append(i + rows.start)
+                kept_cols.append(j + rs.start)
+                kept_terms.append(terms[i, j])
         log_p = M + np.log(W)
         cov = scat / W[:, None, None]
         i, j, t = (np.concatenate(v) for v in (kept_rows, kept_cols, kept_terms))

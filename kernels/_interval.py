@@ -7,9 +7,11 @@ out keep their relative width (``b - a`` would round). Three regimes, chosen
 so that no formula subtracts nearly equal numbers:
 
 * thin (the log-density varies by at most ``_THIN`` over the interval):
-  a fixed Gauss-Legendre rule around the midpoint ``c``, relative to
-  ``phi(c)``; the integrand ``exp(-c s - s^2/2)`` stays within [e^-1, e] so
-  12 nodes are exact to far below an ulp.
+  moments relative to ``phi(c)`` at the midpoint ``c``, from the Hermite
+  series ``exp(-c s - s^2/2) = sum_n He_n(c) (-s)^n / n!`` integrated term
+  by term over ``|s| <= h = w/2``; there ``|c| h <= 1/2`` and ``h <= 1``, so
+  the scaled terms ``t_n = He_n(c) h^n / n!`` fall fast (at most 32 of them
+  to an ulp), with no exponential at all.
 * one-sided (after mirroring, ``0 <= a``): moments of ``s = t - a`` from the
   Mills ratio and the tails of its continued fraction (``kernels._normal``),
   ``M_k = int_0^w s^k exp(-a s - s^2/2) ds`` written as sums of terms of one
@@ -22,33 +24,47 @@ so that no formula subtracts nearly equal numbers:
 
 import math
 
-import numpy as np
-
 from ._normal import INV_SQRT2, LOG_SQRT_2PI, log_phi, mills_ratio, mills_tails
 
 # Largest variation of the log-density over an interval treated as thin.
 _THIN = 1.0
-_GL_NODES, _GL_WEIGHTS = (tuple(float(v) for v in arr) for arr in np.polynomial.legendre.leggauss(12))
-_N_GL = 12
+# Reciprocals 1/k for the thin-interval series (a product is cheaper than a division).
+_INV = tuple(1.0 / k if k else 0.0 for k in range(48))
+_THIN_MAX_N = 40
+
+
+def _thin_sums(c, h):
+    """Sums ``(S0, S1, S2)`` of the thin-interval series at midpoint ``c``,
+    half-width ``h``: ``int_{-h}^{h} s^j exp(-c s - s^2/2) ds`` is ``2h S0``,
+    ``-2h^2 S1`` and ``2h^3 S2`` for j = 0, 1, 2. With ``t_0 = 1``,
+    ``t_1 = c h`` and ``t_{n+1} = (c h t_n - h^2 t_{n-1}) / (n + 1)``:
+    ``S0 = sum_even t_n / (n+1)``, ``S1 = sum_odd t_n / (n+2)``,
+    ``S2 = sum_even t_n / (n+3)``."""
+    ch = c * h
+    hh = h * h
+    te = 1.0
+    to = ch
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    n = 0
+    while True:
+        s0 += te * _INV[n + 1]
+        s2 += te * _INV[n + 3]
+        s1 += to * _INV[n + 3]
+        if abs(te) + abs(to) <= 1e-17 * s0 or n >= _THIN_MAX_N:
+            return s0, s1, s2
+        te = (ch * to - hh * te) * _INV[n + 2]
+        to = (ch * te - hh * to) * _INV[n + 3]
+        n += 2
 
 
 def _thin(c, w):
-    """Thin interval ``[c - w/2, c + w/2]``: Gauss-Legendre around the midpoint."""
+    """Thin interval ``[c - w/2, c + w/2]``: the Hermite series around the midpoint."""
     h = 0.5 * w
-    i0 = 0.0
-    i1 = 0.0
-    for i in range(_N_GL):
-        s = h * _GL_NODES[i]
-        f = _GL_WEIGHTS[i] * math.exp(-c * s - 0.5 * s * s)
-        i0 += f
-        i1 += f * s
-    m1 = i1 / i0
-    i2 = 0.0
-    for i in range(_N_GL):
-        s = h * _GL_NODES[i]
-        d = s - m1
-        i2 += _GL_WEIGHTS[i] * math.exp(-c * s - 0.5 * s * s) * d * d
-    return log_phi(c) + math.log(h * i0), c + m1, i2 / i0
+    s0, s1, s2 = _thin_sums(c, h)
+    m = s1 / s0
+    return log_phi(c) + math.log(w * s0), c - h * m, h * h * (s2 / s0 - m * m)
 
 
 def _one_sided(a, b, w):
@@ -139,12 +155,7 @@ def std_interval_log_mass(a, b, w):
     if math.isfinite(w):
         c = a + 0.5 * w
         if abs(c) * w + 0.25 * w * w <= _THIN:
-            h = 0.5 * w
-            i0 = 0.0
-            for i in range(_N_GL):
-                s = h * _GL_NODES[i]
-                i0 += _GL_WEIGHTS[i] * math.exp(-c * s - 0.5 * s * s)
-            return log_phi(c) + math.log(h * i0)
+            return log_phi(c) + math.log(w * _thin_sums(c, 0.5 * w)[0])
     if a >= 0.0:
         Ra = mills_ratio(a)
         ex = -0.5 * w * (a + b)

@@ -72,10 +72,16 @@ def _best_first(k, best):
     return k
 
 
+# s >= 1 once a term is in, so a term below m - 38 (e^-38 = 3.1e-17) rounds away.
+_NEGLIGIBLE = 38.0
+
+
 @jit
 def _add_term(term, m, s):
-    """Online logsumexp: fold ``term`` into the running ``(max, scaled sum)``."""
-    if term == -math.inf:
+    """Online logsumexp: fold ``term`` into the running ``(max, scaled sum)``.
+    A term too small to change the scaled sum is not exponentiated (the
+    result is the same to the bit, and an underflowing exp is slow)."""
+    if term == -math.inf or term < m - _NEGLIGIBLE:  # exp(term - m) < ulp(1)/2 <= ulp(s)/2: rounds to s
         return m, s
     if term > m:
         return term, s * math.exp(m - term) + 1.0
@@ -96,9 +102,12 @@ def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, 
         y = np.empty(S)
         mu = np.empty(S)
         lk = np.empty(R)
+        mus = np.empty((R, S))
         best = 0
         for r in range(R):
             lk[r] = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            for t in range(S):
+                mus[r, t] = mu[t]
             if lk[r] > lk[best]:
                 best = r
         m, s = run_max[i], run_sum[i]
@@ -108,10 +117,55 @@ def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, 
             if lk[r] < m - gap:
                 skipped += 1
                 continue
-            _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
-            m, s = _add_term(lk[r] + _region_log_mass(mu, Sigma, r, lo, hi, whole), m, s)
+            m, s = _add_term(lk[r] + _region_log_mass(mus[r], Sigma, r, lo, hi, whole), m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
+
+
+@jit(parallel=True)
+def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, gap, run_max, run_sum,
+                      n_skipped, block):
+    """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
+    takes ``block`` rows of X at a time and forms their products with the
+    region chunk itself, ``X[rows] @ G`` with ``G = [P A | P b]`` (D, 2 R),
+    single-threaded BLAS inside (the caller limits it). The first pass (log
+    kappa and posterior mean of every pair) is written out in scalars, a
+    tight loop the compiler keeps in registers. Memory: ``block * 2 R`` per
+    thread."""
+    n = X.shape[0]
+    R = Ab.shape[0]
+    for bk in prange((n + block - 1) // block):
+        i0 = bk * block
+        i1 = min(n, i0 + block)
+        P = np.dot(X[i0:i1], G)
+        lk = np.empty(R)
+        mus = np.empty(R)
+        for i in range(i0, i1):
+            li = i - i0
+            xi = xx[i]
+            for r in range(R):
+                y = P[li, r] - Ab[r, 0]
+                mu = Sigma[r, 0, 0] * y
+                mus[r] = mu
+                lk[r] = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
+            best = 0
+            for r in range(R):
+                if lk[r] > lk[best]:
+                    best = r
+            m, s = run_max[i], run_sum[i]
+            skipped = 0
+            for k in range(R):
+                r = _best_first(k, best)
+                if lk[r] < m - gap:
+                    skipped += 1
+                    continue
+                if whole[r]:
+                    lm = 0.0
+                else:
+                    lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(Sigma[r, 0, 0]))
+                m, s = _add_term(lk[r] + lm, m, s)
+            run_max[i], run_sum[i] = m, s
+            n_skipped[i] += skipped
 
 
 @jit(parallel=True)
