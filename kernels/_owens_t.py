@@ -49,13 +49,15 @@ Measured against a 40-digit mpmath oracle (``tests/test_owens_t.py``; grid
 h in [0, 1e4] x a in [1e-300, inf], plus 1500 random points): relative error
 of ``owens_t_scaled`` at most 9e-16 (the tests allow 4e-15). Subnormal ``a``
 (below ~2.2e-308) loses relative accuracy with the underflow. Cost: 24
-``exp`` for ``a <= 1``; for ``a > 1`` also two Mills ratios (continued
-fractions of up to 120 terms for 2 <= t < 6) and two ``erfc``.
+``exp`` for ``a <= 1`` (one Mills ratio instead where ``h a > 9``: then
+``J = sqrt(pi/2) R(h)`` to 3.5e-19); for ``a > 1`` also two Mills ratios
+(continued fractions of 30-105 terms for 2 <= t < 5) and two ``erfc``, the
+bracket skipped where ``E`` < 1.4e-17 (it adds at most ``2 E`` relative).
 """
 
 import math
 
-from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_tails
+from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_ratio, mills_tails
 
 _INV_2PI = 0.15915494309189535  # 1 / (2 pi)
 # Cut of the a <= 1 integral in y = h x (see the module docstring for the bound).
@@ -103,9 +105,11 @@ def owens_j_wedge(h, a):
     float
         ``J(h, a) = 2 pi exp(h^2/2) T(h, a)``, to a few ulps (module docstring).
     """
+    if h * a > _Y_CUT:
+        # all but < 3.5e-19 (relative) of J(h, inf) = sqrt(pi/2) R(h); h > 9 here,
+        # where the Mills ratio is ulp-accurate and cheaper than the rule
+        return SQRT_HALF_PI * mills_ratio(h)
     b = a
-    if h * a > _Y_CUT:  # the rest of [0, a] adds < 3.5e-19 relative
-        b = _Y_CUT / h
     s = 0.0
     for i in range(_N_GL):
         x = b * _GL_U[i]
@@ -138,7 +142,7 @@ def owens_t_scaled(h, a):
         return owens_j_wedge(h, a) * _INV_2PI
     if h == 0.0:
         return math.atan(a) * _INV_2PI
-    r_h = mills_tails(h)[0]
+    r_h = mills_ratio(h) if h >= 5.0 else mills_tails(h)[0]
     if a == math.inf:  # T(h, inf) = Q(h) / 2
         return SQRT_HALF_PI * r_h * _INV_2PI
     ah = a * h
@@ -146,8 +150,9 @@ def owens_t_scaled(h, a):
     # (a^2 - 1) h^2 / 2 as a product of factors that each keep relative accuracy
     # (a - 1 is exact near 1) and that overflow to inf rather than giving inf * 0.
     e = math.exp(-0.5 * ((a - 1.0) * h) * ((a + 1.0) * h))
-    if e > 0.0:
-        r_ah = mills_tails(ah)[0]
+    # the bracket adds at most 2 e relative (module docstring): nothing below 2^-56
+    if e > 1.4e-17:
+        r_ah = mills_ratio(ah) if ah >= 5.0 else mills_tails(ah)[0]
         j += e * (SQRT_HALF_PI * _ndtr_nonneg(h) * r_ah - owens_j_wedge(ah, 1.0 / a))
     return j * _INV_2PI
 

@@ -658,20 +658,43 @@ def _section_axis(E, K, d2):
     return 1.0, 0.0
 
 
-def std_polygon_log_mass(P, n, E, B1, B2, V, Y):
+def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor):
     """``log P(u in polygon)`` for u ~ N(0, I), polygon ``P[0:n]`` (module
     docstring). Scratch: ``E`` (n, 6), ``B1``, ``B2`` (n + 8, 6), ``V``
-    (n + 8, 3), ``Y`` (n + 8)."""
+    (n + 8, 3), ``Y`` (n + 8).
+
+    ``floor`` (``-inf`` for the exact value always): where the upper bound
+    ``log Q(d)`` (the polygon lies beyond the tangent line at its nearest
+    point, at distance ``d``) is below it, that bound is returned instead;
+    a caller summing terms passes the level below which a term cannot change
+    its sum."""
     if n == 0:
         return -math.inf
     K, arc = edge_table(P, n, E)
     if K == 0:
         return 0.0 if arc > 0.0 else -math.inf
+    if floor > -math.inf:
+        bound = log_tail_bound(E, K)
+        if bound < floor:
+            return bound
     lm, d2, kappa = fan_log_mass(E, K, arc)
     if kappa > _KAPPA_MAX:
         ax, ay = _section_axis(E, K, d2)
         lm = section_rule(P, n, d2, ax, ay, False, B1, B2, V, Y)[0]
     return lm
+
+
+def log_tail_bound(E, K):
+    """An upper bound on the log-mass from the edge table: ``log Q(d) <=
+    -d^2/2 - log(d sqrt(2 pi))`` at the polygon's distance ``d`` from the
+    origin (0 when the origin is inside or on the boundary)."""
+    d2 = math.inf
+    for k in range(K):
+        if E[k, 2] > 0.0:
+            d2 = min(d2, _edge_distance2(E[k, 2], E[k, 3], E[k, 4]))
+    if d2 == math.inf or not (d2 > 1.0):
+        return 0.0
+    return -0.5 * d2 - 0.5 * math.log(d2) - LOG_2PI * 0.5
 
 
 def std_polygon_moments(P, n, E, B1, B2, V, Y, careful=True):

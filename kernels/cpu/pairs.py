@@ -281,7 +281,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
                 lm = 0.0
             else:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y)
+                # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
+                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - lk[r])
             m, s = _add_term(lk[r] + lm, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
@@ -310,7 +311,7 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
             lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y)
+                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):

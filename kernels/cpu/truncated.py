@@ -85,7 +85,7 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
             continue
         W, n = _whitened_polygon(normals, offsets, i, l11, l21, l22, m1, m2, P, Q)
         if not want_moments:
-            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y)
+            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf)
             continue
         lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y)
         log_mass[i] = lm
