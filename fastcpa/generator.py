@@ -6,6 +6,9 @@ import numpy as np
 
 from ._validation import as_float64, as_points
 
+# Rows x width of the hidden activations evaluated at once (2^22 doubles = 32 MiB).
+_BLOCK_ELEMENTS = 1 << 22
+
 __all__ = ["Generator", "ACTIVATIONS"]
 
 #: Activation name -> negative-side slope eta (act(u) = u for u >= 0, eta * u otherwise).
@@ -146,11 +149,18 @@ class Generator:
         -------
         numpy.ndarray, shape (N, D)
         """
-        h = as_points(Z, self.latent_dim)
-        for W, c, eta in zip(self.weights[:-1], self.biases[:-1], self.slopes):
-            u = h @ W.T + c
-            h = np.where(u >= 0, u, eta * u)
-        return h @ self.weights[-1].T + self.biases[-1]
+        Z = as_points(Z, self.latent_dim)
+        # rows in blocks, so that hidden activations stay ~32 MB however many rows
+        width = max(W.shape[0] for W in self.weights)
+        block = max(1, _BLOCK_ELEMENTS // width)
+        out = np.empty((Z.shape[0], self.output_dim))
+        for a in range(0, Z.shape[0], block):
+            h = Z[a:a + block]
+            for W, c, eta in zip(self.weights[:-1], self.biases[:-1], self.slopes):
+                u = h @ W.T + c
+                h = np.where(u >= 0, u, eta * u)
+            out[a:a + block] = h @ self.weights[-1].T + self.biases[-1]
+        return out
 
     def sign_codes(self, Z):
         """Per-unit activation pattern at the rows of ``Z`` (True = "on", u >= 0).

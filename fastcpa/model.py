@@ -230,7 +230,7 @@ class CPAModel:
         X = self._check_X(X)
         p = self._region_params()
         log_prob_chunk, _, region_args = self._pair_kernels()
-        xx = (X * X) @ p["prec"]
+        xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
         run_max = np.full(len(X), -np.inf)
         run_sum = np.zeros(len(X))
         skipped = np.zeros(len(X), np.int64)
@@ -271,7 +271,7 @@ class CPAModel:
         _, posterior_chunk, region_args = self._pair_kernels()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
-        xx = (X * X) @ p["prec"]
+        xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
         # running mixture state per row: log-weight max M, weight sum W, mean, scatter
         M = np.full(N, -np.inf)
         W = np.zeros(N)
