@@ -37,7 +37,7 @@ CASES = {
 # memory: (layer sizes, sample counts)
 MEMORY = {
     "S1": ((1, 12000, 64), (10_000, 100_000)),
-    "S2": ((2, 64, 128, 64), (500, 2500)),
+    "S2": ((2, 64, 128, 64), (2048, 8192)),  # beyond sample_chunk (1024): flat from there
 }
 
 _MEMORY_CHILD = r"""

@@ -19,6 +19,15 @@ bounded by that, so the returned log p(x) is low by at most
 ``log(1 + R exp(-gap))`` (R regions): ``R * 4.2e-18`` nats for the default
 ``gap = 40``. The row's best candidate (largest ``log kappa``) is evaluated
 first so the running best is a good bound early.
+
+Negligible terms (exact, always on): the running sum is kept scaled so that
+it is at least 1, so a term more than ``_NEGLIGIBLE`` (38) nats below the
+running maximum rounds away when added. Such terms are not exponentiated,
+and where an upper bound on the region's mass already puts the term there
+(``Q(d)`` at the region's distance ``d`` from the pair's posterior mean) the
+mass itself is not refined: the sum is the same to the bit as with every
+term evaluated in full. ``prune=False`` ("dense") turns off only the
+``gap`` pruning above.
 """
 
 import math
@@ -74,6 +83,7 @@ def _best_first(k, best):
 
 # s >= 1 once a term is in, so a term below m - 38 (e^-38 = 3.1e-17) rounds away.
 _NEGLIGIBLE = 38.0
+_LOG2 = 0.6931471805599453
 
 
 @jit
@@ -162,7 +172,13 @@ def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
                 if whole[r]:
                     lm = 0.0
                 else:
-                    lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(Sigma[r, 0, 0]))
+                    sd = math.sqrt(Sigma[r, 0, 0])
+                    # Q(d) <= exp(-d^2/2) / 2 at the interval's distance d from the mean: a
+                    # term bounded below what the sum can register needs no more (as for S = 2)
+                    d = max((lo[r] - mus[r]) / sd, (mus[r] - hi[r]) / sd)
+                    if d > 0.0 and lk[r] - 0.5 * d * d - _LOG2 < m - _NEGLIGIBLE:
+                        continue
+                    lm = interval_log_mass(lo[r], hi[r], mus[r], sd)
                 m, s = _add_term(lk[r] + lm, m, s)
             run_max[i], run_sum[i] = m, s
             n_skipped[i] += skipped
