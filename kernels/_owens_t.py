@@ -48,14 +48,16 @@ everywhere, and it has no branches to tune):
 Measured against a 40-digit mpmath oracle (``tests/test_owens_t.py``; grid
 h in [0, 1e4] x a in [1e-300, inf], plus 1500 random points): relative error
 of ``owens_t_scaled`` at most 9e-16 (the tests allow 4e-15). Subnormal ``a``
-(below ~2.2e-308) loses relative accuracy with the underflow. Cost: 24
-``exp`` for ``a <= 1`` (one Mills ratio instead where ``h a > 9``: then
+(below ~2.2e-308) loses relative accuracy with the underflow. Cost: 12,
+16 or 24 ``exp`` for ``a <= 1`` (by ``h b``, see ``_HB_12``) (one Mills ratio instead where ``h a > 9``: then
 ``J = sqrt(pi/2) R(h)`` to 3.5e-19); for ``a > 1`` also two Mills ratios
 (continued fractions of 30-105 terms for 2 <= t < 5) and two ``erfc``, the
 bracket skipped where ``E`` < 1.4e-17 (it adds at most ``2 E`` relative).
 """
 
 import math
+
+import numpy as np
 
 from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_ratio, mills_tails
 
@@ -85,6 +87,17 @@ _GL_V = (
 )
 
 
+# Shorter rules where the Gaussian factor varies less (h b the largest y on [0, b]):
+# measured against mpmath, 12 nodes stay within 4e-16 up to h b = 1.5 and 16 nodes
+# within 7e-16 up to h b = 4 (the pole at x = i is at least 4.6 ellipse radii away).
+_HB_12 = 1.5
+_HB_16 = 4.0
+_GL12_U = tuple(float(v) for v in 0.5 * (np.polynomial.legendre.leggauss(12)[0] + 1.0))
+_GL12_V = tuple(float(v) for v in 0.5 * np.polynomial.legendre.leggauss(12)[1])
+_GL16_U = tuple(float(v) for v in 0.5 * (np.polynomial.legendre.leggauss(16)[0] + 1.0))
+_GL16_V = tuple(float(v) for v in 0.5 * np.polynomial.legendre.leggauss(16)[1])
+
+
 def _ndtr_nonneg(t):
     """``Phi(t)`` for ``t >= 0`` (in [1/2, 1], so ``erfc`` of ``-t`` is well conditioned)."""
     return 0.5 * math.erfc(-t * INV_SQRT2)
@@ -110,11 +123,23 @@ def owens_j_wedge(h, a):
         # where the Mills ratio is ulp-accurate and cheaper than the rule
         return SQRT_HALF_PI * mills_ratio(h)
     b = a
+    hb = h * b
     s = 0.0
-    for i in range(_N_GL):
-        x = b * _GL_U[i]
-        y = h * x
-        s += _GL_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
+    if hb <= _HB_12:
+        for i in range(12):
+            x = b * _GL12_U[i]
+            y = h * x
+            s += _GL12_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
+    elif hb <= _HB_16:
+        for i in range(16):
+            x = b * _GL16_U[i]
+            y = h * x
+            s += _GL16_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
+    else:
+        for i in range(_N_GL):
+            x = b * _GL_U[i]
+            y = h * x
+            s += _GL_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
     return b * s
 
 
