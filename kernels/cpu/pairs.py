@@ -113,13 +113,11 @@ def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, 
         mu = np.empty(S)
         lk = np.empty(R)
         mus = np.empty((R, S))
-        best = 0
         for r in range(R):
             lk[r] = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
             for t in range(S):
                 mus[r, t] = mu[t]
-            if lk[r] > lk[best]:
-                best = r
+        best = np.argmax(lk)
         m, s = run_max[i], run_sum[i]
         skipped = 0
         for k in range(R):
@@ -158,10 +156,7 @@ def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
                 mu = Sigma[r, 0, 0] * y
                 mus[r] = mu
                 lk[r] = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
-            best = 0
-            for r in range(R):
-                if lk[r] > lk[best]:
-                    best = r
+            best = np.argmax(lk)
             m, s = run_max[i], run_sum[i]
             skipped = 0
             for k in range(R):
