@@ -19,6 +19,11 @@ import math
 LOG_SQRT_2PI = 0.9189385332046728  # log(sqrt(2 pi))
 SQRT_HALF_PI = 1.2533141373155003  # sqrt(pi / 2)
 INV_SQRT2 = 0.7071067811865476
+# INV_SQRT2 split in 26-bit halves (HI + MID == INV_SQRT2 exactly), and the rounding
+# error of INV_SQRT2 itself (1/sqrt(2) - INV_SQRT2)
+_INV_SQRT2_HI = 134217729.0 * INV_SQRT2 - (134217729.0 * INV_SQRT2 - INV_SQRT2)
+_INV_SQRT2_MID = INV_SQRT2 - _INV_SQRT2_HI
+_INV_SQRT2_LO = -4.833646656726457e-17
 # Below it the Mills ratio comes from erfc, above it from the continued fraction.
 _CF_FROM = 2.0
 
@@ -37,6 +42,20 @@ def exp_neg_half_square(t):
     th = c - (c - t)
     tl = t - th
     return math.exp(-0.5 * th * th) * math.exp(-(th * tl + 0.5 * tl * tl))
+
+
+def _mills_erfc(t):
+    """``R(t)`` from ``erfc(t / sqrt(2))``, corrected to first order for the
+    rounding of ``t / sqrt(2)`` (exact residual by Dekker's product and the
+    low part of ``1/sqrt(2)``): ``R = sqrt(pi/2) erfc(x) e^{t^2/2} - sqrt(2) r``
+    with ``r = t/sqrt(2) - x``. Without it the error grows like ``t^2`` ulps;
+    with it, within 7.4e-16 of mpmath for -6 <= t <= 5."""
+    x = t * INV_SQRT2
+    c = 134217729.0 * t
+    th = c - (c - t)
+    tl = t - th
+    r = ((th * _INV_SQRT2_HI - x) + th * _INV_SQRT2_MID + tl * INV_SQRT2) + t * _INV_SQRT2_LO
+    return SQRT_HALF_PI * math.erfc(x) / exp_neg_half_square(t) - 1.4142135623730951 * r
 
 
 def log_phi(t):
@@ -70,7 +89,7 @@ def mills_tails(t):
     if t < _CF_FROM:
         # R from erfc (no underflow here); delta and gamma by subtraction, which
         # loses at most a factor of about 10 in relative accuracy for t < 2.
-        R = SQRT_HALF_PI * math.erfc(t * INV_SQRT2) / exp_neg_half_square(t)
+        R = _mills_erfc(t)
         delta = 1.0 / R - t
         gamma = (1.0 - t * delta) / delta
         return R, delta, gamma
@@ -88,12 +107,12 @@ def mills_ratio(t):
     """``R(t) = Q(t) / phi(t)`` for any real t (``inf`` only when it overflows, t < -37.5).
 
     Cheaper than :func:`mills_tails` (no ``delta``/``gamma``): from erfc below
-    t = 5 (relative error up to ~t^2 ulps, from rounding ``t / sqrt(2)``),
+    t = 5 (:func:`_mills_erfc`, within 7.4e-16),
     from the continued fraction up to t = 20 (``_cf_terms``, converged to an
     ulp), from the asymptotic series beyond (within 1.5e-16 of mpmath).
     """
     if t < 5.0:
-        return SQRT_HALF_PI * math.erfc(t * INV_SQRT2) / exp_neg_half_square(t)
+        return _mills_erfc(t)
     if t >= _ASYMPTOTIC_FROM:
         # t R(t) = sum_k (-1)^k (2k-1)!! / t^(2k): alternating, the error below the
         # first omitted term (21!! / 20^22 = 3e-19 at t = 20); no division in the loop

@@ -51,7 +51,7 @@ of ``owens_t_scaled`` at most 9e-16 (the tests allow 4e-15). Subnormal ``a``
 (below ~2.2e-308) loses relative accuracy with the underflow. Cost: 12,
 16 or 24 ``exp`` for ``a <= 1`` (by ``h b``, see ``_HB_12``) (one Mills ratio instead where ``h a > 9``: then
 ``J = sqrt(pi/2) R(h)`` to 3.5e-19); for ``a > 1`` also two Mills ratios
-(continued fractions of 30-105 terms for 2 <= t < 5) and two ``erfc``, the
+(``erfc`` below 5, then continued fractions or the asymptotic series) and two ``erfc``, the
 bracket skipped where ``E`` < 1.4e-17 (it adds at most ``2 E`` relative).
 """
 
@@ -59,7 +59,7 @@ import math
 
 import numpy as np
 
-from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_ratio, mills_tails
+from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_ratio
 
 _INV_2PI = 0.15915494309189535  # 1 / (2 pi)
 # Cut of the a <= 1 integral in y = h x (see the module docstring for the bound).
@@ -167,7 +167,7 @@ def owens_t_scaled(h, a):
         return owens_j_wedge(h, a) * _INV_2PI
     if h == 0.0:
         return math.atan(a) * _INV_2PI
-    r_h = mills_ratio(h) if h >= 5.0 else mills_tails(h)[0]
+    r_h = mills_ratio(h)
     if a == math.inf:  # T(h, inf) = Q(h) / 2
         return SQRT_HALF_PI * r_h * _INV_2PI
     ah = a * h
@@ -177,7 +177,7 @@ def owens_t_scaled(h, a):
     e = math.exp(-0.5 * ((a - 1.0) * h) * ((a + 1.0) * h))
     # the bracket adds at most 2 e relative (module docstring): nothing below 2^-56
     if e > 1.4e-17:
-        r_ah = mills_ratio(ah) if ah >= 5.0 else mills_tails(ah)[0]
+        r_ah = mills_ratio(ah)
         j += e * (SQRT_HALF_PI * _ndtr_nonneg(h) * r_ah - owens_j_wedge(ah, 1.0 / a))
     return j * _INV_2PI
 
