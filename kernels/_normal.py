@@ -58,6 +58,23 @@ def _mills_erfc(t):
     return SQRT_HALF_PI * math.erfc(x) / exp_neg_half_square(t) - 1.4142135623730951 * r
 
 
+def mills_and_ndtr(t):
+    """``(R(t), Phi(t))`` for ``t >= 0``, sharing one ``erfc`` below t = 5
+    (both corrected for the rounding of ``t / sqrt(2)``, as in
+    :func:`_mills_erfc`)."""
+    if t < 5.0:
+        x = t * INV_SQRT2
+        c = 134217729.0 * t
+        th = c - (c - t)
+        tl = t - th
+        r = ((th * _INV_SQRT2_HI - x) + th * _INV_SQRT2_MID + tl * INV_SQRT2) + t * _INV_SQRT2_LO
+        ec = math.erfc(x)
+        g = exp_neg_half_square(t)
+        # erfc(x + r) = erfc(x) - 2 exp(-x^2) r / sqrt(pi) to first order
+        return SQRT_HALF_PI * ec / g - 1.4142135623730951 * r, 1.0 - 0.5 * ec + 0.5641895835477563 * g * r
+    return mills_ratio(t), 0.5 * math.erfc(-t * INV_SQRT2)
+
+
 def log_phi(t):
     """log of the standard normal density."""
     return -0.5 * t * t - LOG_SQRT_2PI

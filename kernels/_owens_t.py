@@ -59,7 +59,7 @@ import math
 
 import numpy as np
 
-from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_ratio
+from ._normal import INV_SQRT2, SQRT_HALF_PI, exp_neg_half_square, mills_and_ndtr, mills_ratio
 
 _INV_2PI = 0.15915494309189535  # 1 / (2 pi)
 # Cut of the a <= 1 integral in y = h x (see the module docstring for the bound).
@@ -167,19 +167,38 @@ def owens_t_scaled(h, a):
         return owens_j_wedge(h, a) * _INV_2PI
     if h == 0.0:
         return math.atan(a) * _INV_2PI
-    r_h = mills_ratio(h)
+    r_h, p_h = mills_and_ndtr(h)
+    return _owens_t_scaled_above(h, a, r_h, p_h)
+
+
+def _owens_t_scaled_above(h, a, r_h, p_h):
+    """:func:`owens_t_scaled` for ``a > 1`` and ``0 < h < inf``, given ``R(h)``
+    and ``Phi(h)`` (shared by the two ends of an edge)."""
     if a == math.inf:  # T(h, inf) = Q(h) / 2
         return SQRT_HALF_PI * r_h * _INV_2PI
     ah = a * h
-    j = SQRT_HALF_PI * _ndtr_nonneg(ah) * r_h
     # (a^2 - 1) h^2 / 2 as a product of factors that each keep relative accuracy
     # (a - 1 is exact near 1) and that overflow to inf rather than giving inf * 0.
     e = math.exp(-0.5 * ((a - 1.0) * h) * ((a + 1.0) * h))
     # the bracket adds at most 2 e relative (module docstring): nothing below 2^-56
     if e > 1.4e-17:
-        r_ah = mills_ratio(ah)
-        j += e * (SQRT_HALF_PI * _ndtr_nonneg(h) * r_ah - owens_j_wedge(ah, 1.0 / a))
+        r_ah, p_ah = mills_and_ndtr(ah)
+        j = SQRT_HALF_PI * p_ah * r_h + e * (SQRT_HALF_PI * p_h * r_ah - owens_j_wedge(ah, 1.0 / a))
+    else:
+        j = SQRT_HALF_PI * _ndtr_nonneg(ah) * r_h
     return j * _INV_2PI
+
+
+def owens_t_scaled_pair(h, a1, a2):
+    """``(owens_t_scaled(h, a1), owens_t_scaled(h, a2))`` for ``0 < h < inf``,
+    computing ``R(h)`` and ``Phi(h)`` once."""
+    if a2 <= 1.0:
+        return owens_j_wedge(h, a1) * _INV_2PI, owens_j_wedge(h, a2) * _INV_2PI
+    r_h, p_h = mills_and_ndtr(h)
+    t2 = _owens_t_scaled_above(h, a2, r_h, p_h)
+    if a1 <= 1.0:
+        return owens_j_wedge(h, a1) * _INV_2PI, t2
+    return _owens_t_scaled_above(h, a1, r_h, p_h), t2
 
 
 def log_owens_t(h, a):

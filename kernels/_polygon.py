@@ -57,7 +57,7 @@ import math
 
 from ._geometry import crossing_point, foot_of_line, line_value
 from ._interval import std_interval_moments
-from ._owens_t import _GL_U, _GL_V, owens_t_scaled
+from ._owens_t import _GL_U, _GL_V, owens_t_scaled, owens_t_scaled_pair
 
 _INV_2PI = 0.15915494309189535
 _INV_SQRT_2PI = 0.3989422804014327
@@ -320,8 +320,7 @@ def b_term(h, s1, s2, L):
     if h == 0.0:
         return 0.0, rho2
     if s1 * s1 <= _DIRECT_FROM:
-        t2 = owens_t_scaled(h, _t_arg(s2, h))
-        t1 = owens_t_scaled(h, _t_arg(s1, h))
+        t1, t2 = owens_t_scaled_pair(h, _t_arg(s1, h), _t_arg(s2, h))
         bh = t2 - t1
         if t2 <= _CANCEL * bh:
             return bh * math.exp(0.5 * s1 * s1), rho2
