@@ -22,8 +22,8 @@ __all__ = ["CPAModel", "Posterior"]
 #: Default pruning gap (nats): pairs whose evidence bound is this far below a
 #: sample's best term are skipped; log p is then low by at most R * exp(-gap).
 PRUNE_GAP = 40.0
-# Rows per thread and GEMM block in the S = 1 likelihood kernel.
-_ROW_BLOCK = 64
+# Largest row block (rows per thread and GEMM) of the S = 1 likelihood kernel.
+_ROW_BLOCK = 256
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
 
@@ -216,14 +216,16 @@ class CPAModel:
         sample_chunk, region_chunk : int
             Chunk sizes of the (sample, region) stream; memory is
             O(sample_chunk * region_chunk * S), independent of N and R. (For
-            S = 1 the kernel forms its products in blocks of 64 rows per
-            thread, and ``sample_chunk`` is not used.)
+            S = 1 the kernel forms its products in blocks of up to 256 rows
+            per thread, and ``sample_chunk`` is not used.)
         backend : {"auto", "cpu", "gpu"}
 
         Returns
         -------
         ndarray, shape (N,)
         """
+        import numba
+
         from fastcpa.kernels.cpu import pairs
 
         check_backend(backend, "CPAModel")
@@ -238,11 +240,12 @@ class CPAModel:
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
                 R = len(p["bb"])
+                # large row blocks keep the GEMM efficient; at least ~4 per thread
+                block = int(min(_ROW_BLOCK, max(16, -(-len(X) // (4 * numba.get_num_threads())))))
                 for r0 in range(0, R, region_chunk):
                     rs = slice(r0, min(R, r0 + region_chunk))
                     G = np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]]))
-                    pairs.log_prob_block_1d(X, G, xx, *region_args(rs), gap, run_max, run_sum, skipped,
-                                            _ROW_BLOCK)
+                    pairs.log_prob_block_1d(X, G, xx, *region_args(rs), gap, run_max, run_sum, skipped, block)
             else:
                 for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
                     log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows],
