@@ -32,7 +32,9 @@ with the sign of ``c`` (entry edges, ``c > 0``, add; exit edges subtract).
   distance ``d`` of the polygon, so ``exp(-5000)`` masses are no harder. Each
   ``B`` is an Owen's T sum (foot point on the edge: two positive terms) or a
   T difference, which is replaced by graded Gauss-Legendre panels of the
-  integral itself when it would lose more than 4 bits.
+  integral itself when it would lose more than 4 bits; edges whose near end
+  is beyond ``sqrt(_DIRECT_FROM)`` take 8-point Gauss-Laguerre in the
+  exponent instead (:func:`_b_far`).
 * The entry/exit sum cancels when the polygon is thin (or small) next to
   its distance; when it would lose more than 8 bits, the section rule
   (:func:`section_rule`) takes over: exact, tail-safe interval moments along
@@ -55,9 +57,11 @@ rule serves.
 
 import math
 
+import numpy as np
+
 from ._geometry import crossing_point, foot_of_line, line_value
 from ._interval import std_interval_moments
-from ._owens_t import _GL_U, _GL_V, owens_t_scaled, owens_t_scaled_pair
+from ._owens_t import _GL12_U, _GL12_V, _GL_U, _GL_V, owens_t_scaled, owens_t_scaled_pair
 
 _INV_2PI = 0.15915494309189535
 _INV_SQRT_2PI = 0.3989422804014327
@@ -82,6 +86,9 @@ _BOX = 90.0
 # Section rule: lines with |n . a| below this bound y only; panels per piece at most.
 _ALONG = 1e-12
 _MAX_SECTION_PANELS = 4096.0
+# 8-point Gauss-Laguerre rule (far edges, see _b_far).
+_LAG_X = tuple(float(v) for v in np.polynomial.laguerre.laggauss(8)[0])
+_LAG_W = tuple(float(v) for v in np.polynomial.laguerre.laggauss(8)[1])
 
 
 def _two_prod_diff(a, b, c, d):
@@ -309,6 +316,42 @@ def _b_direct(h, s1, L):
     return h * _INV_2PI * total
 
 
+def _b_laguerre_part(h, s1, u0):
+    """``int_0^inf exp(-v) g(u0 + v) dv`` by 8-point Gauss-Laguerre, with
+    ``g(u) = 1 / ((h^2 + s^2) s)``, ``s = sqrt(s1^2 + 2u)``."""
+    total = 0.0
+    for i in range(8):
+        s = math.sqrt(s1 * s1 + 2.0 * (u0 + _LAG_X[i]))
+        total += _LAG_W[i] / ((h * h + s * s) * s)
+    return total
+
+
+def _b_far(h, s1, L):
+    """``B exp((h^2 + s1^2)/2)`` for ``s1 >= sqrt(_DIRECT_FROM)``: in the
+    exponent ``u = s1 y + y^2/2`` (``y = s - s1``) the integral is
+    ``int_0^umax exp(-u) g(u) du`` with ``g`` smooth on the scale
+    ``s1^2/2 >= 30``, so 8 Gauss-Laguerre nodes give it to 5e-16 (measured
+    against mpmath for s1 from 7.75 to 100, h from 0.01 to 20, L from 1e-3 to
+    inf). A finite edge subtracts the same integral from ``umax`` on (at most
+    1.6x cancellation, ``umax >= 1``); shorter edges take 12 Gauss-Legendre
+    nodes in y, over which the integrand varies by less than e."""
+    if h == 0.0:
+        return 0.0
+    umax = s1 * L + 0.5 * L * L
+    if umax >= 40.0:  # the rest is below e^-40 relative
+        total = _b_laguerre_part(h, s1, 0.0)
+    elif umax >= 1.0:
+        total = _b_laguerre_part(h, s1, 0.0) - math.exp(-umax) * _b_laguerre_part(h, s1, umax)
+    else:
+        total = 0.0
+        for i in range(12):
+            y = L * _GL12_U[i]
+            sy = s1 + y
+            total += _GL12_V[i] * math.exp(-(s1 * y + 0.5 * y * y)) / (h * h + sy * sy)
+        total *= L
+    return h * _INV_2PI * total
+
+
 def b_term(h, s1, s2, L):
     """``(Bhat, rho2)`` with ``B(h, s1, s2) = Bhat exp(-rho2/2)``; ``rho2`` is
     the squared distance from the origin to the edge (``h >= 0`` the line's)."""
@@ -324,7 +367,8 @@ def b_term(h, s1, s2, L):
         bh = t2 - t1
         if t2 <= _CANCEL * bh:
             return bh * math.exp(0.5 * s1 * s1), rho2
-    return _b_direct(h, s1, L), rho2
+        return _b_direct(h, s1, L), rho2
+    return _b_far(h, s1, L), rho2
 
 
 def _dpsi(h, s1, s2, L):

@@ -571,3 +571,20 @@ def test_tail_bound_bounds_the_mass(rng):
         assert bound >= exact - 1e-12 * max(1.0, abs(exact)), (centre, bound, exact)
         checked += bound < 0.0
     assert checked > 100  # the bound was informative (origin outside) in most cases
+
+
+@pytest.mark.parametrize("s1", [7.75, 10.0, 20.0, 50.0])
+def test_far_edge_term_against_mpmath(s1):
+    """The far-edge term (Gauss-Laguerre in the exponent) against direct 30-digit quadrature of
+    ``B exp((h^2 + s1^2)/2) = h/(2 pi) int_0^L exp(-(s1 y + y^2/2)) / (h^2 + (s1 + y)^2) dy``,
+    for edges short and long, near and far from their line's foot."""
+    from fastcpa.kernels.cpu.truncated import _pg
+
+    with mp.workdps(30):
+        for h in (0.01, 0.5, 2.0, 6.0, 20.0):
+            for L in (1e-3, 0.05, 0.5, 3.0, math.inf):
+                f = lambda y: mp.exp(-(s1 * y + y * y / 2)) / (h * h + (s1 + y) ** 2)  # noqa: E731
+                pts = [0, min(L, 1), L] if L > 1 else [0, L]
+                ref = h / (2 * mp.pi) * mp.quad(f, pts)
+                got = _pg.b_term(h, s1, s1 + L, L)[0]
+                assert abs(got - ref) <= 2e-15 * ref, (h, L, got, ref)
