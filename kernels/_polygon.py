@@ -33,8 +33,8 @@ with the sign of ``c`` (entry edges, ``c > 0``, add; exit edges subtract).
   ``B`` is an Owen's T sum (foot point on the edge: two positive terms) or a
   T difference, which is replaced by graded Gauss-Legendre panels of the
   integral itself when it would lose more than 4 bits; edges whose near end
-  is beyond ``sqrt(_DIRECT_FROM)`` take 8-point Gauss-Laguerre in the
-  exponent instead (:func:`_b_far`).
+  is beyond ``_LAGUERRE_FROM`` take Gauss-Laguerre in the exponent instead
+  (:func:`_b_far`).
 * The entry/exit sum cancels when the polygon is thin (or small) next to
   its distance; when it would lose more than 8 bits, the section rule
   (:func:`section_rule`) takes over: exact, tail-safe interval moments along
@@ -67,9 +67,9 @@ _INV_2PI = 0.15915494309189535
 _INV_SQRT_2PI = 0.3989422804014327
 LOG_2PI = 1.8378770664093453
 _N_PANEL = 24
-# B by a T difference only while s1^2/2 <= 30 (beyond, T(h, a1) / B > e^30).
+# Far-edge Gauss-Laguerre: 8 nodes from s1^2 = 60 on (16 below).
 _DIRECT_FROM = 60.0
-# ... and only while T(h, a2) <= 16 B (at most 4 bits lost).
+# B by a T difference (s1 < _LAGUERRE_FROM) only while T(h, a2) <= 16 B (at most 4 bits lost).
 _CANCEL = 16.0
 # Direct B: cut where the integrand has fallen by e^-40; panels rise by <= 16.
 _B_CUT = 40.0
@@ -89,6 +89,10 @@ _MAX_SECTION_PANELS = 4096.0
 # 8-point Gauss-Laguerre rule (far edges, see _b_far).
 _LAG_X = tuple(float(v) for v in np.polynomial.laguerre.laggauss(8)[0])
 _LAG_W = tuple(float(v) for v in np.polynomial.laguerre.laggauss(8)[1])
+_LAG16_X = tuple(float(v) for v in np.polynomial.laguerre.laggauss(16)[0])
+_LAG16_W = tuple(float(v) for v in np.polynomial.laguerre.laggauss(16)[1])
+# Far edges (near end s1 beyond it) by Gauss-Laguerre, nearer ones by Owen's T.
+_LAGUERRE_FROM = 5.0
 
 
 def _two_prod_diff(a, b, c, d):
@@ -317,22 +321,29 @@ def _b_direct(h, s1, L):
 
 
 def _b_laguerre_part(h, s1, u0):
-    """``int_0^inf exp(-v) g(u0 + v) dv`` by 8-point Gauss-Laguerre, with
-    ``g(u) = 1 / ((h^2 + s^2) s)``, ``s = sqrt(s1^2 + 2u)``."""
+    """``int_0^inf exp(-v) g(u0 + v) dv`` by Gauss-Laguerre, with ``g(u) = 1
+    / ((h^2 + s^2) s)``, ``s = sqrt(s1^2 + 2u)``: 8 nodes for ``s1^2 >=
+    _DIRECT_FROM``, 16 for ``s1 >= _LAGUERRE_FROM`` (g's singularities, at
+    ``u <= -s1^2/2``, further away need fewer)."""
     total = 0.0
-    for i in range(8):
-        s = math.sqrt(s1 * s1 + 2.0 * (u0 + _LAG_X[i]))
-        total += _LAG_W[i] / ((h * h + s * s) * s)
+    if s1 * s1 >= _DIRECT_FROM:
+        for i in range(8):
+            s = math.sqrt(s1 * s1 + 2.0 * (u0 + _LAG_X[i]))
+            total += _LAG_W[i] / ((h * h + s * s) * s)
+    else:
+        for i in range(16):
+            s = math.sqrt(s1 * s1 + 2.0 * (u0 + _LAG16_X[i]))
+            total += _LAG16_W[i] / ((h * h + s * s) * s)
     return total
 
 
 def _b_far(h, s1, L):
-    """``B exp((h^2 + s1^2)/2)`` for ``s1 >= sqrt(_DIRECT_FROM)``: in the
+    """``B exp((h^2 + s1^2)/2)`` for ``s1 >= _LAGUERRE_FROM``: in the
     exponent ``u = s1 y + y^2/2`` (``y = s - s1``) the integral is
     ``int_0^umax exp(-u) g(u) du`` with ``g`` smooth on the scale
-    ``s1^2/2 >= 30``, so 8 Gauss-Laguerre nodes give it to 5e-16 (measured
-    against mpmath for s1 from 7.75 to 100, h from 0.01 to 20, L from 1e-3 to
-    inf). A finite edge subtracts the same integral from ``umax`` on (at most
+    ``s1^2/2``, so 16 Gauss-Laguerre nodes (8 beyond ``s1^2 = 60``) give it
+    to 5e-16 (measured against mpmath for s1 from 5 to 100, h from 0.01 to
+    20, L from 1e-3 to inf). A finite edge subtracts the same integral from ``umax`` on (at most
     1.6x cancellation, ``umax >= 1``); shorter edges take 12 Gauss-Legendre
     nodes in y, over which the integrand varies by less than e."""
     if h == 0.0:
@@ -362,7 +373,7 @@ def b_term(h, s1, s2, L):
     rho2 = h * h + s1 * s1
     if h == 0.0:
         return 0.0, rho2
-    if s1 * s1 <= _DIRECT_FROM:
+    if s1 < _LAGUERRE_FROM:
         t1, t2 = owens_t_scaled_pair(h, _t_arg(s1, h), _t_arg(s2, h))
         bh = t2 - t1
         if t2 <= _CANCEL * bh:
