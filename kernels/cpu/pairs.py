@@ -101,33 +101,24 @@ def _add_term(term, m, s):
 @jit(parallel=True)
 def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, gap, run_max, run_sum,
                    n_skipped):
-    """Fold one (samples x regions) chunk into each sample's running logsumexp.
+    """Fold one (samples x regions) chunk into each sample's running
+    logsumexp, for any S whose regions are whole-space or (S = 1) intervals.
 
-    ``run_max``, ``run_sum`` (per sample) carry the state across region
-    chunks; ``n_skipped`` counts pruned pairs. ``gap = inf`` evaluates all pairs.
+    Serves affine generators (one whole-space region, nothing to prune, so
+    ``gap`` and ``n_skipped`` are unused); the S = 1 and S = 2 models have
+    their own kernels with the best-first pruning. ``run_max``, ``run_sum``
+    (per sample) carry the state across region chunks.
     """
     n, R = Xb.shape
     S = Ab.shape[1]
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        lk = np.empty(R)
-        mus = np.empty((R, S))
-        for r in range(R):
-            lk[r] = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
-            for t in range(S):
-                mus[r, t] = mu[t]
-        best = np.argmax(lk)
         m, s = run_max[i], run_sum[i]
-        skipped = 0
-        for k in range(R):
-            r = _best_first(k, best)
-            if lk[r] < m - gap:
-                skipped += 1
-                continue
-            m, s = _add_term(lk[r] + _region_log_mass(mus[r], Sigma, r, lo, hi, whole), m, s)
+        for r in range(R):
+            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            m, s = _add_term(lk + _region_log_mass(mu, Sigma, r, lo, hi, whole), m, s)
         run_max[i], run_sum[i] = m, s
-        n_skipped[i] += skipped
 
 
 @jit(parallel=True)
@@ -275,11 +266,9 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
         mu = np.empty(2)
         lk = np.empty(R)
         W, E, B1, B2, V, Y = _scratch(cap)
-        best = 0
         for r in range(R):
             lk[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
-            if lk[r] > lk[best]:
-                best = r
+        best = np.argmax(lk)
         m, s = run_max[i], run_sum[i]
         skipped = 0
         for k in range(R):
