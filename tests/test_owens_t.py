@@ -249,3 +249,25 @@ def test_numba_matches_python(compiled):
             assert math.isfinite(py) and py != 0.0, (fn, h, a, py, nb)
             worst = max(worst, abs(nb - py) / math.ulp(py))
     assert worst <= 2.0
+
+
+# ----------------------------------------------------------------------------- band (one edge's difference)
+BAND_CASES = [
+    (h, a1, a2)
+    for h in (1e-3, 0.3, 1.0, 1.6, 2.0, 4.2, 9.0, 30.0, 1e3)
+    for a1 in (0.0, 1e-6, 0.1, 0.5, 0.999)
+    for a2 in (a1 + 2**-30, a1 + 2**-7, (a1 + 1) / 2, 1.0)  # a2 - a1 exact
+    if h * a1 <= 2.0 and a2 <= 1.0
+]
+
+
+@pytest.mark.parametrize("h,a1,a2", BAND_CASES)
+def test_band_against_mpmath(h, a1, a2):
+    """``owens_j_band`` (one rule over [a1, a2], scaled to its near end) against 40-digit quadrature of
+    its definition: no difference of two T values, so it keeps its relative accuracy however
+    narrow the band."""
+    with mp.workdps(DPS):
+        top = min(mp.mpf(a2), mp.mpf(12) / h)  # beyond y = h x = 12 the integrand is below e^-70
+        c = mp.mpf(h) * mp.mpf(a1)
+        ref = mp.quad(lambda x: mp.exp(-(((h * x) ** 2) - c**2) / 2) / (1 + x * x), [a1, top])
+        assert rel_err(owt.owens_j_band(h, a1, a2 - a1), ref) <= 1e-15
