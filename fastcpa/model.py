@@ -148,6 +148,10 @@ class CPAModel:
         if S == 1:
             params["lo"] = np.ascontiguousarray(part.intervals[:, 0])
             params["hi"] = np.ascontiguousarray(part.intervals[:, 1])
+            # the S = 1 kernel's folded region arrays (see pairs.log_prob_block_1d)
+            params["ab1"] = np.ascontiguousarray(params["Ab"][:, 0])
+            params["sig1"] = np.ascontiguousarray(Sigma[:, 0, 0])
+            params["hl1"] = 0.5 * Lam[:, 0, 0]
         elif S == 2 and not whole.all():
             params.update(Lt=Lt, **_whitened_boundaries(part, Lt))
         self._params = params
@@ -242,10 +246,14 @@ class CPAModel:
                 R = len(p["bb"])
                 # large row blocks keep the GEMM efficient; at least ~4 per thread
                 block = int(min(_ROW_BLOCK, max(16, -(-len(X) // (4 * numba.get_num_threads())))))
-                for r0 in range(0, R, region_chunk):
-                    rs = slice(r0, min(R, r0 + region_chunk))
+                # equal region chunks (no thin remainder: a narrow GEMM still reads all of X)
+                width = -(-R // -(-R // region_chunk))
+                for r0 in range(0, R, width):
+                    rs = slice(r0, min(R, r0 + width))
                     G = np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]]))
-                    pairs.log_prob_block_1d(X, G, xx, *region_args(rs), gap, run_max, run_sum, skipped, block)
+                    pairs.log_prob_block_1d(X, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs], p["const"],
+                                            *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
+                                            gap, run_max, run_sum, skipped, block)
             else:
                 for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
                     log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows],

@@ -122,7 +122,7 @@ def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, 
 
 
 @jit(parallel=True)
-def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, gap, run_max, run_sum,
+def log_prob_block_1d(X, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, gap, run_max, run_sum,
                       n_skipped, block):
     """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
     takes ``block`` rows of X at a time and forms their products with the
@@ -130,24 +130,37 @@ def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
     single-threaded BLAS inside (the caller limits it). The first pass (log
     kappa and posterior mean of every pair) is written out in scalars, a
     tight loop the compiler keeps in registers. Memory: ``block * 2 R`` per
-    thread."""
+    thread.
+
+    Region arrays as 1-D vectors: ``ab = A^T P b``, ``bb = b^T P b``, ``sig``
+    the posterior variance ``Sigma = 1 / Lambda`` and ``hl = Lambda / 2`` (the
+    tail bound needs no division or square root). The first pass also forms
+    each pair's upper bound ``log kappa + log Q(d)``, so the second visits the
+    best bound first and passes over the negligible pairs with one compare."""
     n = X.shape[0]
-    R = Ab.shape[0]
+    R = ab.shape[0]
     for bk in prange((n + block - 1) // block):
         i0 = bk * block
         i1 = min(n, i0 + block)
         P = np.dot(X[i0:i1], G)
         lk = np.empty(R)
+        ub = np.empty(R)
         mus = np.empty(R)
         for i in range(i0, i1):
             li = i - i0
             xi = xx[i]
             for r in range(R):
-                y = P[li, r] - Ab[r, 0]
-                mu = Sigma[r, 0, 0] * y
+                y = P[li, r] - ab[r]
+                mu = sig[r] * y
                 mus[r] = mu
-                lk[r] = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
-            best = np.argmax(lk)
+                # in the order of _kappa_and_mean (the posterior's), rounding alike
+                t = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
+                lk[r] = t
+                # Q(d) <= exp(-d^2/2) / 2 at the interval's distance d = e / sd from
+                # the mean: the term's upper bound (whole-space regions: e = -inf)
+                e = max(lo[r] - mu, mu - hi[r])
+                ub[r] = t - (e * e * hl[r] + _LOG2) if e > 0.0 else t
+            best = np.argmax(ub)
             m, s = run_max[i], run_sum[i]
             skipped = 0
             for k in range(R):
@@ -155,16 +168,12 @@ def log_prob_block_1d(X, G, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
                 if lk[r] < m - gap:
                     skipped += 1
                     continue
+                if ub[r] < m - _NEGLIGIBLE:  # cannot change the sum: needs no more (as for S = 2)
+                    continue
                 if whole[r]:
                     lm = 0.0
                 else:
-                    sd = math.sqrt(Sigma[r, 0, 0])
-                    # Q(d) <= exp(-d^2/2) / 2 at the interval's distance d from the mean: a
-                    # term bounded below what the sum can register needs no more (as for S = 2)
-                    d = max((lo[r] - mus[r]) / sd, (mus[r] - hi[r]) / sd)
-                    if d > 0.0 and lk[r] - 0.5 * d * d - _LOG2 < m - _NEGLIGIBLE:
-                        continue
-                    lm = interval_log_mass(lo[r], hi[r], mus[r], sd)
+                    lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(sig[r]))
                 m, s = _add_term(lk[r] + lm, m, s)
             run_max[i], run_sum[i] = m, s
             n_skipped[i] += skipped
