@@ -122,8 +122,10 @@ def render(rows, mem, env):
         lines.append(f"| {r['case']} | {list(r['sizes'])} | {r['regions']:,} | {r['n']:,} | {r['dense']:.3g} | "
                      f"{r['pruned']:.3g} | {100 * r['skipped']:.0f}% | {r['naive']:.3g} | {r['dense'] / r['naive']:.0f}x |")
     lines += ["", "Targets (issue 3, this 2-core machine): dense >= 2e7 pairs/s for S = 1 and >= 2e6 for S = 2; "
-              ">= 100x the naive loop; memory flat in N x R. S = 1 at D = 784 is bound by its GEMM (4 D flops "
-              "per pair); S = 2 at D = 2 by the Owen's T terms of polygons near every sample.", "",
+              ">= 100x the naive loop; memory flat in N x R. S = 1 at D = 784 runs close to its GEMM's bound "
+              "(4 D flops per pair: about 2.6e7 pairs/s from this machine's BLAS alone); S = 2 at D = 2 is bound by "
+              "the edge integrals of the polygons near every sample (most pairs lie within 38 nats of the best "
+              "and are computed in full).", "",
               "| memory case | layers | regions R | N | peak rise during log_prob | X itself |", "|---|---|--:|--:|--:|--:|"]
     for name, sizes, n, res in mem:
         lines.append(f"| {name} | {list(sizes)} | {res['regions']:,} | {n:,} | {res['peak_mib']:.1f} MiB | "
