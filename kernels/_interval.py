@@ -60,26 +60,29 @@ def _thin_sums(c, h):
 
 
 def _thin(c, w):
-    """Thin interval ``[c - w/2, c + w/2]``: the Hermite series around the midpoint."""
+    """Thin interval ``[c - w/2, c + w/2]``: the Hermite series around the
+    midpoint; ``(log_mass, mean - c, var)``."""
     h = 0.5 * w
     s0, s1, s2 = _thin_sums(c, h)
     m = s1 / s0
-    return log_phi(c) + math.log(w * s0), c - h * m, h * h * (s2 / s0 - m * m)
+    # the mean as its offset from the midpoint c
+    return log_phi(c) + math.log(w * s0), -(h * m), h * h * (s2 / s0 - m * m)
 
 
 def _one_sided(a, b, w):
-    """``0 <= a < b <= inf``, not thin: moments of ``s = t - a`` (module docstring)."""
+    """``0 <= a < b <= inf``, not thin: moments of ``s = t - a`` (module
+    docstring); ``(log_mass, mean - a, var)``."""
     Ra, da, ga = mills_tails(a)
     if b == math.inf:
         # M0 = R(a), M1 = delta R, M2 = gamma delta R
-        return log_phi(a) + math.log(Ra), a + da, da * (ga - da)
+        return log_phi(a) + math.log(Ra), da, da * (ga - da)
     Rb, db, gb = mills_tails(b)
     e = math.exp(-0.5 * w * (a + b))
     M0 = Ra - e * Rb
     M1 = da * Ra - e * Rb * (db + w)
     M2 = ga * da * Ra - e * Rb * (gb * db + w * (2.0 * db + w))
     m1 = M1 / M0
-    return log_phi(a) + math.log(M0), a + m1, M2 / M0 - m1 * m1
+    return log_phi(a) + math.log(M0), m1, M2 / M0 - m1 * m1
 
 
 def _tphi(t):
@@ -104,6 +107,23 @@ def _central(a, b):
     return log_mass, mean, 1.0 + (_tphi(a) - _tphi(b)) / m - mean * mean
 
 
+def _moment_parts(a, b, w):
+    """The regimes of :func:`std_interval_moments` for ``a <= b`` not both
+    left of 0 (not mirrored), ``w > 0``: ``(log_mass, base, off, boff, var)``
+    with mean ``base + off`` and ``boff = base - a`` exactly (the mean's
+    offset from ``a`` is ``boff + off`` without a difference)."""
+    if math.isfinite(w):
+        c = a + 0.5 * w
+        if abs(c) * w + 0.25 * w * w <= _THIN:
+            lm, dm, var = _thin(c, w)
+            return lm, c, dm, 0.5 * w, var
+    if a >= 0.0:
+        lm, m1, var = _one_sided(a, b, w)
+        return lm, a, m1, 0.0, var
+    lm, mean, var = _central(a, b)
+    return lm, mean, 0.0, mean - a, var
+
+
 def std_interval_moments(a, b, w):
     """``(log_mass, mean, var)`` of N(0, 1) restricted to ``[a, b]``, ``w = b - a`` given accurately.
 
@@ -118,16 +138,24 @@ def std_interval_moments(a, b, w):
     flip = b <= 0.0  # mirror so that the interval is not left of 0
     if flip:
         a, b = -b, -a
-    if math.isfinite(w):
-        c = a + 0.5 * w
-        if abs(c) * w + 0.25 * w * w <= _THIN:
-            lm, mean, var = _thin(c, w)
-            return lm, -mean if flip else mean, var
-    if a >= 0.0:
-        lm, mean, var = _one_sided(a, b, w)
-    else:
-        lm, mean, var = _central(a, b)
+    lm, base, off, _, var = _moment_parts(a, b, w)
+    mean = base + off
     return lm, -mean if flip else mean, var
+
+
+def std_interval_offset_moments(a, b, w):
+    """:func:`std_interval_moments` with the mean as its offset from ``a``
+    (``mean - a``, finite ``a``), formed without that difference: a thin
+    interval far from 0 keeps the relative position of its mean."""
+    if not (a <= b) or not (w >= 0.0):
+        return math.nan, math.nan, math.nan
+    if w == 0.0:
+        return -math.inf, 0.0, 0.0
+    if b <= 0.0:  # mirrored: the offset from the other end, from w
+        lm, _, off, boff, var = _moment_parts(-b, -a, w)
+        return lm, w - (boff + off), var
+    lm, _, off, boff, var = _moment_parts(a, b, w)
+    return lm, boff + off, var
 
 
 def interval_moments(lo, hi, mu, sigma):

@@ -47,7 +47,11 @@ with the sign of ``c`` (entry edges, ``c > 0``, add; exit edges subtract).
   (:func:`section_rule`) takes over: exact, tail-safe interval moments along
   one axis (towards the polygon) and Gauss-Legendre panels across, after
   clipping the polygon to the box where the density is within ``e^-45`` of
-  its peak. Nothing in it subtracts.
+  its peak. Nothing in it subtracts. Given the polygon in a frame anchored
+  on it (``kernels.cpu.truncated`` does this), a thin or tiny polygon keeps
+  its relative accuracy: the lines' offsets are small and exact there, the
+  section widths come without a difference, and the moments are gathered
+  in that frame.
 
 Moments by the divergence theorem: with ``J_e = int_e phi_2 ds =
 phi(c) (Phi(s2) - Phi(s1))`` and the truncated mean ``mu_e`` of ``s`` on the
@@ -57,9 +61,9 @@ edge (``kernels._interval``),
     int (u - m) (u - m)^T phi_2 = M0 I + sum_e J_e (c_e n_e + mu_e t_e - m) n_e^T
 
 (symmetrised). They amplify rounding by the size of the boundary terms next
-to the covariance: much for thin polygons, and like ``d^4`` for far ones
-(the covariance is ``I`` minus nearly ``I``). Beyond ``_AMP_MAX`` the section
-rule serves.
+to the covariance's smaller eigenvalue: much for thin polygons, and like
+``d^4`` for far ones (the covariance is ``I`` minus nearly ``I``). Beyond
+``_AMP_MAX`` the section rule serves.
 """
 
 import math
@@ -67,7 +71,7 @@ import math
 import numpy as np
 
 from ._geometry import crossing_point, foot_of_line, line_value
-from ._interval import std_interval_log_mass, std_interval_moments
+from ._interval import std_interval_log_mass, std_interval_moments, std_interval_offset_moments
 from ._owens_t import (
     _GL8_U, _GL8_V, _GL10_U, _GL10_V, _GL12_U, _GL12_V, _GL16_U, _GL16_V, _GL_U, _GL_V, owens_j_band,
     owens_t_scaled, owens_t_scaled_pair)
@@ -106,26 +110,41 @@ _LAGUERRE_FROM = 5.0
 _ALWAYS_DIRECT = 1.87
 
 
-def _two_prod_diff(a, b, c, d):
-    """``a*b - c*d`` with the products split exactly (Dekker), so a nearly
-    singular 2x2 determinant keeps its relative accuracy."""
+def _two_prod(a, b):
+    """``(p, e)`` with ``p + e = a b`` exactly (Dekker's split; no FMA needed)."""
     p = a * b
-    q = c * d
     sa = 134217729.0 * a
     ah = sa - (sa - a)
     al = a - ah
     sb = 134217729.0 * b
     bh = sb - (sb - b)
     bl = b - bh
-    ep = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-    sc = 134217729.0 * c
-    ch = sc - (sc - c)
-    cl = c - ch
-    sd = 134217729.0 * d
-    dh = sd - (sd - d)
-    dl = d - dh
-    eq = ((ch * dh - q) + ch * dl + cl * dh) + cl * dl
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _two_sum(a, b):
+    """``(s, e)`` with ``s + e = a + b`` exactly (Knuth)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _two_prod_diff(a, b, c, d):
+    """``a*b - c*d`` with the products split exactly (Dekker), so a nearly
+    singular 2x2 determinant keeps its relative accuracy."""
+    p, ep = _two_prod(a, b)
+    q, eq = _two_prod(c, d)
     return (p - q) + (ep - eq)
+
+
+def offset_at(o, a, x, b, y):
+    """``o + a x + b y`` to within a few ulps of the result (exact products and
+    sums): a line's offset at a point near it stays exact however small."""
+    p1, e1 = _two_prod(a, x)
+    p2, e2 = _two_prod(b, y)
+    s1, t1 = _two_sum(p1, p2)
+    s2, t2 = _two_sum(o, s1)
+    return s2 + (t2 + (t1 + (e1 + e2)))
 
 
 def chol2(s11, s12, s22):
@@ -531,7 +550,7 @@ def fan_log_mass(E, K, arc):
 
 def fan_moments(E, K, log_mass, d2):
     """Mean and covariance (whitened frame) by the divergence theorem, and the
-    factor by which they amplify rounding (boundary terms over the largest
+    factor by which they amplify rounding (boundary terms over the smallest
     variance): large for thin polygons and, as ``d^4``, for far ones."""
     m0 = math.exp(log_mass + 0.5 * d2)  # mass relative to exp(-d2/2)
     m1x = 0.0
@@ -565,25 +584,59 @@ def fan_moments(E, K, log_mass, d2):
     c00 = 1.0 + (g00 - mx * m1x) / m0
     c11 = 1.0 + (g11 - my * m1y) / m0
     c01 = 0.5 * ((g01 - mx * m1y) + (g10 - my * m1x)) / m0
-    # rounding is amplified by the size of the boundary terms next to the covariance
-    amp = jsum * (1.0 + d2 + mx * mx + my * my) / (m0 * max(c00, c11))
+    # rounding is amplified by the size of the boundary terms next to the
+    # covariance's smaller eigenvalue (mapping back to z may make that
+    # direction the largest: a nearly singular covariance)
+    half = 0.5 * (c00 + c11)
+    lam_min = half - math.sqrt(0.25 * (c00 - c11) ** 2 + c01 * c01)
+    if not (lam_min > 0.0):
+        return mx, my, c00, c01, c11, math.inf
+    amp = jsum * (1.0 + d2 + mx * mx + my * my) / (m0 * lam_min)
     return mx, my, c00, c01, c11, amp
 
 
 # ----------------------------------------------------------------------------- section rule
 def _section(C, m, y):
-    """``(lo, hi)``: the polygon's section at y along the x-axis, from its
-    lines ``C[j] = (n . a, n . t, c)`` (``n . u >= c``)."""
+    """``(lo, hi, jl, jh)``: the polygon's section at y along the x-axis, from
+    its lines ``C[j] = (n . a, n . t, c, ...)`` (``n . u >= c``), and the
+    lines that bound it (-1 where unbounded)."""
     lo = -math.inf
     hi = math.inf
+    jl = -1
+    jh = -1
     for j in range(m):
         na = C[j, 0]
         # a line (nearly) along the x-axis bounds y only: the breakpoints handle it
         if na > _ALONG:
-            lo = max(lo, (C[j, 2] - C[j, 1] * y) / na)
+            v = (C[j, 2] - C[j, 1] * y) / na
+            if v > lo:
+                lo = v
+                jl = j
         elif na < -_ALONG:
-            hi = min(hi, (C[j, 2] - C[j, 1] * y) / na)
-    return lo, hi
+            v = (C[j, 2] - C[j, 1] * y) / na
+            if v < hi:
+                hi = v
+                jh = j
+    return lo, hi, jl, jh
+
+
+def _section_width(C, jl, jh, y, lo, hi, det):
+    """``hi - lo`` without the difference: from the two bounding lines'
+    offsets (small and exact in an anchored frame) and, where both are input
+    lines (``C[j, 6] > 0``), the cross product of their original normals
+    ``C[j, 3:5]`` split exactly (times ``det``, the whitening's determinant),
+    so a thin section or wedge keeps its relative width:
+
+        hi - lo = (c_h na_l - c_l na_h - y cross(n'_h, n'_l) / (r_h r_l)) / (na_h na_l)
+
+    with ``n' = L^T n`` of norm ``r`` and ``cross(n'_h, n'_l) = det cross(n_h, n_l)``."""
+    if jl < 0 or jh < 0 or not (C[jl, 6] > 0.0 and C[jh, 6] > 0.0):
+        return hi - lo
+    nal = C[jl, 0]
+    nah = C[jh, 0]
+    x = det * _two_prod_diff(C[jh, 3], C[jl, 4], C[jh, 4], C[jl, 3]) / (C[jh, 5] * C[jl, 5])
+    w = ((C[jh, 2] * nal - C[jl, 2] * nah) - y * x) / (nah * nal)
+    return max(w, 0.0)
 
 
 def _near_end(lo, hi):
@@ -620,7 +673,7 @@ def nearest_point(E, K):
     return d2, px, py
 
 
-def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
+def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     """Mass and moments by sections: exact interval moments along the x-axis
     ``(ax, ay)`` (a unit vector) and 24-point Gauss-Legendre panels across
     them, after clipping the polygon to the box where the density is within
@@ -628,23 +681,36 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
 
     Serves where the edge formulas cancel (thin, small or far polygons):
     nothing here subtracts, the sections' moments are tail-safe and the
-    panels' weights are positive. Sections come from the polygon's lines
-    (exact widths), the breakpoints between panels from its vertices.
-    Panels are short enough that the log of the integrand changes by at most
-    ~6 over one. Scratch: ``B1``, ``B2`` (n + 8, 6), ``V`` (n + 8, 3), ``Y``
-    (n + 8). Returns ``(log_mass, mx, my,
-    c00, c01, c11)`` in the whitened frame (moments NaN unless requested).
+    panels' weights are positive. Sections come from the polygon's lines,
+    the breakpoints between panels from its vertices. Panels are short
+    enough that the log of the integrand changes by at most ~6 over one.
+
+    The polygon may be given in an anchored frame: ``G = (gx, gy, det)``
+    puts the Gaussian's centre at ``(gx, gy)`` (0 for the whitened frame
+    itself). With the anchor on the polygon, its lines' offsets are small and
+    exact, and ``LM[0:nl] = (n'_x, n'_y, n_x, n_y)`` (whitened and original
+    normals of the input lines, ``n' = L^T n``, ``det = l11 l22``) gives each
+    section's width without a difference (:func:`_section_width`): thin
+    polygons keep their relative accuracy. Scratch: ``B1``, ``B2`` (n + 8,
+    6), ``V`` (n + 8, 7), ``Y`` (n + 8). Returns ``(log_mass, mx, my, c00,
+    c01, c11)`` relative to the centre, in the whitened frame (moments NaN
+    unless requested).
     """
     nan = math.nan
+    gx = G[0]
+    gy = G[1]
+    det = G[2]
     R = math.sqrt(d2 + _BOX)
     for i in range(n):
         _copy_row(P, i, B1, i)
-    k = clip_halfplane(B1, n, 1.0, 0.0, R, B2)
-    k = clip_halfplane(B2, k, -1.0, 0.0, R, B1)
-    k = clip_halfplane(B1, k, 0.0, 1.0, R, B2)
-    k = clip_halfplane(B2, k, 0.0, -1.0, R, B1)
+    k = clip_halfplane(B1, n, 1.0, 0.0, R - gx, B2)
+    k = clip_halfplane(B2, k, -1.0, 0.0, R + gx, B1)
+    k = clip_halfplane(B1, k, 0.0, 1.0, R - gy, B2)
+    k = clip_halfplane(B2, k, 0.0, -1.0, R + gy, B1)
     tx = ay  # y-axis t, with the x-axis its left normal
     ty = -ax
+    ga = gx * ax + gy * ay  # the centre in the section frame
+    gt = gx * tx + gy * ty
     m = 0
     for i in range(k):  # breakpoints y = t . v (the box made every point finite)
         Y[m] = tx * B1[i, 0] + ty * B1[i, 1]
@@ -654,6 +720,16 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
         V[m, 0] = (lx * ax + ly * ay) / r  # line n . u >= c in (n . a, n . t, c)
         V[m, 1] = (lx * tx + ly * ty) / r
         V[m, 2] = -B1[i, 5] / r
+        V[m, 3] = 0.0
+        V[m, 4] = 0.0
+        V[m, 5] = r
+        V[m, 6] = 0.0
+        for q in range(nl):  # an input line: its original normal
+            if LM[q, 0] == lx and LM[q, 1] == ly:
+                V[m, 3] = LM[q, 2]
+                V[m, 4] = LM[q, 3]
+                V[m, 6] = 1.0
+                break
         m += 1
     if m < 3:
         return -math.inf, nan, nan, nan, nan, nan
@@ -664,6 +740,11 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
             Y[j + 1] = Y[j]
             j -= 1
         Y[j + 1] = v
+    # Positions y (along t) and x (along a) are in the polygon's frame, exact
+    # near the anchor; yc = y - gt and x - ga are relative to the centre (the
+    # Gaussian's weights; their rounding moves a section as a whole). The
+    # moments are accumulated in the polygon's frame, so a tiny polygon far
+    # out keeps its spread.
     tot = 0.0  # running weight, mean and scatter (merged one node at a time)
     my = 0.0
     mx = 0.0
@@ -677,28 +758,34 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
             continue
         span = yb - ya
         # within a piece both ends of the section are linear in y: sample them
-        # inside (away from its vertices) and extrapolate
+        # inside (away from its vertices) and extrapolate (centre-relative)
         q1 = ya + 0.25 * span
-        la, ha = _section(V, m, q1)
-        lb, hb = _section(V, m, ya + 0.75 * span)
+        la, ha, _, _ = _section(V, m, q1)
+        lb, hb, _, _ = _section(V, m, ya + 0.75 * span)
+        la -= ga
+        ha -= ga
+        lb -= ga
+        hb -= ga
         dl = (lb - la) / (0.5 * span)
         dh = (hb - ha) / (0.5 * span)
         slope = max(abs(dl), abs(dh))
         y = ya
         while y < yb:
+            yc = y - gt
             # the section mass varies at a rate set by its nearer end (the far
             # end's contribution is smaller by the Gaussian ratio of the two)
             x0 = _near_end(la + dl * (y - q1), ha + dh * (y - q1))
-            ell = min(yb - y, max(6.0 / (abs(y) + x0 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
+            ell = min(yb - y, max(6.0 / (abs(yc) + x0 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
             x1 = _near_end(la + dl * (y + ell - q1), ha + dh * (y + ell - q1))
             if x1 > x0:  # the near end recedes: the rate is set at the panel's far side
-                ell = min(yb - y, max(6.0 / (abs(y) + x1 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
+                ell = min(yb - y, max(6.0 / (abs(yc) + x1 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
             y2 = y + ell
             if yb - y2 < 1e-12 * ell:
                 y2 = yb
                 ell = yb - y
-            ynear = 0.0 if (y <= 0.0 and 0.0 <= y2) else min(abs(y), abs(y2))
-            # nearest the section comes to the origin over the panel (linear ends)
+            yc2 = y2 - gt
+            ynear = 0.0 if (yc <= 0.0 and 0.0 <= yc2) else min(abs(yc), abs(yc2))
+            # nearest the section comes to the centre over the panel (linear ends)
             lo0 = la + dl * (y - q1)
             lo1 = la + dl * (y2 - q1)
             hi0 = ha + dh * (y - q1)
@@ -711,21 +798,24 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
                 xnear = 0.0
             if ynear * ynear + xnear * xnear - d2 < 2.0 * _BOX + 20.0:
                 for i in range(_N_PANEL):
-                    yy = y + ell * _GL_U[i]
-                    lo, hi = _section(V, m, yy)
+                    ys = y + ell * _GL_U[i]
+                    lo, hi, jl, jh = _section(V, m, ys)
                     if not (hi > lo):
                         continue
-                    if want_moments:
-                        lm, sm, sv = std_interval_moments(lo, hi, hi - lo)
+                    wd = _section_width(V, jl, jh, ys, lo, hi, det)
+                    if want_moments:  # the section's mean as lo + its offset (polygon frame)
+                        lm, off, sv = std_interval_offset_moments(lo - ga, hi - ga, wd)
+                        xs = lo + off
                     else:  # the mass alone, at a third of the cost
-                        lm = std_interval_log_mass(lo, hi, hi - lo)
-                        sm = sv = 0.0
+                        lm = std_interval_log_mass(lo - ga, hi - ga, wd)
+                        xs = sv = 0.0
+                    yy = ys - gt
                     w = _GL_V[i] * ell * _INV_SQRT_2PI * math.exp(lm - 0.5 * (yy * yy - d2))
                     if not (w > 0.0):
                         continue
                     new = tot + w
-                    dy = yy - my
-                    dx = sm - mx
+                    dy = ys - my
+                    dx = xs - mx
                     r = w / new
                     if want_moments:
                         c = tot * r
@@ -744,6 +834,8 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y):
     cyy = syy / tot
     cxy = sxy / tot
     cxx = sxx / tot
+    my -= gt  # relative to the centre
+    mx -= ga
     # back to the whitened frame: u = y t + x a
     ux = my * tx + mx * ax
     uy = my * ty + mx * ay
@@ -765,10 +857,14 @@ def _section_axis(E, K, d2):
     return 1.0, 0.0
 
 
-def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor):
+def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
     """``log P(u in polygon)`` for u ~ N(0, I), polygon ``P[0:n]`` (module
     docstring). Scratch: ``E`` (n, 6), ``B1``, ``B2`` (n + 8, 6), ``V``
-    (n + 8, 3), ``Y`` (n + 8).
+    (n + 8, 7), ``Y`` (n + 8).
+
+    ``A[0:nA], G, LM[0:nl]``: the polygon for the section rule, where it is
+    needed (:func:`section_rule`): ``P`` itself with ``G = (0, 0, 1)`` and
+    ``nl = 0``, or the same polygon in a frame anchored on it.
 
     ``floor`` (``-inf`` for the exact value always): where the upper bound
     ``log Q(d)`` (the polygon lies beyond the tangent line at its nearest
@@ -787,7 +883,7 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor):
     lm, d2, kappa = fan_log_mass(E, K, arc)
     if kappa > _KAPPA_MAX:
         ax, ay = _section_axis(E, K, d2)
-        lm = section_rule(P, n, d2, ax, ay, False, B1, B2, V, Y)[0]
+        lm = section_rule(A, nA, d2, ax, ay, False, B1, B2, V, Y, G, LM, nl)[0]
     return lm
 
 
@@ -804,10 +900,10 @@ def log_tail_bound(E, K):
     return -0.5 * d2 - 0.5 * math.log(d2) - LOG_2PI * 0.5
 
 
-def std_polygon_moments(P, n, E, B1, B2, V, Y, careful=True):
+def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
     """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) restricted to the
-    polygon ``P[0:n]``: log-mass, mean and covariance (same scratch as
-    :func:`std_polygon_log_mass`). With ``careful=False`` the edge formulas
+    polygon ``P[0:n]``: log-mass, mean and covariance (same scratch and
+    section-rule polygon ``A, nA, G, LM, nl`` as :func:`std_polygon_log_mass`). With ``careful=False`` the edge formulas
     are returned as they are, without the section-rule fallback: for terms
     whose weight is negligible anyway (``-inf`` mass where they cancel
     completely)."""
@@ -827,9 +923,10 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful=True):
     if not careful:
         return lm, nan, nan, nan, nan, nan
     ax, ay = _section_axis(E, K, d2)
-    lms, mx, my, c00, c01, c11 = section_rule(P, n, d2, ax, ay, True, B1, B2, V, Y)
-    if kappa <= 4.0 and lm > -math.inf:
+    lms, mx, my, c00, c01, c11 = section_rule(A, nA, d2, ax, ay, True, B1, B2, V, Y, G, LM, nl)
+    if nl == 0 and kappa <= 4.0 and lm > -math.inf:
         # only the moments amplified rounding, and the edge formulas' mass lost
-        # at most 2 bits: it is the more accurate (the sections sample the lines)
+        # at most 2 bits: it is the more accurate where the sections' lines
+        # carry the whitening's rounding (no anchored frame)
         lms = lm
     return lms, mx, my, c00, c01, c11

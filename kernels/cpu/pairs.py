@@ -257,7 +257,12 @@ def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
 @jit
 def _scratch(cap):
     return (np.empty((cap, 6)), np.empty((cap, 6)), np.empty((cap + 8, 6)), np.empty((cap + 8, 6)),
-            np.empty((cap + 8, 3)), np.empty(cap + 8))
+            np.empty((cap + 8, 7)), np.empty(cap + 8))
+
+
+# the section rule in the whitened frame itself (no anchor, no input normals)
+_G0 = np.array([0.0, 0.0, 1.0])
+_LM0 = np.empty((0, 4))
 
 
 @jit(parallel=True)
@@ -291,7 +296,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
             else:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
-                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - lk[r])
+                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - lk[r], W, nv, _G0, _LM0, 0)
             m, s = _add_term(lk[r] + lm, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
@@ -320,7 +325,7 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
             lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf)
+                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf, W, nv, _G0, _LM0, 0)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
@@ -333,7 +338,8 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
                         covs[i, r, a, b] = Sigma[r, a, b]
                 continue
             nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, terms[i, r] >= top - gap)
+            careful = terms[i, r] >= top - gap
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, nv, _G0, _LM0, 0)
             if not (c00 == c00):  # negligible and cancelled: the untruncated Gaussian's moments
                 ux = uy = c01 = 0.0
                 c00 = c11 = 1.0

@@ -19,6 +19,9 @@ whole_plane = _pg.whole_plane
 clip_halfplane = _pg.clip_halfplane
 std_polygon_log_mass = _pg.std_polygon_log_mass
 std_polygon_moments = _pg.std_polygon_moments
+edge_table = _pg.edge_table
+nearest_point = _pg.nearest_point
+offset_at = _pg.offset_at
 
 
 @jit(parallel=True)
@@ -60,6 +63,37 @@ def _whitened_polygon(normals, offsets, i, l11, l21, l22, m1, m2, P, Q):
     return P, n
 
 
+@jit
+def _anchored_polygon(normals, offsets, i, l11, l21, l22, m1, m2, ux, uy, P, Q, LM):
+    """Polygon i in the whitened frame moved to the anchor ``u = (ux, uy)``
+    (``z_a = mean + L u``, a float point): each line's offset ``o + n . z_a``
+    comes from exact products, so the lines near the anchor keep small and
+    exact offsets (a thin polygon keeps its width; the anchor's own rounding
+    only moves the whole polygon, which costs nothing). Fills ``LM`` with the
+    lines' whitened and original normals; returns ``(points, n, nl)``."""
+    za1 = m1 + l11 * ux
+    za2 = m2 + (l21 * ux + l22 * uy)
+    n = whole_plane(P)
+    nl = 0
+    for k in range(normals.shape[1]):
+        a = normals[i, k, 0]
+        b = normals[i, k, 1]
+        if a == 0.0 and b == 0.0:
+            continue  # vacuous (an empty polygon never gets here)
+        nx = l11 * a + l21 * b  # L^T n, as in _whitened_polygon
+        ny = l22 * b
+        n = clip_halfplane(P, n, nx, ny, offset_at(offsets[i, k], a, za1, b, za2), Q)
+        P, Q = Q, P
+        LM[nl, 0] = nx
+        LM[nl, 1] = ny
+        LM[nl, 2] = a
+        LM[nl, 3] = b
+        nl += 1
+        if n == 0:
+            break
+    return P, n, nl
+
+
 @jit(parallel=True)
 def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, out_mean, out_cov):
     """Per polygon i = {z : normals[i] @ z + offsets[i] >= 0}: log-mass (and,
@@ -73,8 +107,12 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
         E = np.empty((cap, 6))
         B1 = np.empty((cap + 8, 6))
         B2 = np.empty((cap + 8, 6))
-        V = np.empty((cap + 8, 3))
+        V = np.empty((cap + 8, 7))
         Y = np.empty(cap + 8)
+        P2 = np.empty((cap, 6))
+        Q2 = np.empty((cap, 6))
+        LM = np.empty((K, 4))
+        G = np.empty(3)
         l11, l21, l22 = chol2(cov[i, 0, 0], cov[i, 0, 1], cov[i, 1, 1])
         m1 = mean[i, 0]
         m2 = mean[i, 1]
@@ -84,10 +122,26 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
             out_cov[i, 0, 0] = out_cov[i, 0, 1] = out_cov[i, 1, 0] = out_cov[i, 1, 1] = math.nan
             continue
         W, n = _whitened_polygon(normals, offsets, i, l11, l21, l22, m1, m2, P, Q)
+        # the section rule (where the edge formulas cancel) gets the polygon
+        # anchored at its point nearest the mean (see _anchored_polygon)
+        A, nA, nl = W, n, 0
+        G[0] = 0.0
+        G[1] = 0.0
+        G[2] = 1.0
+        ke = edge_table(W, n, E)[0] if n > 0 else 0
+        if ke > 0:
+            _, px, py = nearest_point(E, ke)
+            A, nA, nl = _anchored_polygon(normals, offsets, i, l11, l21, l22, m1, m2, px, py, P2, Q2, LM)
+            if nA > 0:
+                G[0] = -px
+                G[1] = -py
+                G[2] = l11 * l22
+            else:  # lost to rounding at the anchor: the whitened frame itself
+                A, nA, nl = W, n, 0
         if not want_moments:
-            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf)
+            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf, A, nA, G, LM, nl)
             continue
-        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y)
+        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y, True, A, nA, G, LM, nl)
         log_mass[i] = lm
         # back to z = mean + L u
         out_mean[i, 0] = m1 + l11 * ux
