@@ -577,3 +577,19 @@ def test_edge_term_against_mpmath(s1):
                 # an Owen's T difference (s1 < 1.87) may lose 4 bits of T's accuracy
                 tol = 2e-15 if s1 >= 1.87 else 5e-15
                 assert abs(got - ref) <= tol * ref, (h, L, got, ref)
+
+
+def test_offset_at_is_exact_to_rounding(rng):
+    """``offset_at`` (a line's offset at an anchor point, o + a x + b y) against exact rational
+    arithmetic, where the three terms cancel to 1e-12 of their size: within an ulp or two of the
+    result, so a line through the anchor keeps its tiny offset exact."""
+    from fractions import Fraction
+
+    from fastcpa.kernels._polygon import offset_at
+
+    for _ in range(300):
+        a, b, x, y = rng.normal(size=4) * 10.0 ** rng.uniform(-3, 3, size=4)
+        o = -(a * x + b * y) * (1.0 + rng.normal() * 1e-12)
+        exact = Fraction(o) + Fraction(a) * Fraction(x) + Fraction(b) * Fraction(y)
+        got = offset_at(o, a, x, b, y)
+        assert abs(Fraction(got) - exact) <= 2 * abs(exact) * Fraction(2.0**-53), (o, a, x, b, y)
