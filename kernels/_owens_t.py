@@ -128,30 +128,7 @@ def owens_j_wedge(h, a):
         # all but < 3.5e-19 (relative) of J(h, inf) = sqrt(pi/2) R(h); h > 9 here,
         # where the Mills ratio is ulp-accurate and cheaper than the rule
         return SQRT_HALF_PI * mills_ratio(h)
-    b = a
-    hb = h * b
-    s = 0.0
-    if hb <= _HB_8 and b <= _B_8:
-        for i in range(8):
-            x = b * _GL8_U[i]
-            y = h * x
-            s += _GL8_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
-    elif hb <= _HB_12:
-        for i in range(12):
-            x = b * _GL12_U[i]
-            y = h * x
-            s += _GL12_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
-    elif hb <= _HB_16:
-        for i in range(16):
-            x = b * _GL16_U[i]
-            y = h * x
-            s += _GL16_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
-    else:
-        for i in range(_N_GL):
-            x = b * _GL_U[i]
-            y = h * x
-            s += _GL_V[i] * math.exp(-0.5 * y * y) / (1.0 + x * x)
-    return b * s
+    return owens_j_band(h, 0.0, a)  # the band from 0: the same rule, bit for bit
 
 
 def owens_j_band(h, a1, w):
@@ -161,15 +138,17 @@ def owens_j_band(h, a1, w):
     to its near end. The width ``w`` is given, not formed as a difference, so
     a narrow band keeps its relative accuracy.
 
-    The rule is the one :func:`owens_j_wedge` takes for ``[0, a1 + w]`` (by
-    ``h b``) on the subinterval, where the integrand is no harder to follow;
-    the cut at ``y = h x = 9`` drops below ``1e-17`` relative since ``h a1 <=
-    2`` (``tests/test_owens_t.py`` checks it against mpmath)."""
+    The rule (8, 12, 16 or 24 Gauss-Legendre nodes) is chosen by ``h b``, the
+    largest ``y = h x`` on the band, as measured for ``[0, b]`` (the constants
+    ``_HB_8`` to ``_HB_16``; :func:`owens_j_wedge` is the band from 0); on a
+    subinterval the integrand is no harder to follow. The cut at ``y = 9``
+    drops below ``1e-17`` relative since ``h a1 <= 2`` (``tests/test_owens_t.py``
+    checks the band against mpmath)."""
     b = a1 + w
     if h * b > _Y_CUT:
         b = _Y_CUT / h
         w = b - a1
-    if not (w > 0.0):
+    if w == 0.0:  # (NaN passes on)
         return 0.0
     hb = h * b
     y1 = h * a1
