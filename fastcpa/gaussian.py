@@ -102,7 +102,12 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
         raise ValueError("lo and hi must not contain NaN (infinite ends are fine).")
     if (std <= 0).any():
         raise ValueError("std must be > 0.")
-    lo, hi, mean, std = np.broadcast_arrays(lo, hi, mean, std)
+    try:
+        lo, hi, mean, std = np.broadcast_arrays(lo, hi, mean, std)
+    except ValueError:
+        raise ValueError(
+            f"lo {lo.shape}, hi {hi.shape}, mean {mean.shape} and std {std.shape} do not broadcast against each "
+            "other; give them one shape, or size 1 where a value is shared.") from None
     if (lo > hi).any():
         i = tuple(int(k) for k in np.argwhere(lo > hi)[0])
         raise ValueError(f"every interval needs lo <= hi; at index {i} lo = {lo[i]!r} > hi = {hi[i]!r}.")
@@ -213,7 +218,13 @@ def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.
     if np.any(cov[..., 0, 0] <= 0) or np.any(det <= 0):
         raise ValueError("cov must be positive definite (both eigenvalues > 0).")
     K = normals.shape[-2]
-    shape = np.broadcast_shapes(normals.shape[:-2], offsets.shape[:-1], mean.shape[:-1], cov.shape[:-2])
+    try:
+        shape = np.broadcast_shapes(normals.shape[:-2], offsets.shape[:-1], mean.shape[:-1], cov.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"the batch shapes of normals {normals.shape[:-2]}, offsets {offsets.shape[:-1]}, mean "
+            f"{mean.shape[:-1]} and cov {cov.shape[:-2]} (all but the trailing polygon/point dimensions) do not "
+            "broadcast against each other; give each one batch shape, or size 1 where it is shared.") from None
     n = int(np.prod(shape))
     N = np.ascontiguousarray(np.broadcast_to(normals, shape + (K, 2))).reshape(n, K, 2)
     O = np.ascontiguousarray(np.broadcast_to(offsets, shape + (K,))).reshape(n, K)

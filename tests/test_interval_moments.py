@@ -103,7 +103,7 @@ def test_zero_width_interval():
     (dict(lo=0.0, hi=1.0, std=0.0), "std must be > 0"),
     (dict(lo=0.0, hi=1.0, std=np.inf), "NaN or inf"),
     (dict(lo=0.0, hi=1.0, mean=np.nan), "NaN or inf"),
-    (dict(lo=[0.0, 1.0], hi=[1.0, 2.0, 3.0]), "broadcast"),
+    (dict(lo=[0.0, 1.0], hi=[1.0, 2.0, 3.0]), "do not broadcast"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -518,7 +518,7 @@ def test_empty_polygon_has_no_mass(normals, offsets):
         (dict(mean=(0.0, 0.0, 0.0)), "mean"),
         (dict(cov=np.eye(3)), "cov"),
         (dict(cov=np.ones((2, 3))), "cov"),
-        (dict(normals=np.zeros((3, 1, 2)), offsets=np.zeros((4, 1))), ""),  # batch shapes do not broadcast
+        (dict(normals=np.zeros((3, 1, 2)), offsets=np.zeros((4, 1))), "do not broadcast"),
         (dict(backend="bogus"), "backend"),
     ],
 )
