@@ -235,7 +235,6 @@ class CPAModel:
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
-        log_prob_chunk, _, region_args = self._pair_kernels()
         xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
         run_max = np.full(len(X), -np.inf)
         run_sum = np.zeros(len(X))
@@ -255,11 +254,16 @@ class CPAModel:
                                             *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
                                             gap, run_max, run_sum, skipped, block)
             else:
-                for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-                    log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows],
-                                   skipped[rows])
+                self._fold_chunks(X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, skipped)
         self.last_pairs_skipped_ = int(skipped.sum())
         return run_max + np.log(run_sum)
+
+    def _fold_chunks(self, X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, skipped):
+        """The likelihood over the GEMM chunks of :meth:`_chunks` (any S): the
+        pairs' log kappa in the same arithmetic as the posterior kernels'."""
+        log_prob_chunk, _, region_args = self._pair_kernels()
+        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
+            log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows], skipped[rows])
 
     # ------------------------------------------------------------------ posterior
     def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
@@ -289,13 +293,14 @@ class CPAModel:
         mean = np.zeros((N, S))
         scat = np.zeros((N, S, S))
         kept_rows, kept_cols, kept_terms = [], [], []
+        no_floor = np.full(N, -np.inf)  # every pair
         with blas_single_threaded():  # no spinning BLAS workers between the kernels
             for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
                 n, rc = Xb.shape
                 terms = np.empty((n, rc))
                 means = np.empty((n, rc, S))
                 covs = np.empty((n, rc, S, S))
-                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
+                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs, no_floor[rows])
                 cm = terms.max(axis=1)
                 w = np.exp(terms - cm[:, None])
                 cw = w.sum(axis=1)
@@ -328,6 +333,30 @@ class CPAModel:
         sel = prob >= MIN_REGION_PROB
         probs = scipy.sparse.csr_array((prob[sel], (i[sel], j[sel])), shape=(N, R))
         return Posterior(self, X, log_p, mean, cov, probs)
+
+    # ------------------------------------------------------------------ E-step
+    def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):
+        """Exact E-step statistics of X: per-region posterior weights and moments.
+
+        See :func:`fastcpa.estep.sufficient_statistics`; memory is
+        O(R (D S + S^2)) for the statistics, independent of N.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D)
+        gap : float, default 40
+            Pairs lying this far below ``log p(x_n)`` (weight < ``exp(-gap)``) are left out.
+        sample_chunk, region_chunk : int
+        backend : {"auto", "cpu", "gpu"}
+
+        Returns
+        -------
+        fastcpa.estep.SufficientStats
+        """
+        from .estep import sufficient_statistics
+
+        check_backend(backend, "CPAModel")
+        return sufficient_statistics(self, X, gap=gap, sample_chunk=sample_chunk, region_chunk=region_chunk)
 
     # ------------------------------------------------------------------ generative side
     def sample(self, n, seed=None, *, return_latent=False):

@@ -179,13 +179,25 @@ def log_prob_block_1d(X, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whol
             n_skipped[i] += skipped
 
 
+@jit
+def _skip_pair(i, r, S, terms, means, covs):
+    """A pair below its row's floor: no weight, zero moments."""
+    terms[i, r] = -math.inf
+    for s in range(S):
+        means[i, r, s] = 0.0
+        for t in range(S):
+            covs[i, r, s, t] = 0.0
+
+
 @jit(parallel=True)
-def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, terms, means, covs):
-    """Every pair's term and the region's truncated posterior moments (no pruning).
+def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, terms, means, covs, floor):
+    """Every pair's term and the region's truncated posterior moments.
 
     Writes ``terms[i, r]`` (log kappa + log Phi), ``means[i, r]`` (S,) and
     ``covs[i, r]`` (S, S): the mean and covariance of N(mu, Sigma_r)
-    restricted to region r.
+    restricted to region r. A pair whose bound ``log kappa`` (``Phi <= 1``)
+    lies below ``floor[i]`` gets ``-inf`` and zero moments without its
+    region's moments being computed (``floor = -inf``: every pair).
     """
     n, R = Xb.shape
     S = Ab.shape[1]
@@ -194,6 +206,9 @@ def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
         mu = np.empty(S)
         for r in range(R):
             lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+            if lk < floor[i]:
+                _skip_pair(i, r, S, terms, means, covs)
+                continue
             if whole[r]:
                 terms[i, r] = lk
                 for s in range(S):
@@ -304,14 +319,14 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
 
 @jit(parallel=True)
 def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, terms, means,
-                       covs, gap=40.0):
+                       covs, floor, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
-    Every term is exact (accurate log-mass); the moments take the careful path
-    only for pairs within ``gap`` nats of the chunk row's best term: the
-    others weigh less than ``exp(-gap)`` relative and get the edge formulas
-    as they are (or, where those cancel completely, the untruncated
-    Gaussian's)."""
+    Every term above the row's ``floor`` is exact (accurate log-mass); the
+    moments take the careful path only for pairs within ``gap`` nats of the
+    chunk row's best term: the others weigh less than ``exp(-gap)`` relative
+    and get the edge formulas as they are (or, where those cancel completely,
+    the untruncated Gaussian's)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -323,12 +338,18 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
         top = -math.inf
         for r in range(R):
             lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            if lk < floor[i]:
+                terms[i, r] = -math.inf
+                continue
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf, W, nv, _G0, _LM0, 0)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
+            if terms[i, r] == -math.inf and floor[i] > -math.inf:
+                _skip_pair(i, r, 2, terms, means, covs)
+                continue
             lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
             if whole[r]:
                 terms[i, r] = lk

@@ -1,0 +1,145 @@
+"""E-step sufficient statistics against oracles that do not use the pair kernels' region algebra.
+
+* S = 1: per-region integrals of ``p(x, z) {1, z, z^2}`` by adaptive quadrature over each
+  region's interval, with ``p(x | z)`` from the generator's forward pass (not the region maps),
+  so the weights, moments, residuals and Q are checked region by region.
+* S = 1 and S = 2: the statistics summed over regions equal the posterior's mixture moments
+  (a different reduction of the same posterior), and the weights of each sample sum to 1.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+
+import fastcpa
+from reference import init_layers
+
+
+def make_model(rng, sizes, activation, sigma_x, slope=0.1):
+    Ws, cs = init_layers(rng, sizes, scale="normal")
+    return fastcpa.CPAModel(fastcpa.Generator(Ws, cs, activation=activation, slope=slope), sigma_x=sigma_x)
+
+
+def samples(model, rng, n, k_sigmas):
+    """Samples from the model, the second half pushed ``k`` noise sd off the manifold."""
+    X = model.sample(n, seed=rng)
+    u = rng.normal(size=X.shape)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    X[n // 2:] += k_sigmas * np.max(model.sigma_x) * u[n // 2:]
+    return X
+
+
+def quadrature_stats(model, X):
+    """Per-region (T0, T1, T2, Tx, Txz, residual) for S = 1 by scipy.integrate.quad of the joint
+    density from the forward pass, scaled per sample by its peak over a fine grid."""
+    gen, var = model.generator, np.broadcast_to(np.asarray(model.sigma_x, float) ** 2, (model.generator.output_dim,))
+    iv = model.partition.intervals
+    R, D = len(iv), gen.output_dim
+    out = {k: np.zeros(s) for k, s in dict(T0=R, T1=R, T2=R, Tx=(R, D), Txz=(R, D), res=D).items()}
+    zg = np.linspace(-12, 12, 24001)
+    for x in X:
+        def log_joint(z):
+            g = gen(np.atleast_1d(z)[:, None])
+            return (-0.5 * (((x - g) ** 2 / var).sum(1) + np.log(2 * np.pi * var).sum())
+                    - 0.5 * (np.atleast_1d(z) ** 2 + math.log(2 * math.pi)))
+        top = log_joint(zg).max()
+        zpk = zg[np.argmax(log_joint(zg))]
+
+        def integral(f, lo, hi):
+            pts = [p for p in (zpk,) if lo < p < hi] if (np.isfinite(lo) and np.isfinite(hi)) else None
+            val, _ = scipy.integrate.quad(lambda z: f(z) * math.exp(log_joint(z)[0] - top), lo, hi, points=pts,
+                                          epsabs=0.0, epsrel=1e-12, limit=400)
+            return val
+
+        per = np.array([[integral(lambda z, k=k: z**k, lo, hi) for k in range(3)] for lo, hi in iv])
+        res = np.array([[integral(lambda z, d=d: (x[d] - gen(np.array([[z]]))[0, d]) ** 2, lo, hi) for d in range(D)]
+                        for lo, hi in iv])
+        px = per[:, 0].sum()
+        w = per / px
+        out["T0"] += w[:, 0]
+        out["T1"] += w[:, 1]
+        out["T2"] += w[:, 2]
+        out["Tx"] += w[:, :1] * x
+        out["Txz"] += w[:, 1:2] * x
+        out["res"] += res.sum(0) / px
+    return out
+
+
+@pytest.mark.parametrize("activation,sizes", [("relu", [1, 6, 2]), ("leaky_relu", [1, 5, 4, 3]), ("abs", [1, 4, 3, 2])])
+@pytest.mark.parametrize("sigma_x", [0.05, 0.4])
+def test_stats_against_quadrature_s1(rng, activation, sizes, sigma_x):
+    model = make_model(rng, sizes, activation, sigma_x)
+    X = samples(model, rng, 4, 15.0)
+    st = model.sufficient_stats(X)
+    ref = quadrature_stats(model, X)
+    scale = max(1.0, np.abs(X).max())
+    np.testing.assert_allclose(st.T0, ref["T0"], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(st.T1, ref["T1"][:, None], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(st.T2, ref["T2"][:, None, None], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(st.Tx, ref["Tx"], rtol=1e-7, atol=1e-9 * scale)
+    np.testing.assert_allclose(st.Txz, ref["Txz"][:, :, None], rtol=1e-7, atol=1e-9 * scale)
+    part = model.partition
+    res = st.squared_residuals(part.A, part.b)
+    np.testing.assert_allclose(res, ref["res"], rtol=1e-6, atol=1e-9 * scale**2)
+    # Q = E[log p(x, z)] from the statistics, against the same quadrature's residuals
+    var = np.full(model.generator.output_dim, sigma_x**2)
+    q_ref = (-0.5 * np.sum(ref["res"] / var) - 0.5 * len(X) * np.log(2 * np.pi * var).sum()
+             - 0.5 * ref["T2"].sum() - 0.5 * len(X) * math.log(2 * math.pi))
+    q = st.expected_complete_log_likelihood(part.A, part.b, var, 1.0)
+    assert abs(q - q_ref) <= 1e-6 * abs(q_ref)
+
+
+@pytest.mark.parametrize("S,activation,sizes", [(1, "relu", [1, 16, 16, 8]), (2, "leaky_relu", [2, 8, 6, 5]),
+                                                (2, "abs", [2, 6, 4])])
+@pytest.mark.parametrize("sigma_x", [0.02, 0.3])
+def test_stats_sum_to_the_posterior_mixture(rng, S, activation, sizes, sigma_x):
+    """Summed over regions, the statistics are the posterior mixture's moments of every sample
+    (its region weights sum to 1), including samples 30 sd off the manifold."""
+    model = make_model(rng, sizes, activation, sigma_x)
+    X = samples(model, rng, 12, 30.0)
+    st = model.sufficient_stats(X, region_chunk=7, sample_chunk=5)  # several chunks each way
+    post = model.posterior(X)
+    N = len(X)
+    assert abs(st.T0.sum() - N) <= 1e-12 * N
+    assert abs(st.log_likelihood - model.log_prob(X).sum()) <= 1e-12 * abs(st.log_likelihood)
+    scale = 1.0 + np.abs(post.mean).max()
+    np.testing.assert_allclose(st.T1.sum(0), post.mean.sum(0), rtol=1e-9, atol=1e-11 * N * scale)
+    second = post.cov + post.mean[:, :, None] * post.mean[:, None, :]
+    np.testing.assert_allclose(st.T2.sum(0), second.sum(0), rtol=1e-9, atol=1e-11 * N * scale**2)
+    np.testing.assert_allclose(st.Tx.sum(0), X.sum(0), rtol=1e-12, atol=1e-12 * np.abs(X).sum())
+    np.testing.assert_allclose(st.Txz.sum(0), np.einsum("nd,ns->ds", X, post.mean), rtol=1e-9,
+                               atol=1e-11 * np.abs(X).sum() * scale)
+    np.testing.assert_allclose(st.xx, (X**2).sum(0), rtol=1e-14)
+    # the sparse region probabilities are the per-sample weights behind T0
+    np.testing.assert_allclose(st.T0, np.asarray(post.region_probs.sum(axis=0)).ravel(), rtol=1e-9, atol=1e-12 * N)
+
+
+def test_leaving_out_negligible_pairs_changes_nothing(rng):
+    """``gap`` leaves out pairs below exp(-gap) of a sample's likelihood: the statistics agree with
+    those of every pair within that bound."""
+    model = make_model(rng, [1, 24, 24, 6], "relu", 0.03)
+    X = samples(model, rng, 20, 5.0)
+    a = model.sufficient_stats(X)
+    b = model.sufficient_stats(X, gap=np.inf)
+    R = model.partition.n_regions
+    for name in ("T0", "T1", "T2", "Tx", "Txz"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert np.abs(x - y).max() <= (1e-12 + R * math.exp(-40)) * (1.0 + np.abs(y).max()), name
+
+
+def test_linear_generator_is_ppca(rng):
+    """No hidden layer: one region whose weights are 1 and whose moments are PPCA's closed-form
+    posterior, E[z | x] = M^-1 W^T (x - b) / sigma^2 with M = I + W^T W / sigma^2."""
+    D, S, sigma = 5, 2, 0.4
+    W, b = rng.normal(size=(D, S)), rng.normal(size=D)
+    model = fastcpa.CPAModel(fastcpa.Generator([W], [b]), sigma_x=sigma)
+    X = model.sample(30, seed=rng)
+    st = model.sufficient_stats(X)
+    Minv = np.linalg.inv(np.eye(S) + W.T @ W / sigma**2)
+    Ez = (X - b) @ W @ Minv.T / sigma**2
+    np.testing.assert_allclose(st.T0, [30.0], rtol=1e-14)
+    np.testing.assert_allclose(st.T1[0], Ez.sum(0), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(st.T2[0], 30 * Minv + Ez.T @ Ez, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(st.Txz[0], X.T @ Ez, rtol=1e-11, atol=1e-12)
