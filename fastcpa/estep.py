@@ -25,7 +25,11 @@ import numpy as np
 
 from ._threads import blas_single_threaded
 
-__all__ = ["SufficientStats", "sufficient_statistics"]
+__all__ = ["NOISE_FLOOR", "SufficientStats", "sufficient_statistics"]
+
+#: The noise update keeps each variance at or above this fraction of the data's
+#: variance: the likelihood is unbounded as sigma_x -> 0.
+NOISE_FLOOR = 1e-6
 
 
 @dataclasses.dataclass
@@ -80,6 +84,36 @@ class SufficientStats:
         quad = np.einsum("rds,rst,rdt->d", A, self.T2, A)
         lin = np.einsum("rd,rds,rs->d", b, A, self.T1)
         return self.xx - 2.0 * cross + quad + 2.0 * lin + np.einsum("rd,r->d", b * b, self.T0)
+
+    def noise_update(self, A, b, *, diagonal=False, floor=NOISE_FLOOR):
+        """Closed-form M-step for the noise: the maximiser of
+        :meth:`expected_complete_log_likelihood` over ``sigma_x`` for maps ``(A, b)``.
+
+        ``sigma_x^2 = sum_d r_d / (N D)`` (isotropic) or ``r_d / N`` per
+        dimension (diagonal), with ``r`` the :meth:`squared_residuals`; the
+        likelihood is unbounded as ``sigma_x -> 0`` (a region can collapse
+        onto a sample), so each variance is kept at or above ``floor`` times
+        the data's own variance (per dimension; averaged over them for the
+        isotropic case).
+
+        Parameters
+        ----------
+        A : ndarray, shape (R, D, S)
+        b : ndarray, shape (R, D)
+        diagonal : bool, default False
+        floor : float, default ``NOISE_FLOOR`` (1e-6)
+
+        Returns
+        -------
+        float or ndarray of shape (D,)
+            The new ``sigma_x`` (a standard deviation, as ``CPAModel`` takes it).
+        """
+        res = np.maximum(self.squared_residuals(A, b), 0.0)  # rounding can leave -eps for an exact fit
+        mean = self.Tx.sum(axis=0) / self.n
+        data_var = np.maximum(self.xx / self.n - mean * mean, 0.0)
+        if diagonal:
+            return np.sqrt(np.maximum(res / self.n, floor * data_var))
+        return float(math.sqrt(max(res.sum() / (self.n * len(res)), floor * data_var.mean())))
 
     def expected_complete_log_likelihood(self, A, b, noise_var, sigma_z):
         """``Q = sum_n E[log p(x_n, z) | x_n]`` for region maps ``(A, b)``.

@@ -143,3 +143,49 @@ def test_linear_generator_is_ppca(rng):
     np.testing.assert_allclose(st.T1[0], Ez.sum(0), rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(st.T2[0], 30 * Minv + Ez.T @ Ez, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(st.Txz[0], X.T @ Ez, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_noise_update_maximises_q(rng, diagonal):
+    """The closed-form noise update is the maximiser of Q over sigma_x (any step away lowers it),
+    and for PPCA (one region, exact posterior) it is the classical EM update
+    sum_n E||x_n - W z - b||^2 / (N D) computed from the closed-form posterior."""
+    model = make_model(rng, [1, 8, 6, 4], "leaky_relu", 0.2)
+    X = samples(model, rng, 40, 3.0)
+    st = model.sufficient_stats(X)
+    A, b = model.partition.A, model.partition.b
+    s = st.noise_update(A, b, diagonal=diagonal)
+    var = np.broadcast_to(np.asarray(s, float) ** 2, (4,))
+    q0 = st.expected_complete_log_likelihood(A, b, var, 1.0)
+    for f in (0.99, 1.01):
+        for d in range(4 if diagonal else 1):
+            v = var.copy()
+            if diagonal:
+                v[d] *= f
+            else:
+                v = v * f
+            assert st.expected_complete_log_likelihood(A, b, v, 1.0) < q0
+
+    D, S, sigma = 6, 2, 0.5
+    W, c = rng.normal(size=(D, S)), rng.normal(size=D)
+    lin = fastcpa.CPAModel(fastcpa.Generator([W], [c]), sigma_x=sigma)
+    X = lin.sample(50, seed=rng)
+    st = lin.sufficient_stats(X)
+    Minv = np.linalg.inv(np.eye(S) + W.T @ W / sigma**2)
+    Ez = (X - c) @ W @ Minv.T / sigma**2
+    R = X - c - Ez @ W.T
+    expected = (np.sum(R**2) + len(X) * np.trace(W @ Minv @ W.T)) / (len(X) * D)  # Cov(z | x) = Minv
+    assert abs(st.noise_update(lin.partition.A, lin.partition.b) ** 2 - expected) <= 1e-11 * expected
+
+
+def test_noise_floor_against_collapse(rng):
+    """A generator that passes through every sample exactly would drive sigma_x to 0: the update
+    stops at the documented floor, NOISE_FLOOR times the data variance."""
+    from fastcpa.estep import NOISE_FLOOR
+
+    W, c = np.array([[1.0], [2.0]]), np.array([0.5, -0.5])
+    model = fastcpa.CPAModel(fastcpa.Generator([W], [c]), sigma_x=1e-9)
+    X = c + np.linspace(-2, 2, 30)[:, None] * W.T  # on the line: residuals ~ 1e-18
+    st = model.sufficient_stats(X)
+    s = st.noise_update(model.partition.A, model.partition.b, diagonal=True)
+    np.testing.assert_allclose(s**2, NOISE_FLOOR * X.var(axis=0), rtol=1e-9)
