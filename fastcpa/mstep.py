@@ -18,7 +18,7 @@ stays monotone.
 import numpy as np
 import scipy.linalg
 
-__all__ = ["hidden_maps", "output_layer_update"]
+__all__ = ["FrozenLayer", "hidden_maps", "output_layer_update"]
 
 
 def hidden_maps(generator, partition):
@@ -98,3 +98,128 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0):
         M[:H, :H] += ridge * np.eye(H)
     theta = scipy.linalg.lstsq(M, C.T, cond=None, lapack_driver="gelsd")[0].T  # M symmetric
     return theta[:, :H], theta[:, H]
+
+
+# ----------------------------------------------------------------------------- inner layers
+class FrozenLayer:
+    """Layer ``k``'s parameters ``V = [W_k c_k]`` as they enter every region's map with the
+    activation patterns frozen (DESIGN 2.5): ``x = F_w V Gh_w zh + f_w`` in region ``w``,
+    with ``zh = (z, 1)``, ``Gh_w`` the map to the layer's input ``(h_{k-1}, 1)`` and ``F_w``
+    the masked product of the layers after it. Nothing of size ``R x D x H`` is stored:
+    ``F_w`` and ``F_w^T`` are applied to all regions at once, layer by layer.
+
+    Parameters
+    ----------
+    generator : Generator
+    partition : Partition
+        The generator's partition: its activation codes are the frozen masks.
+    k : int
+        A hidden layer, ``0 <= k < generator.n_layers - 1``.
+    """
+
+    def __init__(self, generator, partition, k):
+        L = generator.n_layers
+        if not 0 <= k < L - 1:
+            raise ValueError(f"k = {k} is not a hidden layer (0 <= k < {L - 1}); the output layer has its own "
+                             "closed form (output_layer_update).")
+        self.generator, self.k = generator, k
+        S = generator.latent_dim
+        R = partition.n_regions
+        bits = partition.code_bits()
+        self.q = []  # each hidden layer's unit slopes per region, (R, H_j)
+        start = 0
+        for W, eta in zip(generator.weights[:-1], generator.slopes):
+            self.q.append(np.where(bits[:, start:start + W.shape[0]], 1.0, eta))
+            start += W.shape[0]
+        # Gh: (z, 1) -> (h_{k-1}, 1), (R, H_{k-1} + 1, S + 1)
+        G = np.broadcast_to(np.eye(S), (R, S, S))
+        g = np.zeros((R, S))
+        for j in range(k):
+            W, c = generator.weights[j], generator.biases[j]
+            G = self.q[j][:, :, None] * np.matmul(W, G)
+            g = self.q[j] * (g @ W.T + c)
+        H = G.shape[1]
+        self.Gh = np.zeros((R, H + 1, S + 1))
+        self.Gh[:, :H, :S] = G
+        self.Gh[:, :H, S] = g
+        self.Gh[:, H, S] = 1.0
+        self.V0 = np.concatenate([generator.weights[k], generator.biases[k][:, None]], axis=1)
+        a0 = np.matmul(self.V0, self.Gh[:, :, S:])  # the layer's pre-activation at z = 0
+        self.f = partition.b - self.apply_F(a0)[:, :, 0]  # the downstream offsets
+
+    def apply_F(self, U):
+        """``F_w U_w`` for all regions: U (R, H_k, m) -> (R, D, m)."""
+        gen, k = self.generator, self.k
+        U = self.q[k][:, :, None] * U
+        for j in range(k + 1, gen.n_layers):
+            U = np.matmul(gen.weights[j], U)
+            if j < gen.n_layers - 1:
+                U = self.q[j][:, :, None] * U
+        return U
+
+    def apply_FT(self, Y):
+        """``F_w^T Y_w`` for all regions: Y (R, D, m) -> (R, H_k, m)."""
+        gen, k = self.generator, self.k
+        for j in range(gen.n_layers - 1, k, -1):
+            Y = np.matmul(gen.weights[j].T, Y)
+            Y = self.q[j - 1][:, :, None] * Y
+        return Y
+
+    def maps(self, V):
+        """Every region's ``(A, b)`` with layer k's parameters set to ``V`` (masks frozen)."""
+        M = self.apply_F(np.matmul(V, self.Gh))
+        S = self.Gh.shape[2] - 1
+        return M[:, :, :S], M[:, :, S] + self.f
+
+    def update(self, stats, noise_var, *, ridge=0.0, rtol=1e-10, maxiter=None):
+        """The ``V`` maximising the expected complete-data log-likelihood with the masks frozen.
+
+        Solves ``sum_w F_w^T P F_w V N_w = sum_w F_w^T P (E[x zh^T]_w - f_w E[zh^T]_w) Gh_w^T``
+        (``P`` the noise precision, ``N_w = Gh_w E[zh zh^T]_w Gh_w^T``) by conjugate gradients,
+        applying the operator region by region (never forming it), from the current ``V``.
+
+        Parameters
+        ----------
+        stats : SufficientStats
+        noise_var : ndarray, shape (D,)
+        ridge : float, default 0
+            Precision of a zero-mean Gaussian prior on ``W_k`` (not ``c_k``).
+        rtol : float
+            Conjugate gradients' relative residual.
+        maxiter : int, optional
+
+        Returns
+        -------
+        W : ndarray, shape (H_k, H_{k-1})
+        c : ndarray, shape (H_k,)
+        """
+        import scipy.sparse.linalg
+
+        prec = 1.0 / np.asarray(noise_var, float)
+        S = self.Gh.shape[2] - 1
+        Zh = np.empty((len(stats.T0), S + 1, S + 1))
+        Zh[:, :S, :S] = stats.T2
+        Zh[:, :S, S] = stats.T1
+        Zh[:, S, :S] = stats.T1
+        Zh[:, S, S] = stats.T0
+        ZG = np.matmul(Zh, np.swapaxes(self.Gh, 1, 2))  # (R, S+1, H_{k-1}+1)
+        shape = self.V0.shape
+
+        def op(v):
+            V = v.reshape(shape)
+            Y = self.apply_F(np.matmul(V, self.Gh)) * prec[None, :, None]
+            out = np.einsum("rhs,rsk->hk", self.apply_FT(Y), ZG)
+            if ridge > 0:
+                out[:, :-1] += ridge * V[:, :-1]
+            return out.ravel()
+
+        t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w
+        XZ = np.concatenate([stats.Txz, stats.Tx[:, :, None]], axis=2) - self.f[:, :, None] * t[:, None, :]
+        rhs = np.einsum("rhs,rsk->hk", self.apply_FT(XZ * prec[None, :, None]),
+                        np.swapaxes(self.Gh, 1, 2)).ravel()
+        n = rhs.size
+        A = scipy.sparse.linalg.LinearOperator((n, n), matvec=op, dtype=float)
+        v, info = scipy.sparse.linalg.cg(A, rhs, x0=self.V0.ravel(), rtol=rtol, atol=0.0,
+                                         maxiter=maxiter or 10 * n)
+        V = v.reshape(shape)
+        return V[:, :-1].copy(), V[:, -1].copy()

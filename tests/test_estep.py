@@ -271,3 +271,35 @@ def test_em_on_a_linear_generator_reaches_ppca(rng):
     Pw = Wf @ np.linalg.pinv(Wf)
     U = pca.components_.T
     np.testing.assert_allclose(Pw, U @ U.T, atol=1e-4)
+
+
+@pytest.mark.parametrize("S,activation,sizes,k", [(1, "leaky_relu", [1, 8, 6, 4], 0), (1, "abs", [1, 6, 5, 3], 1),
+                                                  (2, "relu", [2, 7, 5, 3], 0), (2, "leaky_relu", [2, 6, 5, 4], 1)])
+def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes, k):
+    """Layer k's block update (masks frozen, conjugate gradients on the region-by-region operator):
+    the frozen maps at the current parameters are the partition's, and after the update the
+    gradient of the frozen-mask Q in (W_k, c_k) vanishes (central finite differences) and Q rose."""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, sizes, activation, 0.2)
+    X = samples(model, rng, 30, 2.0)
+    st = model.sufficient_stats(X)
+    gen, part = model.generator, model.partition
+    fl = FrozenLayer(gen, part, k)
+    A0, b0 = fl.maps(fl.V0)
+    np.testing.assert_allclose(A0, part.A, rtol=1e-11, atol=1e-11 * np.abs(part.A).max())
+    np.testing.assert_allclose(b0, part.b, rtol=1e-11, atol=1e-11 * np.abs(part.b).max())
+    var = np.full(gen.output_dim, 0.04)
+
+    def q(V):
+        return st.expected_complete_log_likelihood(*fl.maps(V), var, 1.0)
+
+    W1, c1 = fl.update(st, var)
+    V1 = np.concatenate([W1, c1[:, None]], axis=1)
+    assert q(V1) >= q(fl.V0)
+    scale = abs(q(V1))
+    for _ in range(6):
+        dV = rng.normal(size=V1.shape)
+        h = 1e-4
+        slope = (q(V1 + h * dV) - q(V1 - h * dV)) / (2 * h)
+        assert abs(slope) <= 1e-6 * scale, slope
