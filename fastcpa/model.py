@@ -334,6 +334,38 @@ class CPAModel:
         probs = scipy.sparse.csr_array((prob[sel], (i[sel], j[sel])), shape=(N, R))
         return Posterior(self, X, log_p, mean, cov, probs)
 
+    # ------------------------------------------------------------------ EM
+    def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
+            progress=None):
+        """Fit the generator and noise to X by exact, monotone EM (in place).
+
+        See :func:`fastcpa.em.fit` for the parameters. After the call,
+        ``history_`` holds the mean exact log-likelihood at the start and
+        after every iteration (never decreasing) and ``backtracks_`` the
+        step halvings each iteration needed.
+
+        Returns
+        -------
+        CPAModel
+            ``self``.
+
+        Examples
+        --------
+        >>> import numpy as np, fastcpa
+        >>> rng = np.random.default_rng(0)
+        >>> t = rng.normal(size=200)
+        >>> X = np.c_[t, np.cos(1.4 * t)] + 0.1 * rng.normal(size=(200, 2))
+        >>> gen = fastcpa.Generator([rng.normal(size=(6, 1)), 0.3 * rng.normal(size=(2, 6))],
+        ...                         [rng.normal(size=6), np.zeros(2)], activation="leaky_relu", slope=0.1)
+        >>> model = fastcpa.CPAModel(gen, sigma_x=1.0).fit(X, n_iter=5, progress=False)
+        >>> bool(np.all(np.diff(model.history_) >= 0))
+        True
+        """
+        from .em import fit
+
+        return fit(self, X, n_iter=n_iter, tol=tol, diagonal=diagonal, layers=layers, ridge=ridge,
+                   max_backtracks=max_backtracks, progress=progress)
+
     # ------------------------------------------------------------------ E-step
     def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):
         """Exact E-step statistics of X: per-region posterior weights and moments.
