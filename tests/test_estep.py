@@ -129,16 +129,19 @@ def test_leaving_out_negligible_pairs_changes_nothing(rng):
         assert np.abs(x - y).max() <= (1e-12 + R * math.exp(-40)) * (1.0 + np.abs(y).max()), name
 
 
-def test_linear_generator_is_ppca(rng):
-    """No hidden layer: one region whose weights are 1 and whose moments are PPCA's closed-form
-    posterior, E[z | x] = M^-1 W^T (x - b) / sigma^2 with M = I + W^T W / sigma^2."""
-    D, S, sigma = 5, 2, 0.4
+def ppca(rng, D, S, sigma, n):
+    """A linear generator (PPCA), samples from it, their statistics, and PPCA's closed-form
+    posterior: Cov[z | x] = M^-1 and E[z | x] = M^-1 W^T (x - b) / sigma^2, M = I + W^T W / sigma^2."""
     W, b = rng.normal(size=(D, S)), rng.normal(size=D)
     model = fastcpa.CPAModel(fastcpa.Generator([W], [b]), sigma_x=sigma)
-    X = model.sample(30, seed=rng)
-    st = model.sufficient_stats(X)
+    X = model.sample(n, seed=rng)
     Minv = np.linalg.inv(np.eye(S) + W.T @ W / sigma**2)
-    Ez = (X - b) @ W @ Minv.T / sigma**2
+    return model, X, model.sufficient_stats(X), W, b, Minv, (X - b) @ W @ Minv.T / sigma**2
+
+
+def test_linear_generator_is_ppca(rng):
+    """No hidden layer: one region whose weights are 1 and whose moments are PPCA's closed form."""
+    model, X, st, W, b, Minv, Ez = ppca(rng, 5, 2, 0.4, 30)
     np.testing.assert_allclose(st.T0, [30.0], rtol=1e-14)
     np.testing.assert_allclose(st.T1[0], Ez.sum(0), rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(st.T2[0], 30 * Minv + Ez.T @ Ez, rtol=1e-11, atol=1e-12)
@@ -166,13 +169,8 @@ def test_noise_update_maximises_q(rng, diagonal):
                 v = v * f
             assert st.expected_complete_log_likelihood(A, b, v, 1.0) < q0
 
-    D, S, sigma = 6, 2, 0.5
-    W, c = rng.normal(size=(D, S)), rng.normal(size=D)
-    lin = fastcpa.CPAModel(fastcpa.Generator([W], [c]), sigma_x=sigma)
-    X = lin.sample(50, seed=rng)
-    st = lin.sufficient_stats(X)
-    Minv = np.linalg.inv(np.eye(S) + W.T @ W / sigma**2)
-    Ez = (X - c) @ W @ Minv.T / sigma**2
+    D = 6
+    lin, X, st, W, c, Minv, Ez = ppca(rng, D, 2, 0.5, 50)
     R = X - c - Ez @ W.T
     expected = (np.sum(R**2) + len(X) * np.trace(W @ Minv @ W.T)) / (len(X) * D)  # Cov(z | x) = Minv
     assert abs(st.noise_update(lin.partition.A, lin.partition.b) ** 2 - expected) <= 1e-11 * expected
