@@ -7,6 +7,7 @@ Importing fastcpa compiles nothing and never imports CuPy; call
 
 from .gaussian import IntervalMoments, PolygonMoments, interval_moments, polygon_moments
 from .generator import Generator
+from . import em
 from .estep import SufficientStats
 from .model import CPAModel, Posterior
 from .partition import Partition, partition
@@ -15,5 +16,5 @@ from ._warmup import warmup
 __version__ = "0.1.0.dev0"
 __all__ = [
     "CPAModel", "Generator", "Posterior", "SufficientStats", "IntervalMoments", "PolygonMoments", "Partition",
-    "interval_moments", "polygon_moments", "partition", "warmup", "__version__",
+    "em", "interval_moments", "polygon_moments", "partition", "warmup", "__version__",
 ]

@@ -37,19 +37,28 @@ def hidden_maps(generator, partition):
         ``h(z) = G[w] z + g[w]`` in region ``w`` (``H = S`` and the identity
         for a generator without hidden layers).
     """
+    return _input_maps(generator, _unit_slopes(generator, partition), partition.n_regions, generator.n_layers - 1)
+
+
+def _unit_slopes(generator, partition):
+    """Each hidden layer's unit slopes in every region, [(R, H_j)], from the activation codes."""
+    bits = partition.code_bits() if generator.n_layers > 1 else None
+    q, start = [], 0
+    for W, eta in zip(generator.weights[:-1], generator.slopes):
+        q.append(np.where(bits[:, start:start + W.shape[0]], 1.0, eta))
+        start += W.shape[0]
+    return q
+
+
+def _input_maps(generator, q, R, k):
+    """Layer k's input ``h_{k-1} = G z + g`` in every region (``z`` itself for k = 0)."""
     S = generator.latent_dim
-    R = partition.n_regions
     G = np.broadcast_to(np.eye(S), (R, S, S))
     g = np.zeros((R, S))
-    bits = partition.code_bits() if generator.n_layers > 1 else None
-    start = 0
-    for W, c, eta in zip(generator.weights[:-1], generator.biases[:-1], generator.slopes):
-        width = W.shape[0]
-        on = bits[:, start:start + width]
-        start += width
-        q = np.where(on, 1.0, eta)  # the unit's slope in each region
-        G = q[:, :, None] * np.matmul(W, G)
-        g = q * (g @ W.T + c)
+    for j in range(k):
+        W, c = generator.weights[j], generator.biases[j]
+        G = q[j][:, :, None] * np.matmul(W, G)
+        g = q[j] * (g @ W.T + c)
     return np.ascontiguousarray(G), g
 
 
@@ -114,30 +123,20 @@ class FrozenLayer:
     partition : Partition
         The generator's partition: its activation codes are the frozen masks.
     k : int
-        A hidden layer, ``0 <= k < generator.n_layers - 1``.
+        A layer, ``0 <= k < generator.n_layers`` (the output layer, ``F_w = I``,
+        is served too, for its gradient; its update has a closed form,
+        :func:`output_layer_update`).
     """
 
     def __init__(self, generator, partition, k):
         L = generator.n_layers
-        if not 0 <= k < L - 1:
-            raise ValueError(f"k = {k} is not a hidden layer (0 <= k < {L - 1}); the output layer has its own "
-                             "closed form (output_layer_update).")
+        if not 0 <= k < L:
+            raise ValueError(f"k = {k} is not a layer of this {L}-layer generator (0 <= k < {L}).")
         self.generator, self.k = generator, k
         S = generator.latent_dim
         R = partition.n_regions
-        bits = partition.code_bits()
-        self.q = []  # each hidden layer's unit slopes per region, (R, H_j)
-        start = 0
-        for W, eta in zip(generator.weights[:-1], generator.slopes):
-            self.q.append(np.where(bits[:, start:start + W.shape[0]], 1.0, eta))
-            start += W.shape[0]
-        # Gh: (z, 1) -> (h_{k-1}, 1), (R, H_{k-1} + 1, S + 1)
-        G = np.broadcast_to(np.eye(S), (R, S, S))
-        g = np.zeros((R, S))
-        for j in range(k):
-            W, c = generator.weights[j], generator.biases[j]
-            G = self.q[j][:, :, None] * np.matmul(W, G)
-            g = self.q[j] * (g @ W.T + c)
+        self.q = _unit_slopes(generator, partition)  # each hidden layer's unit slopes per region
+        G, g = _input_maps(generator, self.q, R, k)  # Gh: (z, 1) -> (h_{k-1}, 1)
         H = G.shape[1]
         self.Gh = np.zeros((R, H + 1, S + 1))
         self.Gh[:, :H, :S] = G
@@ -150,7 +149,8 @@ class FrozenLayer:
     def apply_F(self, U):
         """``F_w U_w`` for all regions: U (R, H_k, m) -> (R, D, m)."""
         gen, k = self.generator, self.k
-        U = self.q[k][:, :, None] * U
+        if k < gen.n_layers - 1:
+            U = self.q[k][:, :, None] * U
         for j in range(k + 1, gen.n_layers):
             U = np.matmul(gen.weights[j], U)
             if j < gen.n_layers - 1:
@@ -195,6 +195,18 @@ class FrozenLayer:
         """
         import scipy.sparse.linalg
 
+        op, rhs = self._normal_equations(stats, noise_var, ridge)
+        shape = self.V0.shape
+        n = rhs.size
+        A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: op(v.reshape(shape)).ravel(), dtype=float)
+        v, info = scipy.sparse.linalg.cg(A, rhs.ravel(), x0=self.V0.ravel(), rtol=rtol, atol=0.0,
+                                         maxiter=maxiter or 10 * n)
+        V = v.reshape(shape)
+        return V[:, :-1].copy(), V[:, -1].copy()
+
+    def _normal_equations(self, stats, noise_var, ridge=0.0):
+        """``(op, rhs)``: the frozen-mask Q's normal equations ``op(V) = rhs`` in V,
+        ``op(V) = sum_w F_w^T P F_w V N_w (+ ridge W)``, ``dQ/dV = rhs - op(V)``."""
         prec = 1.0 / np.asarray(noise_var, float)
         S = self.Gh.shape[2] - 1
         Zh = np.empty((len(stats.T0), S + 1, S + 1))
@@ -203,23 +215,28 @@ class FrozenLayer:
         Zh[:, S, :S] = stats.T1
         Zh[:, S, S] = stats.T0
         ZG = np.matmul(Zh, np.swapaxes(self.Gh, 1, 2))  # (R, S+1, H_{k-1}+1)
-        shape = self.V0.shape
 
-        def op(v):
-            V = v.reshape(shape)
+        def op(V):
             Y = self.apply_F(np.matmul(V, self.Gh)) * prec[None, :, None]
             out = np.einsum("rhs,rsk->hk", self.apply_FT(Y), ZG)
             if ridge > 0:
                 out[:, :-1] += ridge * V[:, :-1]
-            return out.ravel()
+            return out
 
         t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w
         XZ = np.concatenate([stats.Txz, stats.Tx[:, :, None]], axis=2) - self.f[:, :, None] * t[:, None, :]
-        rhs = np.einsum("rhs,rsk->hk", self.apply_FT(XZ * prec[None, :, None]),
-                        np.swapaxes(self.Gh, 1, 2)).ravel()
-        n = rhs.size
-        A = scipy.sparse.linalg.LinearOperator((n, n), matvec=op, dtype=float)
-        v, info = scipy.sparse.linalg.cg(A, rhs, x0=self.V0.ravel(), rtol=rtol, atol=0.0,
-                                         maxiter=maxiter or 10 * n)
-        V = v.reshape(shape)
-        return V[:, :-1].copy(), V[:, -1].copy()
+        rhs = np.einsum("rhs,rsk->hk", self.apply_FT(XZ * prec[None, :, None]), np.swapaxes(self.Gh, 1, 2))
+        return op, rhs
+
+    def gradient(self, stats, noise_var):
+        """``dQ/dV`` at the current parameters: by Fisher's identity the exact
+        gradient of ``sum_n log p(x_n)`` in layer k's ``[W c]`` (DESIGN 2.5).
+
+        Returns
+        -------
+        dW : ndarray, shape (H_k, H_{k-1})
+        dc : ndarray, shape (H_k,)
+        """
+        op, rhs = self._normal_equations(stats, noise_var)
+        G = rhs - op(self.V0)
+        return G[:, :-1], G[:, -1]

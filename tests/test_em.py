@@ -56,3 +56,38 @@ def test_beats_a_full_covariance_gaussian_held_out(rng, data):
     model = fastcpa.CPAModel(gen, sigma_x=1.0).fit(train, n_iter=40, progress=False)
     assert np.all(np.diff(model.history_) >= 0.0)
     assert model.log_prob(test).mean() > gaussian_score(train, test) + 0.2
+
+
+@pytest.mark.parametrize("S,activation,sizes,diag", [(1, "leaky_relu", [1, 6, 5, 3], False), (1, "abs", [1, 5, 2], True),
+                                                     (2, "relu", [2, 5, 4, 3], True)])
+def test_gradient_matches_finite_differences_of_the_exact_likelihood(rng, S, activation, sizes, diag):
+    """Fisher's identity: the gradient from the E-step statistics equals central finite differences
+    of the exact sum of log p(x_n) (partition recomputed at every perturbed generator), in random
+    directions of every layer's weights and bias and in sigma_x."""
+    Ws, cs = init_layers(rng, sizes, scale="normal")
+    gen = fastcpa.Generator(Ws, cs, activation=activation, slope=0.1)
+    sx = np.full(sizes[-1], 0.3) if diag else 0.3
+    model = fastcpa.CPAModel(gen, sigma_x=sx)
+    X = model.sample(25, seed=rng) + 0.2 * rng.normal(size=(25, sizes[-1]))
+    grad = fastcpa.em.log_likelihood_gradient(model, X)
+
+    def total(Ws_, cs_, s_):
+        m = fastcpa.CPAModel(fastcpa.Generator(Ws_, cs_, activation=activation, slope=0.1), sigma_x=s_)
+        return m.log_prob(X, prune=False).sum()
+
+    h = 1e-6
+    for k in range(len(Ws)):
+        dW, dc = rng.normal(size=Ws[k].shape), rng.normal(size=cs[k].shape)
+        plus = [w.copy() for w in Ws], [c.copy() for c in cs]
+        minus = [w.copy() for w in Ws], [c.copy() for c in cs]
+        plus[0][k] += h * dW
+        plus[1][k] += h * dc
+        minus[0][k] -= h * dW
+        minus[1][k] -= h * dc
+        fd = (total(*plus, sx) - total(*minus, sx)) / (2 * h)
+        an = np.sum(grad["weights"][k] * dW) + np.sum(grad["biases"][k] * dc)
+        assert abs(fd - an) <= 1e-5 * (abs(an) + 1.0), (k, fd, an)
+    ds = rng.normal(size=np.shape(sx))
+    fd = (total(Ws, cs, sx + h * ds) - total(Ws, cs, sx - h * ds)) / (2 * h)
+    an = np.sum(grad["sigma_x"] * ds)
+    assert abs(fd - an) <= 1e-5 * (abs(an) + 1.0), (fd, an)
