@@ -39,7 +39,7 @@ def _mean_log_lik(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        progress=None):
+        progress=None, method="em", lr=1e-2):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -61,6 +61,13 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     progress : bool, optional
         A tqdm bar (iteration, log-likelihood, regions); default: on when
         stderr is a terminal.
+    method : {"em", "gradient"}, default "em"
+        ``"gradient"``: Adam on the exact log-likelihood with the exact
+        gradient (:func:`log_likelihood_gradient`), in the weights, biases
+        and ``log sigma_x``; a step that would lower the likelihood is
+        halved like an EM step (``ridge`` and ``layers`` do not apply).
+    lr : float, default 1e-2
+        Adam's learning rate (``method="gradient"``).
 
     Returns
     -------
@@ -72,6 +79,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     from .model import CPAModel
     from .mstep import FrozenLayer, output_layer_update
 
+    if method not in ("em", "gradient"):
+        raise ValueError(f"method must be 'em' or 'gradient', got {method!r}.")
     X = model._check_X(X)
     if diagonal is None:
         diagonal = np.ndim(model.sigma_x) == 1
@@ -86,9 +95,12 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_iter, desc="EM", unit="it")
+    adam = _Adam(cur, lr) if method == "gradient" else None
     for _ in range(int(n_iter)):
         n_back = 0
-        if layers:
+        if adam is not None:
+            cur, ll, n_back = adam.step(cur, X, ll, max_backtracks)
+        elif layers:
             for k in range(cur.generator.n_layers - 1):
                 st = cur.sufficient_stats(X)
                 fl = FrozenLayer(cur.generator, cur.partition, k)
@@ -103,19 +115,20 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                         cur, ll = trial, ll_t
                         break
                     n_back += 1
-        # output layer and noise: exact M-steps on one fresh E-step
-        st = cur.sufficient_stats(X)
-        L = cur.generator.n_layers
-        W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
-        gen_o = _with_layer(cur.generator, L - 1, W, c)
-        A, b = _maps(cur, W, c)
-        sig = st.noise_update(A, b, diagonal=diagonal)
-        trial = CPAModel(gen_o, sig, sz)
-        ll_t = _mean_log_lik(trial, X)
-        if ll_t >= ll:
-            cur, ll = trial, ll_t
-        else:
-            n_back += 1
+        if adam is None:
+            # output layer and noise: exact M-steps on one fresh E-step
+            st = cur.sufficient_stats(X)
+            L = cur.generator.n_layers
+            W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
+            gen_o = _with_layer(cur.generator, L - 1, W, c)
+            A, b = _maps(cur, W, c)
+            sig = st.noise_update(A, b, diagonal=diagonal)
+            trial = CPAModel(gen_o, sig, sz)
+            ll_t = _mean_log_lik(trial, X)
+            if ll_t >= ll:
+                cur, ll = trial, ll_t
+            else:
+                n_back += 1
         gain = ll - history[-1]
         history.append(ll)
         backtracks.append(n_back)
@@ -185,3 +198,54 @@ def log_likelihood_gradient(model, X):
     sigma = np.sqrt(var)
     ds = 2.0 * sigma * dv
     return {"weights": dW, "biases": dc, "sigma_x": float(ds.sum()) if np.ndim(model.sigma_x) == 0 else ds}
+
+
+class _Adam:
+    """Adam on the exact log-likelihood (mean over samples) in the weights, biases and log sigma_x."""
+
+    def __init__(self, model, lr, b1=0.9, b2=0.999, eps=1e-8):
+        self.lr, self.b1, self.b2, self.eps, self.t = lr, b1, b2, eps, 0
+        self.m = None
+        self.v = None
+
+    @staticmethod
+    def _flat(model, grad=None):
+        gen = model.generator
+        if grad is None:
+            parts = [*gen.weights, *gen.biases, np.log(np.atleast_1d(model.sigma_x))]
+        else:  # d/dlog sigma = sigma d/dsigma
+            parts = [*grad["weights"], *grad["biases"], np.atleast_1d(grad["sigma_x"]) * np.atleast_1d(model.sigma_x)]
+        return np.concatenate([np.ravel(p) for p in parts])
+
+    @staticmethod
+    def _unflat(model, theta):
+        from .model import CPAModel
+
+        gen = model.generator
+        Ws, cs, i = [], [], 0
+        for W in gen.weights:
+            Ws.append(theta[i:i + W.size].reshape(W.shape))
+            i += W.size
+        for c in gen.biases:
+            cs.append(theta[i:i + c.size].copy())
+            i += c.size
+        s = np.exp(theta[i:])
+        sigma = float(s[0]) if np.ndim(model.sigma_x) == 0 else s
+        new = Generator(Ws, cs, activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
+        return CPAModel(new, sigma, model.sigma_z)
+
+    def step(self, model, X, ll, max_backtracks):
+        g = self._flat(model, log_likelihood_gradient(model, X)) / len(X)
+        if self.m is None:
+            self.m, self.v = np.zeros_like(g), np.zeros_like(g)
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        d = (self.m / (1 - self.b1**self.t)) / (np.sqrt(self.v / (1 - self.b2**self.t)) + self.eps)
+        theta = self._flat(model)
+        for a in range(max_backtracks + 1):
+            trial = self._unflat(model, theta + self.lr * 0.5**a * d)  # ascent
+            ll_t = _mean_log_lik(trial, X)
+            if ll_t >= ll:
+                return trial, ll_t, a
+        return model, ll, max_backtracks + 1
