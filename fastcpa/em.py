@@ -39,7 +39,7 @@ def _mean_log_lik(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        progress=None, method="em", lr=1e-2):
+        progress=None, method="em", lr=1e-2, callback=None):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -68,6 +68,9 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         halved like an EM step (``ridge`` and ``layers`` do not apply).
     lr : float, default 1e-2
         Adam's learning rate (``method="gradient"``).
+    callback : callable, optional
+        Called as ``callback(iteration, mean_log_likelihood, model)`` after
+        each iteration (``model``: the current fit, not yet written back).
 
     Returns
     -------
@@ -135,6 +138,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loglik=f"{ll:.6g}", regions=cur.partition.n_regions)
+        if callback is not None:
+            callback(len(history) - 1, ll, cur)
         if gain < tol:
             break
     if bar is not None:
