@@ -71,6 +71,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     callback : callable, optional
         Called as ``callback(iteration, mean_log_likelihood, model)`` after
         each iteration (``model``: the current fit, not yet written back).
+        If it returns ``True``, training stops there (a time budget, say);
+        the fit so far is written back as usual.
 
     Returns
     -------
@@ -138,9 +140,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loglik=f"{ll:.6g}", regions=cur.partition.n_regions)
-        if callback is not None:
-            callback(len(history) - 1, ll, cur)
-        if gain < tol:
+        stop = callback is not None and callback(len(history) - 1, ll, cur) is True
+        if stop or gain < tol:
             break
     if bar is not None:
         bar.close()

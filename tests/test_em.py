@@ -112,3 +112,19 @@ def test_fit_rejects_an_unknown_method(rng):
     gen = fastcpa.Generator([rng.normal(size=(3, 1)), rng.normal(size=(2, 3))], [np.zeros(3), np.zeros(2)])
     with pytest.raises(ValueError, match="method must be 'em' or 'gradient'"):
         fastcpa.CPAModel(gen, sigma_x=0.5).fit(np.zeros((4, 2)), method="newton")
+
+
+def test_callback_returning_true_stops_and_keeps_the_fit(rng):
+    X = wave(rng, 100)
+    gen = fastcpa.Generator([rng.normal(size=(6, 1)), 0.3 * rng.normal(size=(2, 6))],
+                            [rng.normal(size=6), np.zeros(2)], activation="leaky_relu", slope=0.1)
+    seen = []
+
+    def stop_at_three(i, ll, fit):
+        seen.append((i, ll))
+        return i == 3
+
+    model = fastcpa.CPAModel(gen, sigma_x=1.0).fit(X, n_iter=20, tol=0.0, progress=False, callback=stop_at_three)
+    assert [i for i, _ in seen] == [1, 2, 3]
+    assert len(model.history_) == 4 and model.history_[-1] == seen[-1][1]
+    assert abs(model.log_prob(X).mean() - model.history_[-1]) <= 1e-12 * abs(model.history_[-1])
