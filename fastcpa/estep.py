@@ -10,12 +10,14 @@ plus ``sum_n x_n**2`` per dimension. Everything an EM step needs is a function o
 these alone, so their memory is O(R (D S + S^2)) whatever N is.
 
 They are streamed over (sample, region) chunks like ``log_prob``: one pass for
-the exact ``log p(x_n)``, a second (over the same chunks) for the pairs' terms and truncated moments,
-reduced chunk by chunk with matrix products (``Tx`` and ``Txz`` are GEMMs of the
-weights with the samples). A pair whose bound ``log kappa`` lies more than
-``gap`` nats below ``log p(x_n)`` has weight below ``exp(-gap)`` and is left
-out without its region's moments being computed: each row's weights then sum
-to 1 within ``R exp(-gap)`` (``R * 4.2e-18`` for the default ``gap = 40``).
+the exact ``log p(x_n)``, a second over the same chunks in which a fused
+kernel (``fastcpa.kernels.cpu.estep``) forms each pair's weight and truncated
+moments and adds them straight into its region's ``T0``, ``T1``, ``T2``;
+``Tx`` and ``Txz`` are GEMMs of the chunk's weights with its samples. A pair whose
+term lies more than ``gap`` nats below ``log p(x_n)`` has weight below
+``exp(-gap)`` and is left out (without its region's moments being computed
+where the bound ``log kappa`` shows it): each row's weights then sum to 1
+within ``R exp(-gap)`` (``R * 4.2e-18`` for the default ``gap = 40``).
 """
 
 import dataclasses
@@ -150,7 +152,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
         Pairs whose bound lies this far below ``log p(x_n)`` are left out
         (weight below ``exp(-gap)`` each).
     sample_chunk, region_chunk : int
-        Chunk sizes; memory is O(sample_chunk * region_chunk * S^2) beside
+        Chunk sizes; memory is O(sample_chunk * region_chunk * S) beside
         the statistics themselves.
 
     Returns
@@ -167,10 +169,12 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     >>> round(float(stats.T0.sum()), 12)  # each sample's region weights sum to 1
     50.0
     """
+    from fastcpa.kernels.cpu.estep import region_major
+
     X = model._check_X(X)
     N = len(X)
     p = model._region_params()
-    _, posterior_chunk, region_args = model._pair_kernels()
+    _, _, estep_chunk, region_args = model._pair_kernels()
     S, D = model.generator.latent_dim, model.generator.output_dim
     R = len(p["bb"])
     xx = np.einsum("nd,nd,d->n", X, X, p["prec"])
@@ -189,20 +193,15 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     T2 = np.zeros((R, S, S))
     Tx = np.zeros((R, D))
     Txz = np.zeros((R, D, S))
-    for rows, rs, XA, Xb in model._chunks(X, sample_chunk, region_chunk):
-        n, rc = Xb.shape
-        terms = np.empty((n, rc))
-        means = np.empty((n, rc, S))
-        covs = np.empty((n, rc, S, S))
-        with blas_single_threaded():
-            posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs, floor[rows])
-        w = np.exp(terms - log_p[rows, None])  # exp(-inf) = 0 for the pairs left out
-        m1 = w[..., None] * means
-        Xc = X[rows]
-        T0[rs] += w.sum(axis=0)
-        T1[rs] += m1.sum(axis=0)
-        T2[rs] += np.einsum("nr,nrst->rst", w, covs) + np.einsum("nrs,nrt->rst", m1, means)
-        Tx[rs] += w.T @ Xc
-        Txz[rs] += (m1.reshape(n, rc * S).T @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
+    with blas_single_threaded():
+        for rows, rs, XA, Xb in model._chunks(X, sample_chunk, region_chunk):
+            n, rc = Xb.shape
+            Wt = np.empty((rc, n))
+            Mt = np.empty((rc, S, n))
+            estep_chunk(*region_major(XA, Xb), xx[rows], *region_args(rs), log_p[rows], floor[rows],
+                        T0[rs], T1[rs], T2[rs], Wt, Mt)
+            Xc = X[rows]
+            Tx[rs] += Wt @ Xc
+            Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
     return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx, Txz=Txz, xx=np.einsum("nd,nd->d", X, X),
                            log_likelihood=float(log_p.sum()), n=N)

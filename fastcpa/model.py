@@ -182,9 +182,10 @@ class CPAModel:
                 yield slice(a, a + len(Xc)), slice(r0, r1), XA, Xb
 
     def _pair_kernels(self):
-        """The (log_prob, posterior) chunk kernels for this latent dimension, and
-        a function giving their region arguments for a chunk of regions."""
-        from fastcpa.kernels.cpu import pairs
+        """The (log_prob, posterior, E-step) chunk kernels for this latent
+        dimension, and a function giving their region arguments for a chunk
+        of regions."""
+        from fastcpa.kernels.cpu import estep, pairs
 
         p = self._region_params()
         head = ("Ab", "bb", "Sigma", "logdet_lam")
@@ -193,18 +194,18 @@ class CPAModel:
                 ptr = p["ptr"][rs.start:rs.stop + 1]
                 return (*(p[k][rs] for k in head), p["whole"][rs], ptr, p["PW"], p["LN"], p["Lt"][rs], p["const"])
 
-            return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, args
+            return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
             def args(rs):
                 zero = np.zeros(rs.stop - rs.start)
                 return (*(p[k][rs] for k in head), zero, zero, p["whole"][rs], p["const"])
 
-            return pairs.log_prob_chunk, pairs.posterior_chunk, args
+            return pairs.log_prob_chunk, pairs.posterior_chunk, estep.estep_chunk, args
 
         def args(rs):
             return (*(p[k][rs] for k in head), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
 
-        return pairs.log_prob_chunk, pairs.posterior_chunk, args
+        return pairs.log_prob_chunk, pairs.posterior_chunk, estep.estep_chunk, args
 
     # ------------------------------------------------------------------ likelihood
     def log_prob(self, X, *, prune=True, sample_chunk=1024, region_chunk=1024, backend="auto"):
@@ -261,7 +262,7 @@ class CPAModel:
     def _fold_chunks(self, X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, skipped):
         """The likelihood over the GEMM chunks of :meth:`_chunks` (any S): the
         pairs' log kappa in the same arithmetic as the posterior kernels'."""
-        log_prob_chunk, _, region_args = self._pair_kernels()
+        log_prob_chunk, _, _, region_args = self._pair_kernels()
         for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
             log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows], skipped[rows])
 
@@ -283,7 +284,7 @@ class CPAModel:
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
-        _, posterior_chunk, region_args = self._pair_kernels()
+        _, posterior_chunk, _, region_args = self._pair_kernels()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
         xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
@@ -293,14 +294,13 @@ class CPAModel:
         mean = np.zeros((N, S))
         scat = np.zeros((N, S, S))
         kept_rows, kept_cols, kept_terms = [], [], []
-        no_floor = np.full(N, -np.inf)  # every pair
         with blas_single_threaded():  # no spinning BLAS workers between the kernels
             for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
                 n, rc = Xb.shape
                 terms = np.empty((n, rc))
                 means = np.empty((n, rc, S))
                 covs = np.empty((n, rc, S, S))
-                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs, no_floor[rows])
+                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
                 cm = terms.max(axis=1)
                 w = np.exp(terms - cm[:, None])
                 cw = w.sum(axis=1)

@@ -72,6 +72,16 @@ def _region_log_mass(mu, Sigma, r, lo, hi, whole):
 
 
 @jit
+def _log_mass_bound(lo, hi, mu, hl):
+    """Upper bound on the log N(mu, 1 / (2 hl))-mass of ``[lo, hi]``, with no
+    division or square root: ``Q(d) <= exp(-d^2/2) / 2`` at the interval's
+    distance ``d = e / sd`` from the mean (0 where it holds the mean; a
+    whole-space region has ``lo = -inf``, ``hi = inf``)."""
+    e = max(lo - mu, mu - hi)
+    return -(e * e * hl + _LOG2) if e > 0.0 else 0.0
+
+
+@jit
 def _best_first(k, best):
     """The k-th region to visit: the best candidate first, then the others in order."""
     if k == 0:
@@ -156,10 +166,7 @@ def log_prob_block_1d(X, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whol
                 # in the order of _kappa_and_mean (the posterior's), rounding alike
                 t = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
                 lk[r] = t
-                # Q(d) <= exp(-d^2/2) / 2 at the interval's distance d = e / sd from
-                # the mean: the term's upper bound (whole-space regions: e = -inf)
-                e = max(lo[r] - mu, mu - hi[r])
-                ub[r] = t - (e * e * hl[r] + _LOG2) if e > 0.0 else t
+                ub[r] = t + _log_mass_bound(lo[r], hi[r], mu, hl[r])
             best = np.argmax(ub)
             m, s = run_max[i], run_sum[i]
             skipped = 0
@@ -180,24 +187,29 @@ def log_prob_block_1d(X, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whol
 
 
 @jit
-def _skip_pair(i, r, S, terms, means, covs):
-    """A pair below its row's floor: no weight, zero moments."""
-    terms[i, r] = -math.inf
-    for s in range(S):
-        means[i, r, s] = 0.0
-        for t in range(S):
-            covs[i, r, s, t] = 0.0
+def _truncate(mu, Sigma, r, lo, hi, whole, mean, cov):
+    """N(mu, Sigma_r) restricted to region r (whole space, or an S = 1
+    interval): writes its mean (S,) and covariance (S, S), returns log Phi_r."""
+    S = mean.shape[0]
+    if whole[r]:
+        for s in range(S):
+            mean[s] = mu[s]
+            for t in range(S):
+                cov[s, t] = Sigma[r, s, t]
+        return 0.0
+    lm, m, v = interval_moments(lo[r], hi[r], mu[0], math.sqrt(Sigma[r, 0, 0]))
+    mean[0] = m
+    cov[0, 0] = v
+    return lm
 
 
 @jit(parallel=True)
-def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, terms, means, covs, floor):
+def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, terms, means, covs):
     """Every pair's term and the region's truncated posterior moments.
 
     Writes ``terms[i, r]`` (log kappa + log Phi), ``means[i, r]`` (S,) and
     ``covs[i, r]`` (S, S): the mean and covariance of N(mu, Sigma_r)
-    restricted to region r. A pair whose bound ``log kappa`` (``Phi <= 1``)
-    lies below ``floor[i]`` gets ``-inf`` and zero moments without its
-    region's moments being computed (``floor = -inf``: every pair).
+    restricted to region r.
     """
     n, R = Xb.shape
     S = Ab.shape[1]
@@ -206,20 +218,7 @@ def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const,
         mu = np.empty(S)
         for r in range(R):
             lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
-            if lk < floor[i]:
-                _skip_pair(i, r, S, terms, means, covs)
-                continue
-            if whole[r]:
-                terms[i, r] = lk
-                for s in range(S):
-                    means[i, r, s] = mu[s]
-                    for t in range(S):
-                        covs[i, r, s, t] = Sigma[r, s, t]
-            else:  # S = 1
-                lm, mean, var = interval_moments(lo[r], hi[r], mu[0], math.sqrt(Sigma[r, 0, 0]))
-                terms[i, r] = lk + lm
-                means[i, r, 0] = mean
-                covs[i, r, 0, 0] = var
+            terms[i, r] = lk + _truncate(mu, Sigma, r, lo, hi, whole, means[i, r], covs[i, r])
 
 
 # ----------------------------------------------------------------------------- S = 2
@@ -317,16 +316,50 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
         n_skipped[i] += skipped
 
 
+@jit
+def _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, careful, W, E, B1, B2, V, Y, mean, cov):
+    """:func:`_truncate` for S = 2: region r's polygon whitened, its moments
+    (``careful``: the accurate path, see ``std_polygon_moments``) mapped back
+    to z. Returns log Phi_r; a negligible pair (``careful=False``) whose edge
+    formulas cancel completely gets the untruncated Gaussian's moments."""
+    if whole[r]:
+        for a in range(2):
+            mean[a] = mu[a]
+            for b in range(2):
+                cov[a, b] = Sigma[r, a, b]
+        return 0.0
+    nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+    lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, nv, _G0, _LM0, 0)
+    if not (c00 == c00):
+        ux = uy = c01 = 0.0
+        c00 = c11 = 1.0
+    # z = mu + M u with M = (L^T)^-1 = [[1/l11, -l21/(l11 l22)], [0, 1/l22]]
+    l11 = Lt[r, 0]
+    l21 = Lt[r, 1]
+    l22 = Lt[r, 2]
+    m00 = 1.0 / l11
+    m01 = -l21 / (l11 * l22)
+    m11 = 1.0 / l22
+    mean[0] = mu[0] + m00 * ux + m01 * uy
+    mean[1] = mu[1] + m11 * uy
+    a01 = m11 * (m00 * c01 + m01 * c11)
+    cov[0, 0] = m00 * m00 * c00 + 2.0 * m00 * m01 * c01 + m01 * m01 * c11
+    cov[0, 1] = a01
+    cov[1, 0] = a01
+    cov[1, 1] = m11 * m11 * c11
+    return lm
+
+
 @jit(parallel=True)
 def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, terms, means,
-                       covs, floor, gap=40.0):
+                       covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
-    Every term above the row's ``floor`` is exact (accurate log-mass); the
-    moments take the careful path only for pairs within ``gap`` nats of the
-    chunk row's best term: the others weigh less than ``exp(-gap)`` relative
-    and get the edge formulas as they are (or, where those cancel completely,
-    the untruncated Gaussian's)."""
+    Every term is exact (accurate log-mass); the moments take the careful
+    path only for pairs within ``gap`` nats of the chunk row's best term: the
+    others weigh less than ``exp(-gap)`` relative and get the edge formulas
+    as they are (or, where those cancel completely, the untruncated
+    Gaussian's)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -338,44 +371,12 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
         top = -math.inf
         for r in range(R):
             lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
-            if lk < floor[i]:
-                terms[i, r] = -math.inf
-                continue
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf, W, nv, _G0, _LM0, 0)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
-            if terms[i, r] == -math.inf and floor[i] > -math.inf:
-                _skip_pair(i, r, 2, terms, means, covs)
-                continue
-            lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
-            if whole[r]:
-                terms[i, r] = lk
-                for a in range(2):
-                    means[i, r, a] = mu[a]
-                    for b in range(2):
-                        covs[i, r, a, b] = Sigma[r, a, b]
-                continue
-            nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-            careful = terms[i, r] >= top - gap
-            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, nv, _G0, _LM0, 0)
-            if not (c00 == c00):  # negligible and cancelled: the untruncated Gaussian's moments
-                ux = uy = c01 = 0.0
-                c00 = c11 = 1.0
-            # z = mu + M u with M = (L^T)^-1 = [[1/l11, -l21/(l11 l22)], [0, 1/l22]]
-            l11 = Lt[r, 0]
-            l21 = Lt[r, 1]
-            l22 = Lt[r, 2]
-            m00 = 1.0 / l11
-            m01 = -l21 / (l11 * l22)
-            m11 = 1.0 / l22
-            means[i, r, 0] = mu[0] + m00 * ux + m01 * uy
-            means[i, r, 1] = mu[1] + m11 * uy
-            a00 = m00 * m00 * c00 + 2.0 * m00 * m01 * c01 + m01 * m01 * c11
-            a01 = m11 * (m00 * c01 + m01 * c11)
-            covs[i, r, 0, 0] = a00
-            covs[i, r, 0, 1] = a01
-            covs[i, r, 1, 0] = a01
-            covs[i, r, 1, 1] = m11 * m11 * c11
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, terms[i, r] >= top - gap, W, E, B1, B2, V, Y,
+                         means[i, r], covs[i, r])

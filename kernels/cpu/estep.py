@@ -1,0 +1,130 @@
+"""Numba CPU kernels of the exact E-step: (sample, region) pairs reduced to per-region statistics.
+
+For one GEMM chunk (``XA``, ``Xb`` as in ``pairs``) and each sample's exact
+``log p(x_i)``, every pair's posterior weight ``w = exp(term - log p(x_i))``
+and truncated moments ``m``, ``C`` are formed and folded straight into the
+region's
+
+    T0 += w        T1 += w m        T2 += w (C + m m^T)
+
+while ``w`` and ``w m`` are written out (region-major, ``Wt[r, i]`` and
+``Mt[r, s, i]``) for the two products that need the samples,
+``Tx = Wt X`` and ``Txz = Mt X``: those are GEMMs, left to BLAS. So nothing
+of size (samples x regions x S^2) is written.
+
+Threads own regions, interleaved over the parallel loop so central and
+outlying regions share the work; each region's sums run over the samples in
+order, so the result does not depend on the thread count. The kernels read
+the chunk's products region by region: pass them region-major
+(:func:`region_major`), where a region's samples lie next to each other (in
+the GEMM's own sample-major layout, the step from one sample to the next is
+a power-of-two stride that maps every read to one cache set).
+
+A pair whose term lies below ``floor[i]`` (``log p(x_i) - gap``) weighs less
+than ``exp(-gap)`` and is left out, before its region's moments are computed
+where a bound shows it: ``log kappa`` (``Phi <= 1``), and for S = 1 the
+interval's Gaussian tail bound as in ``pairs.log_prob_block_1d``. The pair
+arithmetic is ``pairs``' own (``_kappa_and_mean``, ``_truncate``), on the same
+products, so the terms are those ``log p(x_i)`` was folded from.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from .pairs import (_G0, _LM0, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _scratch, _truncate,
+                    _truncate_2d, _whiten_polygon, std_polygon_log_mass)
+from ._jit import jit
+
+# regions interleaved over at most this many parallel blocks
+_BLOCKS = 64
+
+
+def region_major(XA, Xb):
+    """Views of a chunk's products ``XA`` (n, R, S) and ``Xb`` (n, R) with the
+    same indices and values, stored region-major (a copy: the bits are the
+    GEMM's own)."""
+    XAr = np.ascontiguousarray(np.moveaxis(XA, 0, -1))
+    return np.moveaxis(XAr, -1, 0), np.ascontiguousarray(Xb.T).T
+
+
+@jit
+def _accumulate(w, m, C, i, r, T0, T1, T2, Wt, Mt):
+    """Fold one pair (weight ``w``, truncated mean ``m``, covariance ``C``) into region r."""
+    S = m.shape[0]
+    T0[r] += w
+    Wt[r, i] = w
+    for s in range(S):
+        ws = w * m[s]
+        T1[r, s] += ws
+        Mt[r, s, i] = ws
+        for t in range(S):
+            T2[r, s, t] += w * (C[s, t] + m[s] * m[t])
+
+
+@jit(parallel=True)
+def estep_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, log_p, floor,
+                T0, T1, T2, Wt, Mt):
+    """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions).
+
+    ``log_p`` and ``floor`` are the chunk's samples' exact log-likelihood and
+    cut-off; ``T0``, ``T1``, ``T2`` the chunk's regions' rows of the
+    statistics, added to in place; ``Wt`` (R, n) and ``Mt`` (R, S, n) receive
+    the weights and weighted means (zero for the pairs left out).
+    """
+    n, R = Xb.shape
+    S = Ab.shape[1]
+    nb = min(R, _BLOCKS)
+    for blk in prange(nb):
+        y = np.empty(S)
+        mu = np.empty(S)
+        m = np.empty(S)
+        C = np.empty((S, S))
+        for r in range(blk, R, nb):
+            hl = 0.5 / Sigma[r, 0, 0]
+            for i in range(n):
+                Wt[r, i] = 0.0
+                for s in range(S):
+                    Mt[r, s, i] = 0.0
+                lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+                if lk < floor[i] or (not whole[r] and lk + _log_mass_bound(lo[r], hi[r], mu[0], hl) < floor[i]):
+                    continue
+                term = lk + _truncate(mu, Sigma, r, lo, hi, whole, m, C)
+                if term >= floor[i]:
+                    _accumulate(math.exp(term - log_p[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+
+
+@jit(parallel=True)
+def estep_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, log_p, floor,
+                   T0, T1, T2, Wt, Mt):
+    """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
+    forms it (cut short by the polygon's tail bound below the floor), then,
+    for the pairs that are kept, the polygon moments on the accurate path."""
+    n, R = Xb.shape
+    cap = 8
+    for r in range(R):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    nb = min(R, _BLOCKS)
+    for blk in prange(nb):
+        y = np.empty(2)
+        mu = np.empty(2)
+        m = np.empty(2)
+        C = np.empty((2, 2))
+        W, E, B1, B2, V, Y = _scratch(cap)
+        for r in range(blk, R, nb):
+            for i in range(n):
+                Wt[r, i] = 0.0
+                Mt[r, 0, i] = 0.0
+                Mt[r, 1, i] = 0.0
+                lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+                if lk < floor[i]:
+                    continue
+                lm = 0.0
+                if not whole[r]:  # the log-mass first (a bound where it is below the floor)
+                    nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+                    lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor[i] - lk, W, nv, _G0, _LM0, 0)
+                    if lk + lm < floor[i]:
+                        continue
+                _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, True, W, E, B1, B2, V, Y, m, C)
+                _accumulate(math.exp(lk + lm - log_p[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
