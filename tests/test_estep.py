@@ -273,8 +273,9 @@ def test_em_on_a_linear_generator_reaches_ppca(rng):
 
 @pytest.mark.parametrize("S,activation,sizes,k", [(1, "leaky_relu", [1, 8, 6, 4], 0), (1, "abs", [1, 6, 5, 3], 1),
                                                   (2, "relu", [2, 7, 5, 3], 0), (2, "leaky_relu", [2, 6, 5, 4], 1)])
-def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes, k):
-    """Layer k's block update (masks frozen, conjugate gradients on the region-by-region operator):
+@pytest.mark.parametrize("solver", ["cg", "dense"])
+def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes, k, solver):
+    """Layer k's block update (masks frozen; conjugate gradients on the region-by-region operator, or the dense matrix):
     the frozen maps at the current parameters are the partition's, and after the update the
     gradient of the frozen-mask Q in (W_k, c_k) vanishes (central finite differences) and Q rose."""
     from fastcpa.mstep import FrozenLayer
@@ -292,7 +293,7 @@ def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes
     def q(V):
         return st.expected_complete_log_likelihood(*fl.maps(V), var, 1.0)
 
-    W1, c1 = fl.update(st, var)
+    W1, c1 = fl.update(st, var, solver=solver)
     V1 = np.concatenate([W1, c1[:, None]], axis=1)
     assert q(V1) >= q(fl.V0)
     scale = abs(q(V1))
@@ -301,3 +302,40 @@ def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes
         h = 1e-4
         slope = (q(V1 + h * dV) - q(V1 - h * dV)) / (2 * h)
         assert abs(slope) <= 1e-6 * scale, slope
+
+
+@pytest.mark.parametrize("ridge", [0.0, 3.0])
+def test_inner_layer_solvers_agree(rng, ridge):
+    """The dense matrix sum_w N_w (x) F_w^T P F_w and the matrix-free operator are the same map,
+    and both solvers reach the frozen-mask maximum: the same Q, and with a ridge (a strictly
+    concave Q, on W_k only) the same update. (Without one, 40 samples leave directions in which
+    Q is nearly flat, and the two solvers may stop at different points along them.)"""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, [1, 6, 5, 3], "leaky_relu", 0.2)
+    X = samples(model, rng, 40, 1.0)
+    st = model.sufficient_stats(X)
+    fl = FrozenLayer(model.generator, model.partition, 1)
+    var = np.array([0.04, 0.09, 0.02])
+    op, _ = fl._normal_equations(st, var, ridge)
+    M = fl._dense_operator(st, var, ridge)
+    for _ in range(3):
+        V = rng.normal(size=fl.V0.shape)
+        np.testing.assert_allclose(M @ V.ravel(), op(V).ravel(), rtol=1e-12, atol=1e-12 * np.abs(M).max())
+    assert fl._dense_is_cheap()
+    Wd, cd = fl.update(st, var, ridge=ridge, solver="dense")
+    Wc, cc = fl.update(st, var, ridge=ridge, solver="cg", rtol=1e-13)
+    Wa, ca = fl.update(st, var, ridge=ridge)
+    np.testing.assert_array_equal(Wa, Wd)
+
+    def q(W, c):
+        A, b = fl.maps(np.concatenate([W, c[:, None]], axis=1))
+        return st.expected_complete_log_likelihood(A, b, var, 1.0) - 0.5 * ridge * np.sum(W * W)
+
+    assert q(Wd, cd) >= q(*fl.update(st, var, ridge=ridge, maxiter=3, solver="cg")) - 1e-9 * abs(q(Wd, cd))
+    assert abs(q(Wd, cd) - q(Wc, cc)) <= 1e-10 * abs(q(Wd, cd))
+    if ridge > 0:
+        np.testing.assert_allclose(Wd, Wc, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(cd, cc, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="solver must be"):
+        fl.update(st, var, solver="lu")
