@@ -39,7 +39,7 @@ def _mean_log_lik(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        progress=None, method="em", lr=1e-2, callback=None):
+        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -58,6 +58,13 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         Precision of a zero-mean Gaussian prior on the weights (off by default).
     max_backtracks : int, default 8
         Halvings of a hidden layer's step before it is skipped for the iteration.
+    cg_maxiter : int, default 50
+        Conjugate-gradient iterations per hidden-layer update where the layer
+        is too large to solve densely (:meth:`fastcpa.mstep.FrozenLayer.update`).
+        Every iterate raises the frozen-mask Q (CG lowers the quadratic
+        error monotonically from the current parameters), so a truncated
+        solve is a generalised EM step; most of the gain comes in the first
+        iterations of these ill-conditioned systems.
     progress : bool, optional
         A tqdm bar (iteration, log-likelihood, regions); default: on when
         stderr is a terminal.
@@ -109,7 +116,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
             for k in range(cur.generator.n_layers - 1):
                 st = cur.sufficient_stats(X)
                 fl = FrozenLayer(cur.generator, cur.partition, k)
-                W1, c1 = fl.update(st, cur._noise_var, ridge=ridge)
+                W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter)
                 W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
                 for a in range(max_backtracks + 1):
                     step = 0.5**a

@@ -336,7 +336,7 @@ class CPAModel:
 
     # ------------------------------------------------------------------ EM
     def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-            progress=None, method="em", lr=1e-2, callback=None):
+            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None):
         """Fit the generator and noise to X by exact, monotone EM (in place).
 
         See :func:`fastcpa.em.fit` for the parameters. After the call,
@@ -364,7 +364,8 @@ class CPAModel:
         from .em import fit
 
         return fit(self, X, n_iter=n_iter, tol=tol, diagonal=diagonal, layers=layers, ridge=ridge,
-                   max_backtracks=max_backtracks, progress=progress, method=method, lr=lr, callback=callback)
+                   max_backtracks=max_backtracks, cg_maxiter=cg_maxiter, progress=progress, method=method,
+                   lr=lr, callback=callback)
 
     # ------------------------------------------------------------------ E-step
     def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):

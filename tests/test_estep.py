@@ -339,3 +339,25 @@ def test_inner_layer_solvers_agree(rng, ridge):
         np.testing.assert_allclose(cd, cc, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="solver must be"):
         fl.update(st, var, solver="lu")
+
+
+def test_truncated_conjugate_gradients_raise_q_monotonically(rng):
+    """fit's cg_maxiter: every CG iterate from the current parameters raises the frozen-mask Q
+    (a generalised EM step), and more iterations never give less."""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, [1, 7, 6, 3], "leaky_relu", 0.2)
+    X = samples(model, rng, 40, 1.0)
+    st = model.sufficient_stats(X)
+    fl = FrozenLayer(model.generator, model.partition, 1)
+    var = np.full(3, 0.04)
+
+    def q(W, c):
+        return st.expected_complete_log_likelihood(*fl.maps(np.concatenate([W, c[:, None]], axis=1)), var, 1.0)
+
+    values = [q(fl.V0[:, :-1], fl.V0[:, -1])]
+    for its in (1, 2, 4, 8, 16, 400):
+        values.append(q(*fl.update(st, var, solver="cg", maxiter=its)))
+    tol = 1e-12 * abs(values[-1])
+    assert np.all(np.diff(values) >= -tol), values
+    assert values[1] > values[0]
