@@ -142,6 +142,8 @@ class FrozenLayer:
         S = generator.latent_dim
         R = partition.n_regions
         self.q = _unit_slopes(generator, partition)  # each hidden layer's unit slopes per region
+        self.qT = [np.ascontiguousarray(q.T) for q in self.q]  # (H_j, R): unit-major
+        self._GhT = None
         G, g = _input_maps(generator, self.q, R, k)  # Gh: (z, 1) -> (h_{k-1}, 1)
         H = G.shape[1]
         self.Gh = np.zeros((R, H + 1, S + 1))
@@ -152,28 +154,47 @@ class FrozenLayer:
         a0 = np.matmul(self.V0, self.Gh[:, :, S:])  # the layer's pre-activation at z = 0
         self.f = partition.b - self.apply_F(a0)[:, :, 0]  # the downstream offsets
 
+    # The products run unit-major, (units, R, m): each layer is then one GEMM over all
+    # regions, where a batched (R, H, m) matmul makes R small products.
+    def _F(self, U):
+        """``F_w U_w`` unit-major: U (H_k, R, m) -> (D, R, m)."""
+        gen, k = self.generator, self.k
+        _, R, m = U.shape
+        if k < gen.n_layers - 1:
+            U = self.qT[k][:, :, None] * U
+        for j in range(k + 1, gen.n_layers):
+            U = (gen.weights[j] @ U.reshape(U.shape[0], R * m)).reshape(-1, R, m)
+            if j < gen.n_layers - 1:
+                U *= self.qT[j][:, :, None]
+        return U
+
+    def _FT(self, Y):
+        """``F_w^T Y_w`` unit-major: Y (D, R, m) -> (H_k, R, m)."""
+        gen, k = self.generator, self.k
+        _, R, m = Y.shape
+        for j in range(gen.n_layers - 1, k, -1):
+            Y = (gen.weights[j].T @ Y.reshape(Y.shape[0], R * m)).reshape(-1, R, m)
+            Y *= self.qT[j - 1][:, :, None]
+        return Y
+
+    def _VG(self, V):
+        """``V Gh_w`` for all regions, unit-major: (H_k, R, S+1)."""
+        if self._GhT is None:  # (C, R * m), formed once
+            R, C, m = self.Gh.shape
+            self._GhT = np.ascontiguousarray(self.Gh.transpose(1, 0, 2)).reshape(C, R * m)
+        return (V @ self._GhT).reshape(-1, self.Gh.shape[0], self.Gh.shape[2])
+
     def apply_F(self, U):
         """``F_w U_w`` for all regions: U (R, H_k, m) -> (R, D, m)."""
-        gen, k = self.generator, self.k
-        if k < gen.n_layers - 1:
-            U = self.q[k][:, :, None] * U
-        for j in range(k + 1, gen.n_layers):
-            U = np.matmul(gen.weights[j], U)
-            if j < gen.n_layers - 1:
-                U = self.q[j][:, :, None] * U
-        return U
+        return self._F(np.ascontiguousarray(U.transpose(1, 0, 2))).transpose(1, 0, 2)
 
     def apply_FT(self, Y):
         """``F_w^T Y_w`` for all regions: Y (R, D, m) -> (R, H_k, m)."""
-        gen, k = self.generator, self.k
-        for j in range(gen.n_layers - 1, k, -1):
-            Y = np.matmul(gen.weights[j].T, Y)
-            Y = self.q[j - 1][:, :, None] * Y
-        return Y
+        return self._FT(np.ascontiguousarray(Y.transpose(1, 0, 2))).transpose(1, 0, 2)
 
     def maps(self, V):
         """Every region's ``(A, b)`` with layer k's parameters set to ``V`` (masks frozen)."""
-        M = self.apply_F(np.matmul(V, self.Gh))
+        M = self._F(self._VG(V)).transpose(1, 0, 2)
         S = self.Gh.shape[2] - 1
         return M[:, :, :S], M[:, :, S] + self.f
 
@@ -255,16 +276,21 @@ class FrozenLayer:
         prec = 1.0 / np.asarray(noise_var, float)
         ZG = np.matmul(_zh_sums(stats), np.swapaxes(self.Gh, 1, 2))  # (R, S+1, H_{k-1}+1)
 
+        R, m = ZG.shape[0], ZG.shape[1]
+        ZG = ZG.reshape(R * m, -1)
+
         def op(V):
-            Y = self.apply_F(np.matmul(V, self.Gh)) * prec[None, :, None]
-            out = np.einsum("rhs,rsk->hk", self.apply_FT(Y), ZG)
+            Y = self._F(self._VG(V))
+            Y *= prec[:, None, None]
+            out = self._FT(Y).reshape(len(V), R * m) @ ZG
             if ridge > 0:
                 out[:, :-1] += ridge * V[:, :-1]
             return out
 
         t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w
         XZ = np.concatenate([stats.Txz, stats.Tx[:, :, None]], axis=2) - self.f[:, :, None] * t[:, None, :]
-        rhs = np.einsum("rhs,rsk->hk", self.apply_FT(XZ * prec[None, :, None]), np.swapaxes(self.Gh, 1, 2))
+        XZ = np.ascontiguousarray((XZ * prec[None, :, None]).transpose(1, 0, 2))
+        rhs = self._FT(XZ).reshape(-1, R * m) @ np.swapaxes(self.Gh, 1, 2).reshape(R * m, -1)
         return op, rhs
 
     def gradient(self, stats, noise_var):
