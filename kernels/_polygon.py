@@ -487,11 +487,12 @@ def w_term(h, s1, s2, L):
         return 0.0
     h2 = h * h
     total = 0.0
+    # the part of the edge on |s| <= 9 (none when both ends lie beyond, on one side)
     lo = max(s1, -_W_SPAN)
     hi = min(s2, _W_SPAN)
-    if lo < 0.0:
+    if lo < min(hi, 0.0):
         total += _w_panel(h2, lo, min(hi, 0.0))
-    if hi > 0.0:
+    if max(lo, 0.0) < hi:
         total += _w_panel(h2, max(lo, 0.0), hi)
     total *= h * _INV_2PI
     # beyond |s| = 9 the Gaussian part is below e^-40 of the angle: closed form
