@@ -89,15 +89,8 @@ def _active_pairs(model, X):
 
     lp = model.log_prob(X[:200])
     count = 0
-    p = model._region_params()
-    _, posterior_chunk, _, region_args = model._pair_kernels()
-    xx = np.einsum("nd,nd,d->n", X[:200], X[:200], p["prec"])
-    S = model.generator.latent_dim
-    for rows, rs, XA, Xb in model._chunks(X[:200], 200, 1024):
-        nr, rc = Xb.shape
-        terms = np.empty((nr, rc))
-        posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, np.empty((nr, rc, S)), np.empty((nr, rc, S, S)))
-        count += int((terms >= lp[rows, None] - 40.0).sum())
+    for rows, rs, terms, _, _, REF in model._pair_moments(X[:200], 200, 1024):
+        count += int((terms + REF[:, :1] >= lp[rows, None] - 40.0).sum())
     return count * len(X) / 200
 
 

@@ -45,17 +45,12 @@ def _model(fastcpa, case):
 
 def unfused_statistics(model, X, gap=40.0, sample_chunk=256, region_chunk=1024):
     """(T0, T1, T2, Tx, Txz) from the posterior kernel's per-pair output, reduced with NumPy."""
-    p = model._region_params()
-    _, posterior_chunk, _, region_args = model._pair_kernels()
-    S, D, R = model.generator.latent_dim, model.generator.output_dim, len(p["bb"])
-    xx = np.einsum("nd,nd,d->n", X, X, p["prec"])
+    S, D, R = model.generator.latent_dim, model.generator.output_dim, model.partition.n_regions
     log_p = model.log_prob(X)
     T0, T1, T2 = np.zeros(R), np.zeros((R, S)), np.zeros((R, S, S))
     Tx, Txz = np.zeros((R, D)), np.zeros((R, D, S))
-    for rows, rs, XA, Xb in model._chunks(X, sample_chunk, region_chunk):
-        n, rc = Xb.shape
-        terms, means, covs = np.empty((n, rc)), np.empty((n, rc, S)), np.empty((n, rc, S, S))
-        posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
+    for rows, rs, terms, means, covs, REF in model._pair_moments(X, sample_chunk, region_chunk):
+        terms = terms + REF[:, :1]
         w = np.exp(terms - log_p[rows, None])
         w[terms < log_p[rows, None] - gap] = 0.0
         m1 = w[..., None] * means

@@ -171,37 +171,39 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     """
     from fastcpa.kernels.cpu.estep import region_major
 
+    from .model import _checked_log_prob
+
     X = model._check_X(X)
     N = len(X)
     p = model._region_params()
     _, _, estep_chunk, region_args = model._pair_kernels()
     S, D = model.generator.latent_dim, model.generator.output_dim
     R = len(p["bb"])
-    xx = np.einsum("nd,nd,d->n", X, X, p["prec"])
-    # log p(x_n) over the same GEMM chunks as the moments below, so each
-    # sample's weights sum to 1 to rounding (the fused S = 1 likelihood kernel
-    # forms its products in other blocks: at small sigma_x log kappa carries
-    # ~eps |x|^2 / sigma_x^2 of rounding, and that would show)
-    run_max = np.full(N, -np.inf)
-    run_sum = np.zeros(N)
-    with blas_single_threaded():
-        model._fold_chunks(X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, np.zeros(N, np.int64))
-    log_p = run_max + np.log(run_sum)
-    floor = log_p - gap
     T0 = np.zeros(R)
     T1 = np.zeros((R, S))
     T2 = np.zeros((R, S, S))
     Tx = np.zeros((R, D))
     Txz = np.zeros((R, D, S))
+    log_p = np.empty(N)
     with blas_single_threaded():
-        for rows, rs, XA, Xb in model._chunks(X, sample_chunk, region_chunk):
-            n, rc = Xb.shape
-            Wt = np.empty((rc, n))
-            Mt = np.empty((rc, S, n))
-            estep_chunk(*region_major(XA, Xb), xx[rows], *region_args(rs), log_p[rows], floor[rows],
-                        T0[rs], T1[rs], T2[rs], Wt, Mt)
+        for a in range(0, N, sample_chunk):
+            rows = slice(a, min(N, a + sample_chunk))
+            Xw, xx = model._whiten(X[rows])
+            # log p(x_n) over the same GEMM chunks and row references as the
+            # moments below, so each sample's weights sum to 1 to rounding
+            top, lsum, REF = model._log_prob_rows(Xw, xx, gap, region_chunk, np.zeros(len(Xw), np.int64))
+            log_p[rows] = REF[:, 0] + (top + lsum)
+            floor = top + lsum - gap
             Xc = X[rows]
-            Tx[rs] += Wt @ Xc
-            Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
+            for rs in model._region_slices(region_chunk):
+                XA, Xb = model._products(Xw, rs)
+                n, rc = Xb.shape
+                Wt = np.empty((rc, n))
+                Mt = np.empty((rc, S, n))
+                estep_chunk(*region_major(XA, Xb), xx, Xw, REF, *region_args(rs), top, lsum, floor,
+                            T0[rs], T1[rs], T2[rs], Wt, Mt)
+                Tx[rs] += Wt @ Xc
+                Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
+    _checked_log_prob(log_p)
     return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx, Txz=Txz, xx=np.einsum("nd,nd->d", X, X),
                            log_likelihood=float(log_p.sum()), n=N)

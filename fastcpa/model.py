@@ -24,6 +24,10 @@ __all__ = ["CPAModel", "Posterior"]
 PRUNE_GAP = 40.0
 # Largest row block (rows per thread and GEMM) of the S = 1 likelihood kernel.
 _ROW_BLOCK = 256
+# Rows the S = 1 likelihood whitens at a time (memory: this many rows of X).
+_S1_ROWS = 16384
+# Rows per product block of the reference pass (see CPAModel._new_reference).
+_REF_ROWS = 512
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
 
@@ -107,15 +111,18 @@ class CPAModel:
             raise NotImplementedError(
                 f"exact inference for S = {S} needs Gaussian integrals over polytopes, which are not implemented "
                 "yet; S = 1 and S = 2 generators and affine generators of any S are supported.")
-        A, b = part.A, part.b
-        R = len(A)
-        prec = 1.0 / self._noise_var
-        PA = A * prec[None, :, None]
+        R = len(part.A)
+        # the data side centred on g(0) and whitened: x~ = (x - c) / sigma_x,
+        # A~ = A / sigma_x, b~ = (b - c) / sigma_x (see kernels.cpu.pairs)
+        sx = np.broadcast_to(np.asarray(self.sigma_x, float), (D,))
+        centre = self.generator(np.zeros((1, S)))[0]
+        A = part.A / sx[None, :, None]
+        b = (part.b - centre) / sx
         s = 1.0 / self.sigma_z**2
         if S == 2:
-            # Lambda = s I + (P^1/2 A)^T (P^1/2 A) = s I + Rq^T Rq; its Cholesky factor from Rq
+            # Lambda = s I + A~^T A~ = s I + Rq^T Rq; its Cholesky factor from Rq
             # needs no subtraction (the Schur complement is a sum of positive terms).
-            Bw = A * np.sqrt(prec)[None, :, None]
+            Bw = A
             if D == 1:
                 Bw = np.concatenate([Bw, np.zeros((R, 1, 2))], axis=1)
             Rq = np.linalg.qr(Bw, mode="r")
@@ -132,18 +139,23 @@ class CPAModel:
             Sigma[:, 0, 1] = Sigma[:, 1, 0] = -Lam[:, 0, 1] / det
             logdet_lam = 2.0 * np.log(l11 * l22)
         else:
-            Lam = np.eye(S)[None] * s + np.einsum("rds,rdt->rst", A, PA)
+            Lam = np.eye(S)[None] * s + np.einsum("rds,rdt->rst", A, A)
             Sigma = np.linalg.inv(Lam)
             Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, 1, 2))
             logdet_lam = np.linalg.slogdet(Lam)[1]
-        Pb = b * prec[None, :]
+        # per region: |A~|_F, and the rounding factor of the expanded quadratic
+        # form's sums of length D (kernels.cpu.pairs._prune_slack)
+        an = np.empty((R, 2))
+        an[:, 0] = np.sqrt(np.einsum("rds,rds->r", A, A))
+        an[:, 1] = 2.0 * (D + S + 8) * 1.1102230246251565e-16
         params = dict(
-            PA_T=np.ascontiguousarray(PA.transpose(1, 0, 2).reshape(D, R * S)),
-            Pb_T=np.ascontiguousarray(Pb.T),
-            Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, Pb)),
-            bb=np.einsum("rd,rd->r", b, Pb),
-            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole, prec=prec,
-            const=-0.5 * (D * math.log(2 * math.pi) + np.log(self._noise_var).sum()) - S * math.log(self.sigma_z),
+            PA_T=np.ascontiguousarray(A.transpose(1, 0, 2).reshape(D, R * S)),
+            Pb_T=np.ascontiguousarray(b.T),
+            Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, b)),
+            bb=np.einsum("rd,rd->r", b, b),
+            Aw=np.ascontiguousarray(A), bw=np.ascontiguousarray(b), an=an, s2=s, centre=centre, isx=1.0 / sx,
+            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole,
+            const=-0.5 * D * math.log(2 * math.pi) - np.log(sx).sum() - S * math.log(self.sigma_z),
         )
         if S == 1:
             params["lo"] = np.ascontiguousarray(part.intervals[:, 0])
@@ -168,18 +180,82 @@ class CPAModel:
             raise ValueError(f"X must have shape (N, {D}) (one sample per row), got {X.shape}.")
         return X
 
-    def _chunks(self, X, sample_chunk, region_chunk):
-        """Yield ``(rows, regions, XA, Xb)`` GEMM blocks of the pair products."""
+    def _whiten(self, X):
+        """Rows of X centred on g(0) and whitened (``x~``, see :meth:`_region_params`) and ``|x~|^2``."""
+        p = self._region_params()
+        Xw = (X - p["centre"]) * p["isx"]
+        return Xw, np.einsum("nd,nd->n", Xw, Xw)
+
+    def _new_reference(self, Xw, xx, region_chunk):
+        """Per-row reference pairs for the kernels (``kernels.cpu.pairs``).
+
+        With one region chunk the kernels take each row's best pair
+        themselves (NaN rows here); with several, a first pass over the
+        chunks finds it, so that every term is relative to a near-best pair
+        (a poor reference would put ``eps |e_ref|^2`` of rounding into each)."""
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        S, D = self.generator.latent_dim, self.generator.output_dim
+        n = len(Xw)
+        REF = np.full((n, pairs.reference_width(S, D)), np.nan)
+        slices = self._region_slices(region_chunk)
+        if len(slices) > 1:
+            best_lk, best_r, best_mu = np.full(n, -np.inf), np.full(n, -1, np.int64), np.zeros((n, S))
+            Lt = p.get("Lt", np.empty((0, 3)))
+            for a in range(0, n, _REF_ROWS):  # (rows x regions) products of bounded size
+                rows = slice(a, min(n, a + _REF_ROWS))
+                for rs in slices:
+                    XA, Xb = self._products(Xw[rows], rs)
+                    pairs.best_pairs_chunk(XA, Xb, xx[rows], p["Ab"][rs], p["bb"][rs], p["Sigma"][rs],
+                                           p["logdet_lam"][rs], p["const"], p["an"][rs], Lt[rs] if len(Lt) else Lt,
+                                           rs.start, best_lk[rows], best_r[rows], best_mu[rows])
+            pairs.set_references(Xw, p["Aw"], p["bw"], best_r, best_mu, p["s2"], p["logdet_lam"], p["const"], REF)
+        return REF
+
+    def _region_slices(self, region_chunk):
+        """Consecutive slices of at most ``region_chunk`` regions."""
+        R = len(self._region_params()["bb"])
+        return [slice(r0, min(R, r0 + region_chunk)) for r0 in range(0, R, region_chunk)]
+
+    def _products(self, Xw, rs):
+        """The GEMM products ``XA = x~ A~`` (n, r, S) and ``Xb = x~ . b~`` (n, r) of rows and a region slice."""
         p = self._region_params()
         S = self.generator.latent_dim
-        R = len(p["bb"])
+        XA = (Xw @ p["PA_T"][:, rs.start * S:rs.stop * S]).reshape(len(Xw), rs.stop - rs.start, S)
+        return XA, np.ascontiguousarray(Xw @ p["Pb_T"][:, rs])
+
+    def _pair_moments(self, X, sample_chunk, region_chunk):
+        """Yield ``(rows, regions, terms, means, covs, REF)`` per chunk: every
+        pair's term ``log kappa + log Phi`` relative to its row's reference
+        ``REF[:, 0]`` (``REF`` is shared by a block of rows) and its region's
+        truncated posterior mean and covariance."""
+        _, posterior_chunk, _, region_args = self._pair_kernels()
+        S = self.generator.latent_dim
         for a in range(0, len(X), sample_chunk):
-            Xc = X[a:a + sample_chunk]
-            for r0 in range(0, R, region_chunk):
-                r1 = min(R, r0 + region_chunk)
-                XA = (Xc @ p["PA_T"][:, r0 * S:r1 * S]).reshape(len(Xc), r1 - r0, S)
-                Xb = np.ascontiguousarray(Xc @ p["Pb_T"][:, r0:r1])
-                yield slice(a, a + len(Xc)), slice(r0, r1), XA, Xb
+            rows = slice(a, min(len(X), a + sample_chunk))
+            Xw, xx = self._whiten(X[rows])
+            REF = self._new_reference(Xw, xx, region_chunk)
+            for rs in self._region_slices(region_chunk):
+                XA, Xb = self._products(Xw, rs)
+                n, rc = Xb.shape
+                terms, means, covs = np.empty((n, rc)), np.empty((n, rc, S)), np.empty((n, rc, S, S))
+                posterior_chunk(XA, Xb, xx, Xw, REF, *region_args(rs), terms, means, covs)
+                yield rows, rs, terms, means, covs, REF
+
+    def _log_prob_rows(self, Xw, xx, gap, region_chunk, skipped):
+        """log p of one block of whitened rows over the generic chunk kernels,
+        relative to the rows' references: ``(top, log_sum, REF)`` with ``log_p
+        = REF[:, 0] + top + log_sum``."""
+        log_prob_chunk, _, _, region_args = self._pair_kernels()
+        n = len(Xw)
+        REF = self._new_reference(Xw, xx, region_chunk)
+        run_max = np.full(n, -np.inf)
+        run_sum = np.zeros(n)
+        for rs in self._region_slices(region_chunk):
+            XA, Xb = self._products(Xw, rs)
+            log_prob_chunk(XA, Xb, xx, Xw, REF, *region_args(rs), gap, run_max, run_sum, skipped)
+        return run_max, np.log(run_sum), REF
 
     def _pair_kernels(self):
         """The (log_prob, posterior, E-step) chunk kernels for this latent
@@ -188,22 +264,26 @@ class CPAModel:
         from fastcpa.kernels.cpu import estep, pairs
 
         p = self._region_params()
-        head = ("Ab", "bb", "Sigma", "logdet_lam")
+        head = ("Ab", "bb", "Sigma", "logdet_lam", "Aw", "bw", "an")
+
+        def region(rs):
+            return (*(p[k][rs] for k in head), p["s2"])
+
         if self.generator.latent_dim == 2 and "Lt" in p:
             def args(rs):
                 ptr = p["ptr"][rs.start:rs.stop + 1]
-                return (*(p[k][rs] for k in head), p["whole"][rs], ptr, p["PW"], p["LN"], p["Lt"][rs], p["const"])
+                return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], p["Lt"][rs], p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
             def args(rs):
                 zero = np.zeros(rs.stop - rs.start)
-                return (*(p[k][rs] for k in head), zero, zero, p["whole"][rs], p["const"])
+                return (*region(rs), zero, zero, p["whole"][rs], p["const"])
 
             return pairs.log_prob_chunk, pairs.posterior_chunk, estep.estep_chunk, args
 
         def args(rs):
-            return (*(p[k][rs] for k in head), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
+            return (*region(rs), p["lo"][rs], p["hi"][rs], p["whole"][rs], p["const"])
 
         return pairs.log_prob_chunk, pairs.posterior_chunk, estep.estep_chunk, args
 
@@ -236,35 +316,41 @@ class CPAModel:
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
-        xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
-        run_max = np.full(len(X), -np.inf)
-        run_sum = np.zeros(len(X))
-        skipped = np.zeros(len(X), np.int64)
+        N = len(X)
+        out = np.empty(N)
+        skipped = np.zeros(N, np.int64)
         gap = PRUNE_GAP if prune else np.inf
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
                 R = len(p["bb"])
-                # large row blocks keep the GEMM efficient; at least ~4 per thread
-                block = int(min(_ROW_BLOCK, max(16, -(-len(X) // (4 * numba.get_num_threads())))))
-                # equal region chunks (no thin remainder: a narrow GEMM still reads all of X)
+                # equal region chunks (no thin remainder: a narrow GEMM still reads all rows)
                 width = -(-R // -(-R // region_chunk))
-                for r0 in range(0, R, width):
-                    rs = slice(r0, min(R, r0 + width))
-                    G = np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]]))
-                    pairs.log_prob_block_1d(X, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs], p["const"],
-                                            *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
-                                            gap, run_max, run_sum, skipped, block)
+                blocks = [(slice(r0, min(R, r0 + width)),) for r0 in range(0, R, width)]
+                blocks = [(rs, np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])))
+                          for (rs,) in blocks]
+                rows_per = max(sample_chunk, _S1_ROWS)
+                for a in range(0, N, rows_per):
+                    rows = slice(a, min(N, a + rows_per))
+                    Xw, xx = self._whiten(X[rows])
+                    n = len(Xw)
+                    REF = self._new_reference(Xw, xx, width)
+                    run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
+                    # large row blocks keep the GEMM efficient; at least ~4 per thread
+                    block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
+                    for rs, G in blocks:
+                        pairs.log_prob_block_1d(Xw, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
+                                                p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
+                                                p["Aw"][rs], p["bw"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
+                                                run_sum, skipped[rows], block)
+                    out[rows] = REF[:, 0] + (run_max + np.log(run_sum))
             else:
-                self._fold_chunks(X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, skipped)
+                for a in range(0, N, sample_chunk):
+                    rows = slice(a, min(N, a + sample_chunk))
+                    Xw, xx = self._whiten(X[rows])
+                    top, lsum, REF = self._log_prob_rows(Xw, xx, gap, region_chunk, skipped[rows])
+                    out[rows] = REF[:, 0] + (top + lsum)
         self.last_pairs_skipped_ = int(skipped.sum())
-        return run_max + np.log(run_sum)
-
-    def _fold_chunks(self, X, xx, gap, sample_chunk, region_chunk, run_max, run_sum, skipped):
-        """The likelihood over the GEMM chunks of :meth:`_chunks` (any S): the
-        pairs' log kappa in the same arithmetic as the posterior kernels'."""
-        log_prob_chunk, _, _, region_args = self._pair_kernels()
-        for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-            log_prob_chunk(XA, Xb, xx[rows], *region_args(rs), gap, run_max[rows], run_sum[rows], skipped[rows])
+        return _checked_log_prob(out)
 
     # ------------------------------------------------------------------ posterior
     def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
@@ -284,23 +370,18 @@ class CPAModel:
         check_backend(backend, "CPAModel")
         X = self._check_X(X)
         p = self._region_params()
-        _, posterior_chunk, _, region_args = self._pair_kernels()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
-        xx = np.einsum("nd,nd,d->n", X, X, p["prec"])  # no N x D temporary
-        # running mixture state per row: log-weight max M, weight sum W, mean, scatter
+        # running mixture state per row: log-weight max M (relative to the row's
+        # reference, log kappa_ref in lref), weight sum W, mean, scatter
         M = np.full(N, -np.inf)
         W = np.zeros(N)
+        lref = np.empty(N)
         mean = np.zeros((N, S))
         scat = np.zeros((N, S, S))
         kept_rows, kept_cols, kept_terms = [], [], []
         with blas_single_threaded():  # no spinning BLAS workers between the kernels
-            for rows, rs, XA, Xb in self._chunks(X, sample_chunk, region_chunk):
-                n, rc = Xb.shape
-                terms = np.empty((n, rc))
-                means = np.empty((n, rc, S))
-                covs = np.empty((n, rc, S, S))
-                posterior_chunk(XA, Xb, xx[rows], *region_args(rs), terms, means, covs)
+            for rows, rs, terms, means, covs, REF in self._pair_moments(X, sample_chunk, region_chunk):
                 cm = terms.max(axis=1)
                 w = np.exp(terms - cm[:, None])
                 cw = w.sum(axis=1)
@@ -309,15 +390,15 @@ class CPAModel:
                 cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
                 # merge (chunk weight cw at scale cm) into the running state (W at scale M)
                 newM = np.maximum(M[rows], cm)
-                a = W[rows] * np.exp(M[rows] - newM)
-                a[W[rows] == 0] = 0.0
+                a_ = W[rows] * np.exp(M[rows] - newM)
+                a_[W[rows] == 0] = 0.0
                 c = cw * np.exp(cm - newM)
-                tot = a + c
+                tot = a_ + c
                 delta = cmean - mean[rows]
                 frac = (c / tot)[:, None]
                 scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
                               + cscat * np.exp(cm - newM)[:, None, None]
-                              + (a * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
+                              + (a_ * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
                 mean[rows] = mean[rows] + frac * delta
                 M[rows], W[rows] = newM, tot
                 # region-probability candidates: anything within reach of the final threshold
@@ -326,10 +407,12 @@ class CPAModel:
                 kept_rows.append(i + rows.start)
                 kept_cols.append(j + rs.start)
                 kept_terms.append(terms[i, j])
-        log_p = M + np.log(W)
+                lref[rows] = REF[:, 0]
+        log_p = _checked_log_prob(lref + (M + np.log(W)))
         cov = scat / W[:, None, None]
-        i, j, t = (np.concatenate(v) for v in (kept_rows, kept_cols, kept_terms))
-        prob = np.exp(t - log_p[i])
+        i, j, t = (np.concatenate(v) if v else np.empty(0, int) for v in (kept_rows, kept_cols, kept_terms))
+        # t - M is exact for the terms that matter (M + log W as one number would round at |M|)
+        prob = np.exp((t - M[i]) - np.log(W[i]))
         sel = prob >= MIN_REGION_PROB
         probs = scipy.sparse.csr_array((prob[sel], (i[sel], j[sel])), shape=(N, R))
         return Posterior(self, X, log_p, mean, cov, probs)
@@ -467,7 +550,7 @@ class Posterior:
         p = self.model._region_params()
         part = self.model.partition
         A, b = part.A[regions], part.b[regions]
-        y = np.einsum("nds,nd->ns", A * p["prec"][None, :, None], self.X[rows] - b)
+        y = np.einsum("nds,nd->ns", p["Aw"][regions], (self.X[rows] - b) * p["isx"])
         Sigma = p["Sigma"][regions]
         return np.einsum("nst,nt->ns", Sigma, y), Sigma
 
@@ -533,6 +616,22 @@ class Posterior:
         lz = -0.5 * ((Zk**2).sum(-1) / model.sigma_z**2 + S * math.log(2 * math.pi * model.sigma_z**2))
         out = lz + lx - self.log_prob[:, None]
         return out[:, 0] if single else out
+
+
+def _checked_log_prob(log_p):
+    """``log_p``, or an error naming the rows whose log-likelihood float64 cannot hold."""
+    if np.isnan(log_p).any():
+        rows = np.flatnonzero(np.isnan(log_p))
+        raise FloatingPointError(f"internal error: log p(x) is NaN for row(s) {rows[:10].tolist()}; please report "
+                                 "this with the model and data.")
+    bad = ~np.isfinite(log_p)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise FloatingPointError(
+            f"log p(x) of row(s) {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''} is below the float64 range "
+            f"(about -1.8e308): these points lie too far from the model, relative to sigma_x, for their "
+            "log-likelihood to be represented.")
+    return log_p
 
 
 def _whitened_boundaries(part, Lt):

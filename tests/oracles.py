@@ -15,6 +15,7 @@ Every function works inside ``mp.workdps``/``mp.workprec`` contexts, so the
 global mpmath precision seen by other tests is left unchanged.
 """
 
+import numpy as np
 from mpmath import mp
 from mpmath.calculus.quadrature import GaussLegendre
 
@@ -702,3 +703,73 @@ def polygon_from_vertices(vertices, dps=40):
             normals.append(n)
             offsets.append(-(n[0] * x0 + n[1] * y0))
         return normals, offsets
+
+
+def s1_log_prob_mp(weights, biases, slopes, sigma_x, sigma_z, x, dps=50):
+    """Exact ``log p(x)`` of an S = 1 CPA model at ``dps`` digits, from its own partition.
+
+    Independent of fastcpa: the generator is followed piece by piece in
+    mpmath. Each hidden unit's pre-activation is affine on a piece of the
+    latent line, so its sign change (if any) is one exact division; pieces
+    are split there, layer by layer. On each final piece ``[lo, hi]`` the
+    generator is ``a z + b`` and the joint density integrates in closed form:
+    ``N(x; b, Sigma_x + sigma_z^2 a a^T) * P(z in [lo, hi])`` under the
+    piece's Gaussian ``N(mu, s^2)``.
+
+    Parameters
+    ----------
+    weights, biases : lists of arrays
+        Layers ``(out, in)`` and ``(out,)``; the first layer has one input.
+    slopes : list of arrays
+        Negative-side slope per hidden unit and layer.
+    sigma_x : float or array of shape (D,)
+    sigma_z : float
+    x : array of shape (D,)
+
+    Returns
+    -------
+    mpf
+    """
+    with mp.workdps(dps + 20):
+        W = [[[mp.mpf(float(v)) for v in row] for row in np.atleast_2d(Wl)] for Wl in weights]
+        c = [[mp.mpf(float(v)) for v in np.atleast_1d(cl)] for cl in biases]
+        eta = [[mp.mpf(float(v)) for v in np.atleast_1d(e)] for e in slopes]
+        D = len(c[-1])
+        sx = [mp.mpf(float(v)) for v in np.broadcast_to(np.asarray(sigma_x, float), (D,))]
+        sz = mp.mpf(float(sigma_z))
+        xs = [mp.mpf(float(v)) for v in np.asarray(x, float)]
+        # pieces: (lo, hi, slope vector, offset vector) of the current layer's input h = a z + b
+        pieces = [(-mp.inf, mp.inf, [mp.mpf(1)], [mp.mpf(0)])]
+        for l in range(len(W) - 1):
+            nxt = []
+            for lo, hi, a, b in pieces:
+                ua = [mp.fsum(w * ai for w, ai in zip(row, a)) for row in W[l]]
+                ub = [mp.fsum(w * bi for w, bi in zip(row, b)) + cc for row, cc in zip(W[l], c[l])]
+                cuts = sorted({-ubk / uak for uak, ubk in zip(ua, ub) if uak != 0 and lo < -ubk / uak < hi})
+                ends = [lo] + cuts + [hi]
+                for p0, p1 in zip(ends[:-1], ends[1:]):
+                    zm = (p0 + p1) / 2 if mp.isfinite(p0) and mp.isfinite(p1) else (
+                        p1 - 1 if mp.isfinite(p1) else (p0 + 1 if mp.isfinite(p0) else mp.mpf(0)))
+                    na, nb = [], []
+                    for k in range(len(ua)):
+                        on = ua[k] * zm + ub[k] >= 0
+                        f = 1 if on else eta[l][k]
+                        na.append(f * ua[k])
+                        nb.append(f * ub[k])
+                    nxt.append((p0, p1, na, nb))
+            pieces = nxt
+        logs = []
+        for lo, hi, a, b in pieces:
+            A = [mp.fsum(w * ai for w, ai in zip(row, a)) for row in W[-1]]
+            B = [mp.fsum(w * bi for w, bi in zip(row, b)) + cc for row, cc in zip(W[-1], c[-1])]
+            lam = 1 / sz**2 + mp.fsum((Ad / s) ** 2 for Ad, s in zip(A, sx))
+            y = mp.fsum(Ad * (xd - Bd) / s**2 for Ad, xd, Bd, s in zip(A, xs, B, sx))
+            mu = y / lam
+            sd = 1 / mp.sqrt(lam)
+            quad = mp.fsum(((xd - Bd - Ad * mu) / s) ** 2 for Ad, xd, Bd, s in zip(A, xs, B, sx)) + (mu / sz) ** 2
+            lk = (-D * mp.log(2 * mp.pi) / 2 - mp.fsum(mp.log(s) for s in sx) - mp.log(sz)
+                  - mp.log(lam) / 2 - quad / 2)
+            lm = _interval_at(lo, hi, mu, sd)[0] if (mp.isfinite(lo) or mp.isfinite(hi)) else mp.mpf(0)
+            logs.append(lk + lm)
+        top = max(logs)
+        return top + mp.log(mp.fsum(mp.exp(t - top) for t in logs))

@@ -24,8 +24,9 @@ A pair whose term lies below ``floor[i]`` (``log p(x_i) - gap``) weighs less
 than ``exp(-gap)`` and is left out, before its region's moments are computed
 where a bound shows it: ``log kappa`` (``Phi <= 1``), and for S = 1 the
 interval's Gaussian tail bound as in ``pairs.log_prob_block_1d``. The pair
-arithmetic is ``pairs``' own (``_kappa_and_mean``, ``_truncate``), on the same
-products, so the terms are those ``log p(x_i)`` was folded from.
+arithmetic is ``pairs``' own (``_kappa_and_mean``, ``_rel_log_kappa``,
+``_truncate``), on the same products and references, so the terms are those
+``log p(x_i)`` was folded from.
 """
 
 import math
@@ -33,8 +34,8 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_G0, _LM0, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _scratch, _truncate,
-                    _truncate_2d, _whiten_polygon, std_polygon_log_mass)
+from .pairs import (_G0, _LM0, _REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa,
+                    _scratch, _truncate, _truncate_2d, _whiten_polygon, std_polygon_log_mass)
 from ._jit import jit
 
 # regions interleaved over at most this many parallel blocks
@@ -64,12 +65,16 @@ def _accumulate(w, m, C, i, r, T0, T1, T2, Wt, Mt):
 
 
 @jit(parallel=True)
-def estep_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, log_p, floor,
-                T0, T1, T2, Wt, Mt):
+def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, lo, hi, whole, const, top, lsum,
+                floor, T0, T1, T2, Wt, Mt):
     """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions).
 
-    ``log_p`` and ``floor`` are the chunk's samples' exact log-likelihood and
-    cut-off; ``T0``, ``T1``, ``T2`` the chunk's regions' rows of the
+    ``top + lsum`` and ``floor`` are the chunk's samples' exact
+    log-likelihood (the running maximum and the log of the scaled sum, kept
+    apart: a weight is ``exp((term - top) - lsum)``, where ``term - top`` is
+    exact for the terms that matter) and cut-off, relative to the rows'
+    references ``REF`` (set by the likelihood pass over the same chunks, see
+    ``pairs``); ``T0``, ``T1``, ``T2`` the chunk's regions' rows of the
     statistics, added to in place; ``Wt`` (R, n) and ``Mt`` (R, S, n) receive
     the weights and weighted means (zero for the pairs left out).
     """
@@ -87,17 +92,19 @@ def estep_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, log
                 Wt[r, i] = 0.0
                 for s in range(S):
                     Mt[r, s, i] = 0.0
-                lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
+                lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+                lk += err - REF[i, _REF_LK]  # a bound, relative to the reference
                 if lk < floor[i] or (not whole[r] and lk + _log_mass_bound(lo[r], hi[r], mu[0], hl) < floor[i]):
                     continue
+                lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
                 term = lk + _truncate(mu, Sigma, r, lo, hi, whole, m, C)
                 if term >= floor[i]:
-                    _accumulate(math.exp(term - log_p[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+                    _accumulate(math.exp((term - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
 
 
 @jit(parallel=True)
-def estep_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, log_p, floor,
-                   T0, T1, T2, Wt, Mt):
+def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt, const,
+                   top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
     forms it (cut short by the polygon's tail bound below the floor), then,
     for the pairs that are kept, the polygon moments on the accurate path."""
@@ -117,9 +124,10 @@ def estep_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt
                 Wt[r, i] = 0.0
                 Mt[r, 0, i] = 0.0
                 Mt[r, 1, i] = 0.0
-                lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
-                if lk < floor[i]:
+                lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+                if lk + err - REF[i, _REF_LK] < floor[i]:
                     continue
+                lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
                 lm = 0.0
                 if not whole[r]:  # the log-mass first (a bound where it is below the floor)
                     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
@@ -127,4 +135,4 @@ def estep_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt
                     if lk + lm < floor[i]:
                         continue
                 _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, True, W, E, B1, B2, V, Y, m, C)
-                _accumulate(math.exp(lk + lm - log_p[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+                _accumulate(math.exp((lk + lm - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)

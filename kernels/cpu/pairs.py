@@ -1,24 +1,44 @@
 """Numba CPU kernels over (sample, region) pairs: exact log p(x) and the posterior.
 
-For a region r with map ``x = A z + b`` and a sample x, completing the square
-(DESIGN 2.2) gives the evidence of the affine extension and the Gaussian it
-leaves on z::
+Everything on the data side is centred and whitened (``CPAModel`` does it):
+``x~ = (x - c) / sigma_x``, ``b~_r = (b_r - c) / sigma_x``, ``A~_r = A_r /
+sigma_x`` (per output dimension), with ``c`` the generator's output at the
+latent origin. For a region r and a sample, completing the square gives the
+evidence of the affine extension and the Gaussian it leaves on z::
 
-    y     = A^T P (x - b)           (S,)   P = Sigma_x^-1 (diagonal)
-    mu    = Sigma_r y                      Sigma_r = (I / sigma_z^2 + A^T P A)^-1
-    log kappa = const - (logdet Lambda_r + (x-b)^T P (x-b) - y . mu) / 2
+    y     = A~^T (x~ - b~)                  (S,)
+    mu    = Sigma_r y                        Sigma_r = (I / sigma_z^2 + A~^T A~)^-1
+    e     = x~ - b~ - A~ mu                  (D,) the whitened residual
+    log kappa = const - (logdet Lambda_r + |e|^2 + |mu|^2 / sigma_z^2) / 2
 
-The products ``A^T P x`` and ``b^T P x`` come in from one GEMM per chunk
-(``XA``, ``Xb``); everything else is O(S^2) per pair. The term of the pair is
-``log kappa + log Phi_r`` with ``Phi_r`` the N(mu, Sigma_r)-mass of the region.
+The products ``A~^T x~`` and ``b~ . x~`` come from one GEMM per chunk
+(``XA``, ``Xb``); they give ``mu`` (accurate to what the inputs' rounding
+implies) and a first, cheap ``log kappa`` by the expanded quadratic form
+``|x~|^2 - 2 x~.b~ + |b~|^2 - y.mu``, which cancels far from the data (or
+the parameters) and serves only to order and prune pairs, with a bound on its
+rounding (:func:`_prune_slack`). Every pair that is evaluated gets its term
+relative to a per-row reference pair (the row's best candidate in its first
+region chunk; row ``i`` of ``REF``, see :func:`_set_reference`)::
 
-Pruning (certified): ``Phi_r <= 1``, so a pair whose ``log kappa`` lies more
-than ``gap`` below the row's running best term cannot contribute more than
-``exp(-gap)`` relative to it; such pairs are skipped. Every skipped pair is
-bounded by that, so the returned log p(x) is low by at most
-``log(1 + R exp(-gap))`` (R regions): ``R * 4.2e-18`` nats for the default
-``gap = 40``. The row's best candidate (largest ``log kappa``) is evaluated
-first so the running best is a good bound early.
+    log kappa_r - log kappa_ref = -(logdet_r - logdet_ref
+                                    + sum_d delta_d (2 e_ref,d + delta_d)
+                                    + (|mu_r|^2 - |mu_ref|^2) / sigma_z^2) / 2
+
+with ``delta = f_ref - f_r`` the difference of the fitted points ``f = b~ +
+A~ mu``: nothing of the size of ``|x~|^2`` is ever subtracted, so the terms
+(and the region probabilities, which depend only on their differences) keep
+their accuracy however far the data lie from the manifold or from the
+origin. The running logsumexp is kept relative to the reference; a row's
+``log p(x) = REF[i, 0] + run_max + log(run_sum)``.
+
+Pruning (certified): ``Phi_r <= 1``, so a pair whose ``log kappa`` (plus
+the bound on its rounding) lies more than ``gap`` below the row's running
+best term cannot contribute more than ``exp(-gap)`` relative to it; such
+pairs are skipped. Every skipped pair is bounded by that, so the returned
+log p(x) is low by at most ``log(1 + R exp(-gap))`` (R regions): ``R *
+4.2e-18`` nats for the default ``gap = 40``. The row's best candidate
+(largest ``log kappa``) is evaluated first so the running best is a good
+bound early.
 
 Negligible terms (exact, always on): the running sum is kept scaled so that
 it is at least 1, so a term more than ``_NEGLIGIBLE`` (38) nats below the
@@ -46,21 +66,97 @@ std_polygon_log_mass = _pg.std_polygon_log_mass
 std_polygon_moments = _pg.std_polygon_moments
 
 
+# float64 unit roundoff
+_EPS = 1.1102230246251565e-16
+# A row's reference pair: REF[i] = (log kappa_ref, logdet_ref, mu_ref (S), f_ref (D), e_ref (D)); NaN first.
+_REF_LK = 0
+_REF_LD = 1
+_REF_MU = 2
+
+
+def reference_width(S, D):
+    """Columns of the per-row reference array ``REF`` (see :func:`_set_reference`)."""
+    return 2 + S + 2 * D
+
+
 @jit
-def _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu):
-    """log kappa of pair (i, r); fills ``y`` and the posterior mean ``mu`` of the region's Gaussian."""
+def _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu):
+    """First, cheap ``log kappa`` of pair (i, r) by the expanded quadratic
+    form, and a bound on its rounding (:func:`_prune_slack`); fills ``y`` and
+    the posterior mean ``mu`` of the region's Gaussian."""
     S = y.shape[0]
     for s in range(S):
         y[s] = XA[i, r, s] - Ab[r, s]
     ymu = 0.0
+    mm = 0.0
     for s in range(S):
         acc = 0.0
         for t in range(S):
             acc += Sigma[r, s, t] * y[t]
         mu[s] = acc
         ymu += y[s] * acc
+        mm += acc * acc
     quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - ymu
-    return const - 0.5 * (logdet_lam[r] + quad)
+    return const - 0.5 * (logdet_lam[r] + quad), _prune_slack(xx[i], Xb[i, r], bb[r], ymu, mm, an[r])
+
+
+@jit
+def _prune_slack(xx, xb, bb, ymu, mm, an):
+    """Bound on the rounding of the expanded ``log kappa``: each of ``|x~|^2``,
+    ``x~ . b~``, ``|b~|^2`` and ``y . mu`` carries at most ``(K + 2) eps``
+    relative of its absolute terms (K the summed length, folded into ``an``'s
+    row ``an[1]``), and ``y``'s own error ``|A~| (|x~| + |b~|)`` moves ``y . mu``
+    by twice that times ``|mu|``. Used to keep pruning certified, never for
+    a term."""
+    return an[1] * (xx + 2.0 * abs(xb) + bb + abs(ymu) + 2.0 * math.sqrt(mm) * an[0] * (math.sqrt(xx) + math.sqrt(bb)))
+
+
+@jit
+def _set_reference(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const, REF):
+    """Make pair (i, r) row i's reference: its exact ``log kappa`` from the
+    whitened residual ``e = x~ - f``, ``f = b~ + A~ mu`` (no cancellation),
+    with ``mu``, ``f`` and ``e`` kept for :func:`_rel_log_kappa`. Half of each
+    square is summed (``(e / sqrt 2)^2``) so a ``log kappa`` near the float64
+    limit does not overflow early; below it the result is ``-inf``."""
+    D = Xw.shape[1]
+    S = mu.shape[0]
+    h = 0.7071067811865476
+    q = 0.0
+    for t in range(S):
+        REF[i, _REF_MU + t] = mu[t]
+        v = h * mu[t]
+        q += s2 * v * v
+    for d in range(D):
+        f = bw[r, d]
+        for t in range(S):
+            f += Aw[r, d, t] * mu[t]
+        e = Xw[i, d] - f
+        REF[i, _REF_MU + S + d] = f
+        REF[i, _REF_MU + S + D + d] = e
+        v = h * e
+        q += v * v
+    REF[i, _REF_LD] = logdet_lam[r]
+    REF[i, _REF_LK] = (const - 0.5 * logdet_lam[r]) - q
+
+
+@jit
+def _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF):
+    """``log kappa`` of pair (i, r) relative to row i's reference (module
+    docstring): from the fitted points' difference ``delta = f_ref - f_r``,
+    so nothing the size of the residuals themselves is subtracted."""
+    D = Aw.shape[1]
+    S = mu.shape[0]
+    acc = 0.0
+    for d in range(D):
+        f = bw[r, d]
+        for t in range(S):
+            f += Aw[r, d, t] * mu[t]
+        dl = REF[i, _REF_MU + S + d] - f
+        acc += dl * (2.0 * REF[i, _REF_MU + S + D + d] + dl)
+    for t in range(S):
+        m0 = REF[i, _REF_MU + t]
+        acc += s2 * (mu[t] - m0) * (mu[t] + m0)
+    return -0.5 * ((logdet_lam[r] - REF[i, _REF_LD]) + acc)
 
 
 @jit
@@ -108,80 +204,147 @@ def _add_term(term, m, s):
     return m, s + math.exp(term - m)
 
 
-@jit(parallel=True)
-def log_prob_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, gap, run_max, run_sum,
-                   n_skipped):
-    """Fold one (samples x regions) chunk into each sample's running
-    logsumexp, for any S whose regions are whole-space or (S = 1) intervals.
+@jit
+def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu):
+    """Give row i a reference (its best ``log kappa`` in this chunk) if it has none."""
+    if REF[i, _REF_LK] == REF[i, _REF_LK]:
+        return
+    R = Xb.shape[1]
+    best = 0
+    top = -math.inf
+    for r in range(R):
+        lk, _ = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+        if lk > top or r == 0:
+            top = lk
+            best = r
+    _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, best, y, mu)
+    _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
 
-    Serves affine generators (one whole-space region, nothing to prune, so
-    ``gap`` and ``n_skipped`` are unused); the S = 1 and S = 2 models have
-    their own kernels with the best-first pruning. ``run_max``, ``run_sum``
-    (per sample) carry the state across region chunks.
+
+@jit(parallel=True)
+def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Lt, r0, best_lk, best_r, best_mu):
+    """Each row's best pair so far by the cheap ``log kappa`` (regions ``r0 +
+    r`` of this chunk; ``Lt`` the S = 2 Cholesky factors, or an empty array):
+    the pass that picks the rows' references when the regions come in several
+    chunks, so that every term is taken relative to a near-best pair."""
+    n, R = Xb.shape
+    S = Ab.shape[1]
+    for i in prange(n):
+        y = np.empty(S)
+        mu = np.empty(S)
+        for r in range(R):
+            if Lt.shape[0] > 0:
+                lk, _ = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            else:
+                lk, _ = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+            if lk > best_lk[i] or best_r[i] < 0:
+                best_lk[i] = lk
+                best_r[i] = r0 + r
+                for t in range(S):
+                    best_mu[i, t] = mu[t]
+
+
+@jit(parallel=True)
+def set_references(Xw, Aw, bw, best_r, best_mu, s2, logdet_lam, const, REF):
+    """Make each row's best pair (:func:`best_pairs_chunk`) its reference."""
+    for i in prange(Xw.shape[0]):
+        _set_reference(Xw, i, Aw, bw, best_r[i], best_mu[i], s2, logdet_lam, const, REF)
+
+
+@jit(parallel=True)
+def log_prob_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, lo, hi, whole, const, gap,
+                   run_max, run_sum, n_skipped):
+    """Fold one (samples x regions) chunk into each sample's running
+    logsumexp (relative to its reference), for any S whose regions are
+    whole-space or (S = 1) intervals.
+
+    Serves affine generators (one whole-space region) and the E-step's own
+    likelihood pass; the S = 1 and S = 2 models' ``log_prob`` have their own
+    kernels. ``run_max``, ``run_sum`` (per sample) and ``REF`` carry the
+    state across region chunks.
     """
     n, R = Xb.shape
     S = Ab.shape[1]
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        lref = REF[i, _REF_LK]
         m, s = run_max[i], run_sum[i]
+        skipped = 0
         for r in range(R):
-            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
-            m, s = _add_term(lk + _region_log_mass(mu, Sigma, r, lo, hi, whole), m, s)
+            lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+            if lk + err - lref < m - gap:
+                skipped += 1
+                continue
+            rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+            m, s = _add_term(rel + _region_log_mass(mu, Sigma, r, lo, hi, whole), m, s)
         run_max[i], run_sum[i] = m, s
+        n_skipped[i] += skipped
 
 
 @jit(parallel=True)
-def log_prob_block_1d(X, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, gap, run_max, run_sum,
-                      n_skipped, block):
+def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, Aw, bw, an, s2, REF, gap,
+                      run_max, run_sum, n_skipped, block):
     """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
-    takes ``block`` rows of X at a time and forms their products with the
-    region chunk itself, ``X[rows] @ G`` with ``G = [P A | P b]`` (D, 2 R),
-    single-threaded BLAS inside (the caller limits it). The first pass (log
-    kappa and posterior mean of every pair) is written out in scalars, a
-    tight loop the compiler keeps in registers. Memory: ``block * 2 R`` per
-    thread.
+    takes ``block`` rows of ``Xw`` at a time and forms their products with the
+    region chunk itself, ``Xw[rows] @ G`` with ``G = [A~ | b~]`` (D, 2 R),
+    single-threaded BLAS inside (the caller limits it). The first pass (the
+    cheap log kappa, its rounding bound and the posterior mean of every pair)
+    is written out in scalars, a tight loop the compiler keeps in registers.
+    Memory: ``block * 2 R`` per thread.
 
-    Region arrays as 1-D vectors: ``ab = A^T P b``, ``bb = b^T P b``, ``sig``
+    Region arrays as 1-D vectors: ``ab = A~^T b~``, ``bb = |b~|^2``, ``sig``
     the posterior variance ``Sigma = 1 / Lambda`` and ``hl = Lambda / 2`` (the
     tail bound needs no division or square root). The first pass also forms
     each pair's upper bound ``log kappa + log Q(d)``, so the second visits the
     best bound first and passes over the negligible pairs with one compare."""
-    n = X.shape[0]
+    n = Xw.shape[0]
     R = ab.shape[0]
     for bk in prange((n + block - 1) // block):
         i0 = bk * block
         i1 = min(n, i0 + block)
-        P = np.dot(X[i0:i1], G)
+        P = np.dot(Xw[i0:i1], G)
         lk = np.empty(R)
         ub = np.empty(R)
         mus = np.empty(R)
+        mu = np.empty(1)
         for i in range(i0, i1):
             li = i - i0
             xi = xx[i]
+            sx = math.sqrt(xi)
             for r in range(R):
                 y = P[li, r] - ab[r]
-                mu = sig[r] * y
-                mus[r] = mu
+                mu0 = sig[r] * y
+                mus[r] = mu0
                 # in the order of _kappa_and_mean (the posterior's), rounding alike
-                t = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * P[li, R + r] + bb[r] - y * mu))
+                xb = P[li, R + r]
+                t = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * xb + bb[r] - y * mu0))
+                t += an[r, 1] * (xi + 2.0 * abs(xb) + bb[r] + abs(y * mu0)
+                                 + 2.0 * abs(mu0) * an[r, 0] * (sx + math.sqrt(bb[r])))
                 lk[r] = t
-                ub[r] = t + _log_mass_bound(lo[r], hi[r], mu, hl[r])
+                ub[r] = t + _log_mass_bound(lo[r], hi[r], mu0, hl[r])
             best = np.argmax(ub)
+            if not (REF[i, _REF_LK] == REF[i, _REF_LK]):
+                mu[0] = mus[np.argmax(lk)]
+                _set_reference(Xw, i, Aw, bw, np.argmax(lk), mu, s2, logdet_lam, const, REF)
+            lref = REF[i, _REF_LK]
             m, s = run_max[i], run_sum[i]
             skipped = 0
             for k in range(R):
                 r = _best_first(k, best)
-                if lk[r] < m - gap:
+                if lk[r] - lref < m - gap:
                     skipped += 1
                     continue
-                if ub[r] < m - _NEGLIGIBLE:  # cannot change the sum: needs no more (as for S = 2)
+                if ub[r] - lref < m - _NEGLIGIBLE:  # cannot change the sum: needs no more (as for S = 2)
                     continue
+                mu[0] = mus[r]
+                rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
                 if whole[r]:
                     lm = 0.0
                 else:
                     lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(sig[r]))
-                m, s = _add_term(lk[r] + lm, m, s)
+                m, s = _add_term(rel + lm, m, s)
             run_max[i], run_sum[i] = m, s
             n_skipped[i] += skipped
 
@@ -204,26 +367,29 @@ def _truncate(mu, Sigma, r, lo, hi, whole, mean, cov):
 
 
 @jit(parallel=True)
-def posterior_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, lo, hi, whole, const, terms, means, covs):
+def posterior_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, lo, hi, whole, const, terms,
+                    means, covs):
     """Every pair's term and the region's truncated posterior moments.
 
-    Writes ``terms[i, r]`` (log kappa + log Phi), ``means[i, r]`` (S,) and
-    ``covs[i, r]`` (S, S): the mean and covariance of N(mu, Sigma_r)
-    restricted to region r.
+    Writes ``terms[i, r]`` (log kappa + log Phi, relative to row i's
+    reference ``REF[i, 0]``), ``means[i, r]`` (S,) and ``covs[i, r]`` (S, S):
+    the mean and covariance of N(mu, Sigma_r) restricted to region r.
     """
     n, R = Xb.shape
     S = Ab.shape[1]
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
         for r in range(R):
-            lk = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, i, r, y, mu)
-            terms[i, r] = lk + _truncate(mu, Sigma, r, lo, hi, whole, means[i, r], covs[i, r])
+            _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+            rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+            terms[i, r] = rel + _truncate(mu, Sigma, r, lo, hi, whole, means[i, r], covs[i, r])
 
 
 # ----------------------------------------------------------------------------- S = 2
 @jit
-def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu):
+def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu):
     """:func:`_kappa_and_mean` for S = 2 through the Cholesky factor ``L`` of
     the precision (``Lt[r] = (l11, l21, l22)``): ``y^T Sigma y = |L^-1 y|^2``
     is a sum of squares, free of the ``cond(Lambda) * eps`` error an explicit
@@ -239,8 +405,27 @@ def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu):
     mu[0] = (v0 - l21 * mu[1]) / l11
     y[0] = y0
     y[1] = y1
-    quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - (v0 * v0 + v1 * v1)
-    return const - 0.5 * (logdet_lam[r] + quad)
+    ymu = v0 * v0 + v1 * v1
+    quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - ymu
+    err = _prune_slack(xx[i], Xb[i, r], bb[r], ymu, mu[0] * mu[0] + mu[1] * mu[1], an[r])
+    return const - 0.5 * (logdet_lam[r] + quad), err
+
+
+@jit
+def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu):
+    """:func:`_ensure_reference` for S = 2."""
+    if REF[i, _REF_LK] == REF[i, _REF_LK]:
+        return
+    R = Xb.shape[1]
+    best = 0
+    top = -math.inf
+    for r in range(R):
+        lk, _ = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+        if lk > top or r == 0:
+            top = lk
+            best = r
+    _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, best, y, mu)
+    _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
 
 
 @jit
@@ -280,8 +465,8 @@ _LM0 = np.empty((0, 4))
 
 
 @jit(parallel=True)
-def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, gap, run_max,
-                      run_sum, n_skipped):
+def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt,
+                      const, gap, run_max, run_sum, n_skipped):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers."""
@@ -293,25 +478,29 @@ def log_prob_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN,
         y = np.empty(2)
         mu = np.empty(2)
         lk = np.empty(R)
+        er = np.empty(R)
         W, E, B1, B2, V, Y = _scratch(cap)
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        lref = REF[i, _REF_LK]
         for r in range(R):
-            lk[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            lk[r], er[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
         best = np.argmax(lk)
         m, s = run_max[i], run_sum[i]
         skipped = 0
         for k in range(R):
             r = _best_first(k, best)
-            if lk[r] < m - gap:
+            if lk[r] + er[r] - lref < m - gap:
                 skipped += 1
                 continue
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if whole[r]:
                 lm = 0.0
             else:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
-                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - lk[r], W, nv, _G0, _LM0, 0)
-            m, s = _add_term(lk[r] + lm, m, s)
+                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - rel, W, nv, _G0, _LM0, 0)
+            m, s = _add_term(rel + lm, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
 
@@ -351,15 +540,15 @@ def _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, careful, W, E, B1, B2, V,
 
 
 @jit(parallel=True)
-def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN, Lt, const, terms, means,
-                       covs, gap=40.0):
+def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt,
+                       const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
-    Every term is exact (accurate log-mass); the moments take the careful
-    path only for pairs within ``gap`` nats of the chunk row's best term: the
-    others weigh less than ``exp(-gap)`` relative and get the edge formulas
-    as they are (or, where those cancel completely, the untruncated
-    Gaussian's)."""
+    Every term is exact (accurate log-mass, relative to the row's reference);
+    the moments take the careful path only for pairs within ``gap`` nats of
+    the chunk row's best term: the others weigh less than ``exp(-gap)``
+    relative and get the edge formulas as they are (or, where those cancel
+    completely, the untruncated Gaussian's)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -368,15 +557,17 @@ def posterior_chunk_2d(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, whole, ptr, PW, LN
         y = np.empty(2)
         mu = np.empty(2)
         W, E, B1, B2, V, Y = _scratch(cap)
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
         top = -math.inf
         for r in range(R):
-            lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
                 nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf, W, nv, _G0, _LM0, 0)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
             _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, terms[i, r] >= top - gap, W, E, B1, B2, V, Y,
                          means[i, r], covs[i, r])
