@@ -703,3 +703,35 @@ def test_bad_input(rng):
         post.log_density(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"Z must have shape \(2, 2\)"):
         post.log_density(np.zeros((3, 5, 2)))
+
+
+@pytest.mark.parametrize("S", [1, 2])
+def test_all_zero_first_layer_is_a_constant_generator(S):
+    """Zero incoming weights: each unit is on iff its bias is >= 0, so g = 1 here
+    and p(x) = N(x; 1, sigma_x^2) exactly (S = 2 once gave -48.6 for 1.384:
+    at the whole plane's ideal points a constant line is 0 whatever its bias)."""
+    gen = fastcpa.Generator([np.zeros((2, S)), np.ones((1, 2))], [np.array([1.0, -1.0]), np.array([0.0])])
+    model = fastcpa.CPAModel(gen, sigma_x=0.1)
+    x = np.array([[1.0], [1.3], [-40.0]])
+    exact = scipy.stats.norm(1.0, 0.1).logpdf(x[:, 0])
+    np.testing.assert_allclose(model.log_prob(x), exact, rtol=1e-14, atol=0)
+    assert model.partition.n_regions == 1
+    assert np.all(model.partition.locate(np.random.default_rng(0).normal(size=(5, S))) == 0)
+
+
+def test_dead_unit_in_a_deeper_layer_matches_the_net_without_it():
+    """A second-layer unit with zero incoming weights is a constant: removing it and
+    folding its (activated) bias into the output bias gives the same model."""
+    rng = np.random.default_rng(4)
+    W0, c0 = rng.normal(size=(4, 2)), rng.normal(size=4)
+    W1, c1 = rng.normal(size=(3, 4)), np.array([0.7, -0.4, 0.2])
+    W1[1] = 0.0  # unit 1 of layer 2: constant -0.4, off, leaky output -0.04
+    W2, c2 = rng.normal(size=(2, 3)), rng.normal(size=2)
+    gen = fastcpa.Generator([W0, W1, W2], [c0, c1, c2], activation="leaky_relu", slope=0.1)
+    keep = [0, 2]
+    folded = c2 + W2[:, 1] * (0.1 * -0.4)
+    gen2 = fastcpa.Generator([W0, W1[keep], W2[:, keep]], [c0, c1[keep], folded], activation="leaky_relu",
+                             slope=0.1)
+    m, m2 = fastcpa.CPAModel(gen, sigma_x=0.2), fastcpa.CPAModel(gen2, sigma_x=0.2)
+    X = np.concatenate([m.sample(10, seed=1), m.sample(3, seed=2) + 3.0])
+    np.testing.assert_allclose(m.log_prob(X), m2.log_prob(X), rtol=1e-12, atol=1e-12)

@@ -384,6 +384,12 @@ def _split_polygon(P0, L0, U0, lines, switching, unit_offset, rel_tol, out, n, q
         bounded, cx, cy, rad = _enclosing_disc(cP[0], cnv)
         for i in range(start, nc):
             k = cand[i]
+            if lines[0, k] == 0.0 and lines[1, k] == 0.0:
+                # a constant pre-activation (zero incoming weights): on iff its
+                # offset is >= 0. (The value at an ideal point is 0 whatever the
+                # offset, so the whole plane alone could not tell.)
+                code[k] = lines[2, k] >= 0.0
+                continue
             if bounded:
                 side = side_of_disc(lines[0, k], lines[1, k], lines[2, k], anorm[k], babs[k], cx, cy, rad, rel_tol)
                 if side != 0:
