@@ -1,4 +1,4 @@
-"""Exact, monotone EM for CPA generators (DESIGN 2.5).
+"""Exact, monotone EM for CPA generators (docs/mathematics.md, section 8).
 
 One iteration sweeps the blocks of parameters in turn, each from a fresh
 exact E-step (:meth:`CPAModel.sufficient_stats`):
@@ -317,7 +317,7 @@ def _maps(model, W, c):
 
 
 def log_likelihood_gradient(model, X):
-    """Exact gradient of ``sum_n log p(x_n)`` in every parameter (Fisher's identity, DESIGN 2.5).
+    """Exact gradient of ``sum_n log p(x_n)`` in every parameter (Fisher's identity; docs/mathematics.md, section 9).
 
     The posterior is exact, so ``grad log p(x) = E[grad log p(x, z) | x]``: the
     gradient of the expected complete-data log-likelihood at the current

@@ -1,6 +1,6 @@
 """The probabilistic model ``z ~ N(0, sigma_z^2 I)``, ``x = g(z) + N(0, Sigma_x)``, exactly.
 
-``CPAModel`` sums over the regions of the generator's partition (DESIGN 2.2-2.3):
+``CPAModel`` sums over the regions of the generator's partition (docs/mathematics.md, sections 3-4):
 ``log p(x) = logsumexp_r (log kappa_r(x) + log Phi_r(x))``, streamed over
 (sample, region) chunks so no N x R matrix is formed, with the certified
 pruning described in ``fastcpa.kernels.cpu.pairs``.
@@ -97,7 +97,7 @@ class CPAModel:
         return np.broadcast_to(np.asarray(self.sigma_x, float) ** 2, (self.generator.output_dim,))
 
     def _region_params(self):
-        """Per-region quantities of DESIGN 2.2 that do not depend on x (computed once)."""
+        """Per-region quantities of docs/mathematics.md, section 3, that do not depend on x (computed once)."""
         if self._params is not None:
             return self._params
         part = self.partition

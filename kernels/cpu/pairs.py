@@ -1,7 +1,7 @@
 """Numba CPU kernels over (sample, region) pairs: exact log p(x) and the posterior.
 
 For a region r with map ``x = A z + b`` and a sample x, completing the square
-(DESIGN 2.2) gives the evidence of the affine extension and the Gaussian it
+(docs/mathematics.md, section 3) gives the evidence of the affine extension and the Gaussian it
 leaves on z::
 
     y     = A^T P (x - b)           (S,)   P = Sigma_x^-1 (diagonal)
