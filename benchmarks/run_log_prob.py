@@ -111,7 +111,7 @@ def render(rows, mem, env):
              "Written by `python benchmarks/run_log_prob.py`. Pairs/s over the full (sample, region) grid; "
              "dense = `prune=False` (every pair evaluated; a term whose tail bound lies below what the running "
              "sum can register is not refined further, which leaves the sum the same to the bit), "
-             "effective = `prune=True` (certified skip, DESIGN 4). Naive = one Python loop "
+             "effective = `prune=True` (certified skip, docs/mathematics.md, section 7). Naive = one Python loop "
              "over pairs with SciPy (`benchmarks/naive_log_prob.py`: `multivariate_normal.pdf` times a "
              f"`norm.cdf` difference for S = 1, an Owen's T fan with `scipy.special.owens_t` for S = 2). "
              f"Generators: ReLU, torch default init (`benchmarks/_cases.py`), sigma_x = {SIGMA_X}, "

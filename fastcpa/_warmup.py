@@ -1,16 +1,32 @@
 """Ahead-of-time compilation of the CPU kernels."""
 
+import itertools
+import warnings
+
 import numpy as np
 
 __all__ = ["warmup"]
 
 
 def warmup(backend="cpu"):
-    """Compile every kernel on tiny float64 inputs.
+    """Compile every CPU kernel, in every signature the public API calls it with.
 
-    Numba compiles a kernel the first time it is called (seconds, or well
-    under a second once the on-disk cache is warm). Call this once at start-up
-    (a deployment step) so no later call pays that cost.
+    Numba compiles a kernel the first time it is called with a new
+    combination of argument types (tens of seconds per kernel on a cold
+    machine; well under a second when the on-disk cache is warm). This runs
+    the public API once on tiny S = 1, S = 2 and affine models: the Gaussian
+    integrals (``interval_moments``, ``polygon_moments`` with and without
+    moments), the partition (serial and parallel polygon splitting) and
+    ``locate``, ``log_prob`` (pruned and not), ``posterior`` and its
+    sampling, ``sufficient_stats``, ``marginal_moments``, the exact gradient
+    and one iteration of ``fit`` with both methods, including read-only data
+    and every broadcasting pattern of the Gaussian integrals' inputs (Numba
+    compiles read-only arrays apart). No later call on float64 input then
+    compiles, except the Gaussian integrals given some inputs read-only and
+    others writable, all of the full batch shape: pass writable arrays there.
+
+    Call it once at start-up, a deployment step; with the cache warm it
+    takes a few seconds.
 
     Parameters
     ----------
@@ -24,21 +40,76 @@ def warmup(backend="cpu"):
     """
     if backend not in ("cpu", "auto", "host"):
         raise NotImplementedError(f"no {backend!r} kernels to compile yet; use backend='cpu'.")
+    from .em import log_likelihood_gradient
+    from .gaussian import interval_moments, polygon_moments
     from .generator import Generator
+    from .model import CPAModel
     from .partition import partition
 
-    rng = np.random.default_rng(0)
-    for S in (1, 2):
-        gen = Generator([rng.normal(size=(3, S)), rng.normal(size=(3, 3)), rng.normal(size=(2, 3))],
-                        [rng.normal(size=3), rng.normal(size=3), rng.normal(size=2)])
-        part = partition(gen)
-        part.locate(rng.normal(size=(2, S)))
-    from .gaussian import interval_moments
-    from .model import CPAModel
+    with warnings.catch_warnings():
+        # numpy warns when Numba reads the writeable flag of a broadcast view; not the caller's concern here
+        warnings.simplefilter("ignore", FutureWarning)
+        _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, log_likelihood_gradient)
 
-    interval_moments([-1.0, 0.5], [2.0, np.inf])
-    gen = Generator([rng.normal(size=(3, 1)), rng.normal(size=(2, 3))], [rng.normal(size=3), rng.normal(size=2)])
-    model = CPAModel(gen, sigma_x=0.5)
-    X = model.sample(2, seed=0)
-    model.log_prob(X)
-    model.posterior(X)
+
+def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, log_likelihood_gradient):
+    """The public API once over tiny inputs, in every way that reaches a kernel with new types."""
+    import importlib
+
+    rng = np.random.default_rng(0)
+    # Numba compiles read-only arrays apart from writable ones, and the Gaussian integrals pass
+    # their inputs on as broadcast views or copies, read-only or not by which inputs carry the
+    # batch shape: every such pattern occurs in ordinary calls
+    for batched in itertools.product((False, True), repeat=4):
+        interval_moments(*(np.full(2, v) if bt else v for v, bt in zip((-1.0, np.inf, 0.0, 1.0), batched)))
+    read_only = [np.full(2, v) for v in (-1.0, np.inf, 0.0, 1.0)]
+    for a in read_only:
+        a.setflags(write=False)
+    interval_moments(*read_only)
+    polygon_moments([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], moments=False)
+    one = (np.array([[1.0, 0.0]]), np.zeros(1), np.zeros(2), np.eye(2))  # the half-plane z1 >= 0
+    for batched in itertools.product((False, True), repeat=4):
+        polygon_moments(*(np.stack([a, a]) if bt else a for a, bt in zip(one, batched)))
+    for S in (1, 2):
+        gen = Generator([rng.normal(size=(4, S)), rng.normal(size=(4, 4)), rng.normal(size=(3, 4))],
+                        [rng.normal(size=4), rng.normal(size=4), rng.normal(size=3)],
+                        activation="leaky_relu", slope=0.1)
+        if S == 2:
+            partition_module = importlib.import_module("fastcpa.partition")  # the module, not the function
+            # the parallel split runs on larger partitions with more than 2 threads: compile it too
+            mode = partition_module._SPLIT_MODE
+            try:
+                partition_module._SPLIT_MODE = "parallel"
+                partition(gen)
+            finally:
+                partition_module._SPLIT_MODE = mode
+        model = CPAModel(gen, sigma_x=0.5)
+        X = model.sample(8, seed=0)
+        model.log_prob(X)
+        model.log_prob(X, prune=False)
+        post = model.posterior(X)
+        post.sample(2, seed=0)
+        model.partition.locate(rng.normal(size=(2, S)))
+        model.marginal_moments()
+        log_likelihood_gradient(model, X)
+        # one iteration of each method (diagonal noise: the same kernels)
+        CPAModel(gen, sigma_x=0.5).fit(X, n_iter=1, tol=-np.inf, progress=False)
+        CPAModel(gen, sigma_x=[0.5] * 3).fit(X, n_iter=1, tol=-np.inf, method="gradient", progress=False)
+        if S == 1:
+            # read-only data (a memory map, pandas' copy-on-write arrays) reach the S = 1 kernel as they are
+            X.setflags(write=False)
+            model.log_prob(X)
+    # affine generators: one whole-space region (S = 1: its one-element interval arrays are
+    # read-only views; S = 2: the general pair kernels)
+    for S in (1, 2):
+        gen = Generator([rng.normal(size=(3, S)), rng.normal(size=(2, 3))], [rng.normal(size=3), np.zeros(2)],
+                        activation="linear")
+        model = CPAModel(gen, sigma_x=0.5)
+        X = model.sample(4, seed=0)
+        model.log_prob(X)
+        model.posterior(X)
+        model.sufficient_stats(X)
+        model.marginal_moments()
+        if S == 1:
+            X.setflags(write=False)
+            model.log_prob(X)

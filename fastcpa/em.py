@@ -1,4 +1,4 @@
-"""Exact, monotone EM for CPA generators (DESIGN 2.5).
+"""Exact, monotone EM for CPA generators (docs/mathematics.md, section 8).
 
 One iteration sweeps the blocks of parameters in turn, each from a fresh
 exact E-step (:meth:`CPAModel.sufficient_stats`):
@@ -17,13 +17,18 @@ decreases, by construction rather than by EM's theory alone; ``backtracks_``
 records how many halvings each iteration needed.
 """
 
+import contextlib
+import logging
 import sys
+import time
 
 import numpy as np
 
 from .generator import Generator
 
-__all__ = ["fit", "log_likelihood_gradient"]
+__all__ = ["fit", "log_likelihood_gradient", "noise_variance_floor"]
+
+_log = logging.getLogger("fastcpa")
 
 
 def _with_layer(gen, k, W, c):
@@ -39,7 +44,7 @@ def _mean_log_lik(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None):
+        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -78,8 +83,17 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     callback : callable, optional
         Called as ``callback(iteration, mean_log_likelihood, model)`` after
         each iteration (``model``: the current fit, not yet written back).
-        If it returns ``True``, training stops there (a time budget, say);
-        the fit so far is written back as usual.
+        If it returns a true value (``True``, ``numpy.True_``, ...), training
+        stops there (a time budget, say); the fit so far is written back as
+        usual.
+    verbose : bool or int, default False
+        Log through the :mod:`logging` logger ``"fastcpa"`` (level INFO):
+        ``True`` or 1, one line per iteration (iteration, exact mean
+        log-likelihood and its gain, step halvings, regions, seconds); 2,
+        also one line per block update (each hidden layer, the output layer
+        and noise). Where logging is not configured (no handler on the way
+        to the root logger), the lines go to stderr for the duration of the
+        fit. Independent of ``progress``.
 
     Returns
     -------
@@ -87,6 +101,42 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         ``model`` itself, with ``generator`` and ``sigma_x`` fitted,
         ``history_`` (mean exact log-likelihood: at the start, then after
         each iteration) and ``backtracks_`` (per iteration).
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C the fit so far is not lost: ``model`` is first given the
+        last accepted parameters (the best so far: every accepted update
+        raised the exact likelihood), ``history_`` and ``backtracks_`` up to
+        there (the interrupted iteration's entry, if some of its updates were
+        accepted, holds their likelihood), and ``interrupted_ = True``; a
+        warning on the ``"fastcpa"`` logger names the iteration. Then the
+        interrupt propagates, so a script stops as Ctrl-C asks; in an
+        interactive session the model is ready to use or to fit further.
+
+    Notes
+    -----
+    The noise variance never falls below ``NOISE_FLOOR`` (1e-6) times the
+    data's variance in that dimension (averaged over dimensions for isotropic
+    noise). Where that variance is 0 (one sample, constant data, a constant
+    column) the floor is 1e-6 times the data's mean variance over the
+    dimensions that vary, failing that 1e-6 times the mean of ``x**2``,
+    failing that (all-zero data) 1e-6: see :func:`noise_variance_floor`.
+
+    Examples
+    --------
+    >>> import logging, numpy as np, fastcpa
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.c_[rng.normal(size=100), rng.normal(size=100) ** 2]
+    >>> gen = fastcpa.Generator([rng.normal(size=(4, 1)), rng.normal(size=(2, 4))],
+    ...                         [rng.normal(size=4), np.zeros(2)])
+    >>> model = fastcpa.CPAModel(gen, sigma_x=1.0)
+    >>> model = fastcpa.em.fit(model, X, n_iter=3, progress=False, verbose=True)  # doctest: +SKIP
+    EM iteration 1: mean log-likelihood -2.81234 (+0.4321), 0 halvings, 5 regions, 0.02 s
+    ...
+    >>> stop = lambda i, ll, fit: np.bool_(i >= 2)          # numpy booleans stop too
+    >>> len(fastcpa.em.fit(model, X, n_iter=10, progress=False, callback=stop).history_)
+    3
     """
     from .model import CPAModel
     from .mstep import FrozenLayer, output_layer_update
@@ -98,65 +148,164 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         diagonal = np.ndim(model.sigma_x) == 1
     if progress is None:
         progress = sys.stderr.isatty()
+    level = int(verbose)
+    var_floor = noise_variance_floor(X)
+    sig_floor = np.sqrt(var_floor if diagonal else var_floor.mean())
     gen, sigma, sz = model.generator, model.sigma_x, model.sigma_z
     cur = CPAModel(gen, sigma, sz)
     ll = _mean_log_lik(cur, X)
     history, backtracks = [ll], []
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    adam = _Adam(cur, lr, sig_floor) if method == "gradient" else None
+    name = "EM" if adam is None else "Adam"
+    it, n_back = 0, 0
+    best = (cur, ll)  # the last accepted (model, likelihood), stored by one assignment: Ctrl-C-safe
+    with _verbose_logging(level):
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_iter, desc="EM", unit="it")
-    adam = _Adam(cur, lr) if method == "gradient" else None
-    for _ in range(int(n_iter)):
-        n_back = 0
-        if adam is not None:
-            cur, ll, n_back = adam.step(cur, X, ll, max_backtracks)
-        elif layers:
-            for k in range(cur.generator.n_layers - 1):
-                st = cur.sufficient_stats(X)
-                fl = FrozenLayer(cur.generator, cur.partition, k)
-                W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter)
-                W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
-                for a in range(max_backtracks + 1):
-                    step = 0.5**a
-                    trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0), c0 + step * (c1 - c0)),
-                                     cur.sigma_x, sz)
+            bar = tqdm(total=n_iter, desc=name, unit="it")
+        try:
+            for it in range(1, int(n_iter) + 1):
+                t_it = time.perf_counter()
+                n_back = 0
+                if adam is not None:
+                    cur, ll, n_back = adam.step(cur, X, ll, max_backtracks)
+                    best = (cur, ll)
+                elif layers:
+                    for k in range(cur.generator.n_layers - 1):
+                        st = cur.sufficient_stats(X)
+                        fl = FrozenLayer(cur.generator, cur.partition, k)
+                        W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter)
+                        W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
+                        taken = False
+                        for a in range(max_backtracks + 1):
+                            step = 0.5**a
+                            trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
+                                                         c0 + step * (c1 - c0)), cur.sigma_x, sz)
+                            ll_t = _mean_log_lik(trial, X)
+                            if ll_t >= ll:
+                                cur, ll = best = (trial, ll_t)
+                                taken = True
+                                break
+                            n_back += 1
+                        if level >= 2:
+                            _log.info("  layer %d: %s, mean log-likelihood %.8g", k,
+                                      f"step {0.5**a:g} taken" if taken else "kept (every step lowered it)", ll)
+                if adam is None:
+                    # output layer and noise: exact M-steps on one fresh E-step
+                    st = cur.sufficient_stats(X)
+                    L = cur.generator.n_layers
+                    W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
+                    gen_o = _with_layer(cur.generator, L - 1, W, c)
+                    A, b = _maps(cur, W, c)
+                    sig = np.maximum(st.noise_update(A, b, diagonal=diagonal), sig_floor)
+                    trial = CPAModel(gen_o, float(sig) if np.ndim(sig) == 0 else sig, sz)
                     ll_t = _mean_log_lik(trial, X)
-                    if ll_t >= ll:
-                        cur, ll = trial, ll_t
-                        break
-                    n_back += 1
-        if adam is None:
-            # output layer and noise: exact M-steps on one fresh E-step
-            st = cur.sufficient_stats(X)
-            L = cur.generator.n_layers
-            W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
-            gen_o = _with_layer(cur.generator, L - 1, W, c)
-            A, b = _maps(cur, W, c)
-            sig = st.noise_update(A, b, diagonal=diagonal)
-            trial = CPAModel(gen_o, sig, sz)
-            ll_t = _mean_log_lik(trial, X)
-            if ll_t >= ll:
-                cur, ll = trial, ll_t
-            else:
-                n_back += 1
-        gain = ll - history[-1]
-        history.append(ll)
-        backtracks.append(n_back)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loglik=f"{ll:.6g}", regions=cur.partition.n_regions)
-        stop = callback is not None and callback(len(history) - 1, ll, cur) is True
-        if stop or gain < tol:
-            break
-    if bar is not None:
-        bar.close()
+                    taken = ll_t >= ll
+                    if taken:
+                        cur, ll = best = (trial, ll_t)
+                    else:
+                        n_back += 1
+                    if level >= 2:
+                        _log.info("  output layer and noise: %s, mean log-likelihood %.8g",
+                                  "taken" if taken else "kept (the update lowered it)", ll)
+                gain = ll - history[-1]
+                history.append(ll)
+                backtracks.append(n_back)
+                if level >= 1:
+                    _log.info("%s iteration %d: mean log-likelihood %.8g (%+.3g), %d halvings, %d regions, %.3g s",
+                              name, it, ll, gain, n_back, cur.partition.n_regions, time.perf_counter() - t_it)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loglik=f"{ll:.6g}", regions=cur.partition.n_regions)
+                # any true value stops, numpy's bool included (``is True`` would miss np.True_)
+                stop = callback is not None and bool(callback(it, ll, cur))
+                if stop or gain < tol:
+                    break
+        except KeyboardInterrupt:
+            cur, ll = best
+            if len(history) == it:  # interrupted inside iteration `it`: keep its accepted updates
+                if ll > history[-1]:
+                    history.append(ll)
+                    backtracks.append(n_back)
+            _write_back(model, cur, history, backtracks, interrupted=True)
+            _log.warning("fit interrupted (KeyboardInterrupt) in iteration %d of %d; the model keeps the last "
+                         "accepted parameters: mean log-likelihood %.8g after %d completed iterations",
+                         it, int(n_iter), ll, len(history) - 1)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+    _write_back(model, cur, history, backtracks, interrupted=False)
+    return model
+
+
+def _write_back(model, cur, history, backtracks, *, interrupted):
     model.generator, model.sigma_x = cur.generator, cur.sigma_x
     model._partition, model._params = cur._partition, cur._params
     model.history_ = np.array(history)
     model.backtracks_ = np.array(backtracks, dtype=int)
-    return model
+    model.interrupted_ = interrupted
+
+
+@contextlib.contextmanager
+def _verbose_logging(level):
+    """Let ``verbose`` lines reach stderr where the application configured no logging."""
+    handler = None
+    if level >= 1 and not _log.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _log.addHandler(handler)
+    old = _log.level
+    if level >= 1 and not _log.isEnabledFor(logging.INFO):
+        _log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _log.setLevel(old)
+        if handler is not None:
+            _log.removeHandler(handler)
+
+
+def noise_variance_floor(X):
+    """The smallest noise variance per dimension that :func:`fit` allows on data ``X``.
+
+    The likelihood is unbounded as ``sigma_x -> 0`` (a region can collapse
+    onto a sample), so the variance is kept at or above ``NOISE_FLOOR``
+    (1e-6) times a data scale: the dimension's own variance; for a dimension
+    with none (one sample, a constant column), the mean variance of the
+    dimensions that vary; where none vary, the mean of ``x**2``; and for
+    all-zero data, 1 (so the floor is 1e-6, in the data's units).
+
+    Parameters
+    ----------
+    X : array_like, shape (N, D)
+
+    Returns
+    -------
+    ndarray, shape (D,)
+        Positive variances (isotropic noise uses their mean).
+
+    Examples
+    --------
+    >>> import numpy as np, fastcpa
+    >>> fastcpa.em.noise_variance_floor([[0.0, 5.0], [2.0, 5.0]])   # second column constant
+    array([1.e-06, 1.e-06])
+    >>> fastcpa.em.noise_variance_floor([[3.0, 4.0]])                 # one sample: mean of x**2
+    array([1.25e-05, 1.25e-05])
+    """
+    from .estep import NOISE_FLOOR
+
+    X = np.asarray(X, dtype=float)
+    var = X.var(axis=0)
+    varies = var > 0
+    if varies.any():
+        fallback = var[varies].mean()
+    else:
+        second = float(np.mean(X * X))
+        fallback = second if second > 0 else 1.0
+    return NOISE_FLOOR * np.where(varies, var, fallback)
 
 
 def _maps(model, W, c):
@@ -168,7 +317,7 @@ def _maps(model, W, c):
 
 
 def log_likelihood_gradient(model, X):
-    """Exact gradient of ``sum_n log p(x_n)`` in every parameter (Fisher's identity, DESIGN 2.5).
+    """Exact gradient of ``sum_n log p(x_n)`` in every parameter (Fisher's identity; docs/mathematics.md, section 9).
 
     The posterior is exact, so ``grad log p(x) = E[grad log p(x, z) | x]``: the
     gradient of the expected complete-data log-likelihood at the current
@@ -216,8 +365,9 @@ def log_likelihood_gradient(model, X):
 class _Adam:
     """Adam on the exact log-likelihood (mean over samples) in the weights, biases and log sigma_x."""
 
-    def __init__(self, model, lr, b1=0.9, b2=0.999, eps=1e-8):
+    def __init__(self, model, lr, sigma_floor=0.0, b1=0.9, b2=0.999, eps=1e-8):
         self.lr, self.b1, self.b2, self.eps, self.t = lr, b1, b2, eps, 0
+        self.sigma_floor = sigma_floor
         self.m = None
         self.v = None
 
@@ -230,8 +380,7 @@ class _Adam:
             parts = [*grad["weights"], *grad["biases"], np.atleast_1d(grad["sigma_x"]) * np.atleast_1d(model.sigma_x)]
         return np.concatenate([np.ravel(p) for p in parts])
 
-    @staticmethod
-    def _unflat(model, theta):
+    def _unflat(self, model, theta):
         from .model import CPAModel
 
         gen = model.generator
@@ -242,7 +391,7 @@ class _Adam:
         for c in gen.biases:
             cs.append(theta[i:i + c.size].copy())
             i += c.size
-        s = np.exp(theta[i:])
+        s = np.maximum(np.exp(theta[i:]), self.sigma_floor)  # the noise floor, as the EM update keeps it
         sigma = float(s[0]) if np.ndim(model.sigma_x) == 0 else s
         new = Generator(Ws, cs, activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
         return CPAModel(new, sigma, model.sigma_z)

@@ -1,4 +1,4 @@
-"""The exact E-step: per-region sufficient statistics of the posterior (DESIGN 2.5).
+"""The exact E-step: per-region sufficient statistics of the posterior (docs/mathematics.md, section 8).
 
 For samples ``x_n`` and regions ``w`` with posterior weights ``m0_nw = p(w | x_n)``
 and truncated moments ``m1_nw = m0_nw E[z | x_n, w]``, ``m2_nw = m0_nw E[z z^T | x_n, w]``:
@@ -80,7 +80,7 @@ class SufficientStats:
         -------
         ndarray, shape (D,)
             ``xx - 2 (A Txz + b Tx) + A T2 A^T + 2 b (A T1) + b^2 T0``,
-            per dimension, summed over regions (DESIGN 2.5).
+            per dimension, summed over regions (docs/mathematics.md, section 8).
         """
         cross = np.einsum("rds,rds->d", A, self.Txz) + np.einsum("rd,rd->d", b, self.Tx)
         quad = np.einsum("rds,rst,rdt->d", A, self.T2, A)

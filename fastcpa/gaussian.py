@@ -175,7 +175,7 @@ def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.
 
     Notes
     -----
-    Exact closed forms (DESIGN 2.4): Owen's T for the mass (with a scaled
+    Exact closed forms (docs/mathematics.md, section 6): Owen's T for the mass (with a scaled
     form far from the mean), the divergence theorem for the moments, and,
     where those would cancel (thin, tiny or far polygons), exact interval
     moments along sections with Gauss-Legendre panels across them. Checked

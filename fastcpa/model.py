@@ -1,6 +1,6 @@
 """The probabilistic model ``z ~ N(0, sigma_z^2 I)``, ``x = g(z) + N(0, Sigma_x)``, exactly.
 
-``CPAModel`` sums over the regions of the generator's partition (DESIGN 2.2-2.3):
+``CPAModel`` sums over the regions of the generator's partition (docs/mathematics.md, sections 3-4):
 ``log p(x) = logsumexp_r (log kappa_r(x) + log Phi_r(x))``, streamed over
 (sample, region) chunks so no N x R matrix is formed, with the certified
 pruning described in ``fastcpa.kernels.cpu.pairs``.
@@ -101,7 +101,7 @@ class CPAModel:
         return np.broadcast_to(np.asarray(self.sigma_x, float) ** 2, (self.generator.output_dim,))
 
     def _region_params(self):
-        """Per-region quantities of DESIGN 2.2 that do not depend on x (computed once)."""
+        """Per-region quantities of docs/mathematics.md, section 3, that do not depend on x (computed once)."""
         if self._params is not None:
             return self._params
         part = self.partition
@@ -419,13 +419,14 @@ class CPAModel:
 
     # ------------------------------------------------------------------ EM
     def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None):
+            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False):
         """Fit the generator and noise to X by exact, monotone EM (in place).
 
-        See :func:`fastcpa.em.fit` for the parameters. After the call,
-        ``history_`` holds the mean exact log-likelihood at the start and
-        after every iteration (never decreasing) and ``backtracks_`` the
-        step halvings each iteration needed.
+        See :func:`fastcpa.em.fit` for the parameters (``verbose=True``
+        logs a line per iteration; Ctrl-C keeps the fit so far, then
+        re-raises). After the call, ``history_`` holds the mean exact
+        log-likelihood at the start and after every iteration (never
+        decreasing) and ``backtracks_`` the step halvings each iteration needed.
 
         Returns
         -------
@@ -448,7 +449,7 @@ class CPAModel:
 
         return fit(self, X, n_iter=n_iter, tol=tol, diagonal=diagonal, layers=layers, ridge=ridge,
                    max_backtracks=max_backtracks, cg_maxiter=cg_maxiter, progress=progress, method=method,
-                   lr=lr, callback=callback)
+                   lr=lr, callback=callback, verbose=verbose)
 
     # ------------------------------------------------------------------ E-step
     def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):

@@ -1,4 +1,4 @@
-"""Closed-form M-step pieces of exact EM (DESIGN 2.5).
+"""Closed-form M-step pieces of exact EM (docs/mathematics.md, section 8).
 
 With the E-step's activation patterns frozen, the output layer ``(W, c)`` enters
 every region's map linearly: ``x = W h + c`` with ``h = G_w z + g_w`` the last
@@ -118,7 +118,7 @@ def _zh_sums(stats):
 # ----------------------------------------------------------------------------- inner layers
 class FrozenLayer:
     """Layer ``k``'s parameters ``V = [W_k c_k]`` as they enter every region's map with the
-    activation patterns frozen (DESIGN 2.5): ``x = F_w V Gh_w zh + f_w`` in region ``w``,
+    activation patterns frozen (docs/mathematics.md, section 8): ``x = F_w V Gh_w zh + f_w`` in region ``w``,
     with ``zh = (z, 1)``, ``Gh_w`` the map to the layer's input ``(h_{k-1}, 1)`` and ``F_w``
     the masked product of the layers after it. Nothing of size ``R x D x H`` is stored:
     ``F_w`` and ``F_w^T`` are applied to all regions at once, layer by layer.
@@ -295,7 +295,7 @@ class FrozenLayer:
 
     def gradient(self, stats, noise_var):
         """``dQ/dV`` at the current parameters: by Fisher's identity the exact
-        gradient of ``sum_n log p(x_n)`` in layer k's ``[W c]`` (DESIGN 2.5).
+        gradient of ``sum_n log p(x_n)`` in layer k's ``[W c]`` (docs/mathematics.md, section 9).
 
         Returns
         -------

@@ -12,7 +12,7 @@ is ``n . u = c`` and a point on it is ``u = c n + s t`` with ``s`` in
 ``[s1, s2]``. The edge table ``E[k] = (t_x, t_y, c, s1, s2, L)`` (``L`` the
 length, ``inf`` for rays) is all the formulas need.
 
-Mass (DESIGN 2.4), from the polar form ``int dtheta/(2 pi) [exp(-r_in^2/2) -
+Mass (docs/mathematics.md, section 6), from the polar form ``int dtheta/(2 pi) [exp(-r_in^2/2) -
 exp(-r_out^2/2)]`` around the origin: each edge contributes
 
     B(h, s1, s2) = 1/(2 pi) int_{s1}^{s2} h exp(-(h^2+s^2)/2) / (h^2+s^2) ds

@@ -4,7 +4,8 @@ Everything on the data side is centred and whitened (``CPAModel`` does it):
 ``x~ = (x - c) / sigma_x``, ``b~_r = (b_r - c) / sigma_x``, ``A~_r = A_r /
 sigma_x`` (per output dimension), with ``c`` the generator's output at the
 latent origin. For a region r and a sample, completing the square gives the
-evidence of the affine extension and the Gaussian it leaves on z::
+evidence of the affine extension and the Gaussian it leaves on z
+(docs/mathematics.md, section 3)::
 
     y     = A~^T (x~ - b~)                  (S,)
     mu    = Sigma_r y                        Sigma_r = (I / sigma_z^2 + A~^T A~)^-1
@@ -17,8 +18,8 @@ implies) and a first, cheap ``log kappa`` by the expanded quadratic form
 ``|x~|^2 - 2 x~.b~ + |b~|^2 - y.mu``, which cancels far from the data (or
 the parameters) and serves only to order and prune pairs, with a bound on its
 rounding (:func:`_prune_slack`). Every pair that is evaluated gets its term
-relative to a per-row reference pair (the row's best candidate in its first
-region chunk; row ``i`` of ``REF``, see :func:`_set_reference`)::
+relative to a per-row reference pair (the row's best candidate by the cheap
+form over all regions; row ``i`` of ``REF``, see :func:`_set_reference`)::
 
     log kappa_r - log kappa_ref = -(logdet_r - logdet_ref
                                     + sum_d delta_d (2 e_ref,d + delta_d)

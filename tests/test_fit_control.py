@@ -1,0 +1,197 @@
+"""Controlling a fit: verbose logging, Ctrl-C, stopping callbacks, and the noise floor on
+degenerate data (one sample, constant data, a constant column).
+
+The fitted likelihoods are checked against a fresh exact ``log_prob`` of the returned
+model, and the floors against the data's variance computed here with NumPy.
+"""
+
+import logging
+import re
+
+import numpy as np
+import pytest
+
+import fastcpa
+import fastcpa.mstep
+
+
+def wave(rng, n):
+    t = rng.normal(size=n)
+    return np.c_[t, np.cos(1.4 * t)] + 0.1 * rng.normal(size=(n, 2))
+
+
+def small_model(rng, S=1, sigma=1.0):
+    gen = fastcpa.Generator([rng.normal(size=(6, S)), 0.3 * rng.normal(size=(2, 6))],
+                            [rng.normal(size=6), np.zeros(2)], activation="leaky_relu", slope=0.1)
+    return fastcpa.CPAModel(gen, sigma_x=sigma)
+
+
+def snapshot(model):
+    return [w.copy() for w in model.generator.weights], [c.copy() for c in model.generator.biases], \
+        np.copy(model.sigma_x)
+
+
+def assert_same_parameters(model, snap):
+    Ws, cs, sx = snap
+    for a, b in zip(model.generator.weights + model.generator.biases, Ws + cs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(model.sigma_x, sx)
+
+
+# ----------------------------------------------------------------------------- verbose
+@pytest.mark.parametrize("method", ["em", "gradient"])
+def test_verbose_logs_one_line_per_iteration(rng, caplog, method):
+    X = wave(rng, 80)
+    caplog.set_level(logging.INFO, logger="fastcpa")
+    model = small_model(rng).fit(X, n_iter=3, tol=-np.inf, method=method, progress=False, verbose=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastcpa"]
+    assert len(lines) == 3, lines
+    for i, line in enumerate(lines, 1):
+        m = re.search(r"iteration (\d+): mean log-likelihood (\S+) \((\S+)\), (\d+) halvings, (\d+) regions, (\S+) s",
+                      line)
+        assert m, line
+        assert int(m.group(1)) == i
+        assert float(m.group(2)) == pytest.approx(model.history_[i], rel=1e-7)
+        assert int(m.group(4)) == model.backtracks_[i - 1]
+        assert float(m.group(6)) >= 0.0
+    # the last line's likelihood is the returned model's exact likelihood
+    assert float(re.search(r"log-likelihood (\S+)", lines[-1]).group(1)) == pytest.approx(
+        model.log_prob(X).mean(), rel=1e-7)
+
+
+def test_verbose_2_adds_a_line_per_block(rng, caplog):
+    caplog.set_level(logging.INFO, logger="fastcpa")
+    small_model(rng).fit(wave(rng, 60), n_iter=2, tol=-np.inf, progress=False, verbose=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastcpa"]
+    # per iteration: the hidden layer, the output layer and noise, the summary
+    assert len(lines) == 6 and sum("iteration" in s for s in lines) == 2, lines
+    assert sum("layer 0" in s for s in lines) == 2 and sum("output layer" in s for s in lines) == 2
+
+
+def test_verbose_reaches_stderr_without_logging_configuration(rng, capsys, monkeypatch):
+    # no handler on the way up: what an unconfigured application has (pytest configures the root)
+    monkeypatch.setattr(logging.getLogger("fastcpa"), "propagate", False)
+    small_model(rng).fit(wave(rng, 60), n_iter=2, tol=-np.inf, progress=False, verbose=True)
+    err = capsys.readouterr().err
+    assert err.count("EM iteration") == 2, err
+    assert not logging.getLogger("fastcpa").handlers  # the temporary handler is gone again
+
+
+def test_quiet_by_default(rng, caplog):
+    caplog.set_level(logging.DEBUG, logger="fastcpa")
+    small_model(rng).fit(wave(rng, 60), n_iter=2, progress=False)
+    assert not [r for r in caplog.records if r.name == "fastcpa"]
+
+
+# ----------------------------------------------------------------------------- stopping
+@pytest.mark.parametrize("value", [np.True_, np.bool_(True), 1])
+def test_callback_returning_a_true_value_stops(rng, value):
+    X = wave(rng, 60)
+    calls = []
+
+    def cb(i, ll, fit):
+        calls.append(i)
+        return value if i == 2 else np.False_
+
+    model = small_model(rng).fit(X, n_iter=10, tol=-np.inf, progress=False, callback=cb)
+    assert calls == [1, 2]
+    assert len(model.history_) == 3 and not model.interrupted_
+
+
+@pytest.mark.parametrize("method", ["em", "gradient"])
+def test_ctrl_c_in_the_callback_keeps_the_fit_and_reraises(rng, caplog, method):
+    """KeyboardInterrupt raised at iteration 2: the model holds the parameters after
+    iteration 2 (those the callback saw), the history up to there, and the interrupt
+    propagates after a warning."""
+    X = wave(rng, 80)
+    seen = {}
+
+    def cb(i, ll, fit):
+        seen[i] = (snapshot(fit), ll)
+        if i == 2:
+            raise KeyboardInterrupt
+
+    model = small_model(rng)
+    start = snapshot(model)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, n_iter=10, tol=-np.inf, method=method, progress=False, callback=cb)
+    assert sorted(seen) == [1, 2]
+    assert_same_parameters(model, seen[2][0])
+    with pytest.raises(AssertionError):
+        assert_same_parameters(model, start)  # it did train
+    assert model.interrupted_
+    assert len(model.history_) == 3 and len(model.backtracks_) == 2
+    assert model.history_[1] == seen[1][1] and model.history_[2] == seen[2][1]
+    assert np.all(np.diff(model.history_) >= 0)
+    # independent of the fit's bookkeeping: the exact likelihood of what it kept
+    assert model.log_prob(X).mean() == pytest.approx(model.history_[-1], rel=1e-12)
+    warn = [r for r in caplog.records if r.name == "fastcpa" and r.levelno == logging.WARNING]
+    assert len(warn) == 1 and "interrupted" in warn[0].getMessage() and "iteration 2" in warn[0].getMessage()
+
+
+def test_ctrl_c_inside_an_iteration_keeps_the_accepted_updates(rng, monkeypatch):
+    """Interrupted in iteration 3 after its hidden-layer update, before the output layer's:
+    the model keeps everything accepted so far, and its exact likelihood is history_[-1]."""
+    X = wave(rng, 80)
+    real = fastcpa.mstep.output_layer_update
+    calls = []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastcpa.mstep, "output_layer_update", interrupting)
+    model = small_model(rng)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, n_iter=10, tol=-np.inf, progress=False)
+    assert model.interrupted_
+    assert len(model.history_) in (3, 4)  # a 4th entry where iteration 3's layer update was taken
+    assert len(model.backtracks_) == len(model.history_) - 1
+    assert np.all(np.diff(model.history_) >= 0)
+    assert model.log_prob(X).mean() == pytest.approx(model.history_[-1], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- noise floor
+def test_noise_variance_floor_by_hand():
+    X = np.array([[1.0, 5.0, 0.0], [3.0, 5.0, 2.0], [2.0, 5.0, 7.0]])
+    v0, v2 = np.var([1.0, 3.0, 2.0]), np.var([0.0, 2.0, 7.0])
+    np.testing.assert_allclose(fastcpa.em.noise_variance_floor(X), 1e-6 * np.array([v0, (v0 + v2) / 2, v2]),
+                               rtol=1e-15)
+    np.testing.assert_allclose(fastcpa.em.noise_variance_floor([[3.0, -4.0]]), [12.5e-6, 12.5e-6], rtol=1e-15)
+    np.testing.assert_allclose(fastcpa.em.noise_variance_floor(np.ones((4, 2)) * [2.0, 0.0]), [2e-6, 2e-6],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(fastcpa.em.noise_variance_floor(np.zeros((5, 2))), [1e-6, 1e-6])
+
+
+@pytest.mark.parametrize("method", ["em", "gradient"])
+@pytest.mark.parametrize("case", ["one sample", "constant data", "all zero", "constant column"])
+def test_degenerate_data_fits_above_the_floor(rng, method, case):
+    if case == "one sample":
+        X = np.array([[0.7, -1.3]])
+    elif case == "constant data":
+        X = np.tile([0.7, -1.3], (20, 1))
+    elif case == "all zero":
+        X = np.zeros((10, 2))
+    else:
+        X = np.c_[rng.normal(size=40), np.full(40, 3.0)]
+    diag = case == "constant column"
+    # the floor, by hand: the data's variance, else the mean square, else 1 (all-zero data)
+    var = X.var(axis=0)
+    if var.any():
+        floor = 1e-6 * np.where(var > 0, var, var[var > 0].mean())
+    elif (X != 0).any():
+        floor = np.full(2, 1e-6 * np.mean(X**2))
+    else:
+        floor = np.full(2, 1e-6)
+    model = small_model(rng, sigma=np.ones(2) if diag else 1.0)
+    model.fit(X, n_iter=8, tol=-np.inf, method=method, progress=False)
+    sx = np.asarray(model.sigma_x)
+    assert np.all(np.isfinite(sx))
+    if diag:
+        assert np.all(sx**2 >= floor * (1 - 1e-12)), (sx**2, floor)
+    else:
+        assert sx**2 >= floor.mean() * (1 - 1e-12)
+    assert np.all(np.diff(model.history_) >= 0)
+    assert model.log_prob(X).mean() == pytest.approx(model.history_[-1], rel=1e-10)
