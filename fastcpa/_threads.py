@@ -7,17 +7,94 @@ in the second, OpenBLAS's idle workers keep spinning for a while after each
 call and take the cores from the Numba threads (measured: ``log_prob`` twice
 as slow on 2 cores). So BLAS runs single-threaded for the duration of a
 kernel call (threadpoolctl; the previous setting comes back afterwards).
+
+Calls may overlap across Python threads, so a per-call "save the current
+setting, restore it afterwards" is wrong: a call entering while another holds
+the limit saves 1 and later "restores" 1 for good. And OpenBLAS only lets a
+thread undo its own change (a thread cannot raise a count another thread
+lowered). So the user's setting is recorded once, when the first of the
+overlapping calls enters, and every thread's outermost call puts back that
+recorded setting itself when it leaves.
 """
 
+import os
+import threading
+
 _controller = None
+_lock = threading.Lock()
+_active = 0  # threads inside blas_single_threaded
+_user = None  # the BLAS settings found when the first of them entered
+_local = threading.local()  # per thread: nesting depth
 
 
-def blas_single_threaded():
-    """Context manager limiting every loaded BLAS to one thread."""
+def _get_controller():
     global _controller
     if _controller is None:
         import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls SciPy's BLAS: load it first)
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+    return _controller
+
+
+class _SingleThreadedBlas:
+    def __enter__(self):
+        global _active, _user
+        depth = getattr(_local, "depth", 0)
+        _local.depth = depth + 1
+        if depth == 0:
+            ctl = _get_controller()
+            with _lock:
+                if _active == 0:
+                    _user = {lib.filepath: lib.num_threads for lib in ctl.select(user_api="blas").lib_controllers}
+                _active += 1
+            ctl.limit(limits=1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        global _active, _user
+        depth = getattr(_local, "depth", 0)
+        if depth == 0:  # reset by a fork while this call was open
+            return False
+        _local.depth = depth - 1
+        if depth == 1:
+            with _lock:
+                user = _user
+                _active -= 1
+                if _active == 0:
+                    _user = None
+            _restore(user)
+        return False
+
+
+def _restore(user):
+    for lib in _get_controller().select(user_api="blas").lib_controllers:
+        n = user.get(lib.filepath)
+        if n is not None and lib.num_threads != n:
+            lib.set_num_threads(n)
+
+
+def blas_single_threaded():
+    """Context manager limiting every loaded BLAS to one thread.
+
+    Safe to nest and to use from several threads at once: the setting found
+    when the first of the overlapping calls entered comes back.
+    """
+    return _SingleThreadedBlas()
+
+
+def _after_fork_in_child():
+    # the child has only the forking thread: the calls other threads had open are gone
+    global _lock, _active, _user, _local
+    _lock = threading.Lock()
+    user, _user, _active = _user, None, 0
+    _local = threading.local()
+    if user is not None:
+        try:
+            _restore(user)
+        except Exception:  # best effort: the child keeps single-threaded BLAS
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

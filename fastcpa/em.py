@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from ._validation import check_count, check_real
 from .generator import Generator
 
 __all__ = ["fit", "log_likelihood_gradient", "noise_variance_floor"]
@@ -143,7 +144,16 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
 
     if method not in ("em", "gradient"):
         raise ValueError(f"method must be 'em' or 'gradient', got {method!r}.")
+    n_iter = check_count(n_iter, "n_iter")
+    tol = check_real(tol, "tol", allow_inf=True)
+    ridge = check_real(ridge, "ridge", low=0.0)
+    max_backtracks = check_count(max_backtracks, "max_backtracks")
+    if cg_maxiter is not None:
+        cg_maxiter = check_count(cg_maxiter, "cg_maxiter", minimum=1)
+    lr = check_real(lr, "lr", low=0.0, low_inclusive=False)
     X = model._check_X(X)
+    if len(X) == 0:
+        raise ValueError("fit needs at least one sample; X has 0 rows.")
     if diagonal is None:
         diagonal = np.ndim(model.sigma_x) == 1
     if progress is None:

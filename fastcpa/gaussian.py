@@ -24,11 +24,11 @@ class IntervalMoments:
     Attributes
     ----------
     log_mass : numpy.ndarray
-        ``log P(lo <= z <= hi)``; ``-inf`` for an empty (zero-width) interval.
+        ``log P(lo <= z <= hi)``; ``-inf`` for an empty interval.
     mean : numpy.ndarray
-        ``E[z | lo <= z <= hi]``.
+        ``E[z | lo <= z <= hi]``; NaN (undefined) for an empty interval.
     var : numpy.ndarray
-        ``Var[z | lo <= z <= hi]``.
+        ``Var[z | lo <= z <= hi]``; NaN (undefined) for an empty interval.
     """
 
     log_mass: np.ndarray
@@ -57,10 +57,19 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
     Batched and broadcasting: all arguments broadcast against each other and
     the results have the broadcast shape. Interval ends may be infinite.
 
+    An interval is empty when ``lo >= hi``: reversed ends, a single point
+    ``lo == hi`` (a set of measure zero), or both ends at the same infinity
+    (``[inf, inf]``, ``[-inf, -inf]``). Its mass is zero, so ``log_mass`` is
+    ``-inf``, and the conditional moments are undefined: ``mean`` and ``var``
+    are NaN. This matches :func:`polygon_moments` on empty or zero-area
+    polygons. (Use ``np.where(np.isfinite(r.log_mass), ...)`` where a
+    default is wanted.)
+
     Parameters
     ----------
     lo, hi : array_like
-        Interval ends, ``lo <= hi`` (``-inf`` / ``inf`` allowed, no NaN).
+        Interval ends (``-inf`` / ``inf`` allowed, no NaN); ``lo >= hi`` is
+        the empty interval.
     mean : array_like, default 0
         Mean of the normal (finite).
     std : array_like, default 1
@@ -108,15 +117,17 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
         raise ValueError(
             f"lo {lo.shape}, hi {hi.shape}, mean {mean.shape} and std {std.shape} do not broadcast against each "
             "other; give them one shape, or size 1 where a value is shared.") from None
-    if (lo > hi).any():
-        i = tuple(int(k) for k in np.argwhere(lo > hi)[0])
-        raise ValueError(f"every interval needs lo <= hi; at index {i} lo = {lo[i]!r} > hi = {hi[i]!r}.")
     from fastcpa.kernels.cpu.truncated import interval_moments_batch
 
     shape = lo.shape
     flat = [np.ascontiguousarray(a).reshape(-1) for a in (lo, hi, mean, std)]
+    # empty intervals get the documented answer here; the kernel sees a harmless [0, 1] in their place
+    empty = ~(flat[0] < flat[1])
+    if empty.any():
+        flat[0], flat[1] = np.where(empty, 0.0, flat[0]), np.where(empty, 1.0, flat[1])
     out = [np.empty(flat[0].shape[0]) for _ in range(3)]
     interval_moments_batch(*flat, *out)
+    out[0][empty], out[1][empty], out[2][empty] = -np.inf, np.nan, np.nan
     return IntervalMoments(*(o.reshape(shape) for o in out))
 
 
@@ -129,9 +140,9 @@ class PolygonMoments:
     log_mass : numpy.ndarray, shape (...)
         ``log P(z in polygon)``; ``-inf`` for an empty or zero-area polygon.
     mean : numpy.ndarray, shape (..., 2)
-        ``E[z | z in polygon]``.
+        ``E[z | z in polygon]``; NaN (undefined) where ``log_mass`` is ``-inf``.
     cov : numpy.ndarray, shape (..., 2, 2)
-        ``Cov[z | z in polygon]``.
+        ``Cov[z | z in polygon]``; NaN (undefined) where ``log_mass`` is ``-inf``.
     """
 
     log_mass: np.ndarray
@@ -161,7 +172,11 @@ def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.
     offsets : array_like, shape (..., K)
     mean : array_like, shape (..., 2), default (0, 0)
     cov : array_like, shape (..., 2, 2), default identity
-        Symmetric positive definite (nearly singular is fine).
+        Symmetric positive definite (nearly singular is fine). Both checks
+        are scale-invariant: they judge the correlation
+        ``cov01 / sqrt(cov00 cov11)`` (|rho| < 1; the two off-diagonal
+        entries equal to 1e-12 relative), never a determinant, which
+        under- or overflows for covariances like ``1e-300 I``.
     moments : bool, default True
         Also compute mean and covariance (else they are NaN; log-mass only
         is several times cheaper).
@@ -212,11 +227,7 @@ def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.
         raise ValueError(f"mean must have shape (..., 2), got {mean.shape}.")
     if cov.ndim < 2 or cov.shape[-2:] != (2, 2):
         raise ValueError(f"cov must have shape (..., 2, 2), got {cov.shape}.")
-    if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-12, atol=0):
-        raise ValueError("cov must be symmetric.")
-    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] * cov[..., 1, 0]
-    if np.any(cov[..., 0, 0] <= 0) or np.any(det <= 0):
-        raise ValueError("cov must be positive definite (both eigenvalues > 0).")
+    _check_cov2(cov)
     K = normals.shape[-2]
     try:
         shape = np.broadcast_shapes(normals.shape[:-2], offsets.shape[:-1], mean.shape[:-1], cov.shape[:-2])
@@ -232,6 +243,42 @@ def polygon_moments(normals, offsets, mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.
     C = np.ascontiguousarray(np.broadcast_to(cov, shape + (2, 2))).reshape(n, 2, 2)
     from fastcpa.kernels.cpu.truncated import polygon_moments_batch
 
+    # The problem is equivariant under z -> z / c: offsets / c, mean / c, cov / c^2,
+    # and back for the moments. With c a power of two this is exact, so scales
+    # whose squares leave the float64 range (cov = 1e-300 I) reach the kernel
+    # near 1; polygons whose variances are moderate are passed through untouched.
+    big = np.maximum(C[:, 0, 0], C[:, 1, 1])
+    far = (big < 2.0**-200) | (big > 2.0**200)
+    if far.any():
+        c = np.where(far, np.exp2(np.round(0.5 * np.log2(big))), 1.0)
+        O, M, C = O / c[:, None], M / c[:, None], C / (c * c)[:, None, None]
     lm, mu, cv = np.empty(n), np.full((n, 2), np.nan), np.full((n, 2, 2), np.nan)
     polygon_moments_batch(N, O, M, C, bool(moments), lm, mu, cv)
+    if far.any():
+        mu, cv = mu * c[:, None], cv * (c * c)[:, None, None]
     return PolygonMoments(lm.reshape(shape), mu.reshape(shape + (2,)), cv.reshape(shape + (2, 2)))
+
+
+def _check_cov2(cov):
+    """Raise unless every 2 x 2 ``cov`` is symmetric positive definite, judged scale-invariantly.
+
+    A determinant ``c00 c11 - c01^2`` under- or overflows for covariances like
+    ``1e-300 I`` or ``1e300 I``; the correlation ``rho = c01 / (s0 s1)`` with
+    ``s = sqrt(diag)`` does not (each factor is divided out separately), and
+    ``cov`` is positive definite iff both variances are > 0 and ``|rho| < 1``.
+    """
+    c00, c01, c10, c11 = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 0], cov[..., 1, 1]
+    s0, s1 = np.sqrt(np.abs(c00)), np.sqrt(np.abs(c11))
+    # asymmetry relative to the entries themselves or to the scale of the diagonal
+    asym = np.abs(c01 - c10)
+    scale = np.maximum(np.maximum(np.abs(c01), np.abs(c10)), s0 * s1)
+    if np.any(asym > 1e-12 * scale):
+        raise ValueError("cov must be symmetric (cov[..., 0, 1] == cov[..., 1, 0] to 1e-12 relative); "
+                         "pass (cov + cov.T) / 2 if the asymmetry is rounding.")
+    if np.any(c00 <= 0) or np.any(c11 <= 0):
+        raise ValueError("cov must be positive definite (both eigenvalues > 0): a diagonal entry is <= 0.")
+    with np.errstate(over="ignore", under="ignore"):
+        rho = (0.5 * c01 + 0.5 * c10) / s0 / s1
+    if np.any(~(np.abs(rho) < 1.0)):
+        raise ValueError("cov must be positive definite (both eigenvalues > 0): its correlation "
+                         "cov01 / sqrt(cov00 cov11) is +-1 or beyond (singular or indefinite).")

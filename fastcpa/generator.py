@@ -29,16 +29,19 @@ class Generator:
     weights : sequence of array_like
         ``weights[l]`` has shape ``(out, in)`` like ``torch.nn.Linear.weight``;
         ``weights[0]`` has ``in = S`` (latent dimension), the last has
-        ``out = D``. Upcast to float64.
+        ``out = D``. Copied as float64 (NumPy arrays, lists, torch tensors;
+        the caller's arrays are neither kept nor made read-only, so editing
+        them later does not change the generator).
     biases : sequence of array_like
-        ``biases[l]`` has shape ``(out,)``.
+        ``biases[l]`` has shape ``(out,)`` (copied likewise).
     activation : str or sequence of str, default "relu"
         One of ``"relu"``, ``"leaky_relu"``, ``"prelu"``, ``"abs"``,
         ``"linear"`` for every hidden layer, or one name per hidden layer.
     slope : float or sequence, default 0.01
         Negative-side slope for ``"leaky_relu"`` / ``"prelu"`` layers: a float
         for all of them, or one entry per hidden layer (a float, or an array of
-        length ``width`` for per-unit PReLU slopes). Ignored for other layers.
+        length ``width`` for per-unit PReLU slopes). Any finite value is a
+        valid two-slope unit; NaN/inf are rejected. Ignored for other layers.
 
     Attributes
     ----------
@@ -61,7 +64,8 @@ class Generator:
         If the shapes do not chain, an activation is unknown, or a value is
         NaN/inf.
     TypeError
-        If an array is not real-numeric.
+        If an array is not real-numeric, or ``activation`` is not a name or a
+        list of names (e.g. ``None``).
 
     Examples
     --------
@@ -87,8 +91,10 @@ class Generator:
             raise ValueError(f"got {len(weights)} weight matrices but {n_b} bias vectors; give one bias per layer.")
         Ws, cs = [], []
         for l, (W, c) in enumerate(zip(weights, biases)):
-            W = as_float64(W, f"weights[{l}]", ndim=2)
-            c = as_float64(c, f"biases[{l}]", ndim=1)
+            # own copies: the caller's arrays stay writable, and editing them later
+            # cannot go stale under a cached partition
+            W = as_float64(W, f"weights[{l}]", ndim=2, copy=True)
+            c = as_float64(c, f"biases[{l}]", ndim=1, copy=True)
             if c.shape[0] != W.shape[0]:
                 raise ValueError(f"biases[{l}] has length {c.shape[0]} but weights[{l}] has {W.shape[0]} rows (out, in).")
             if l > 0 and W.shape[1] != Ws[-1].shape[0]:
@@ -235,28 +241,46 @@ class Generator:
 
 
 def _parse_activations(activation, slope, widths):
+    """Per hidden layer: the activation name and the per-unit slopes ``eta``.
+
+    Any finite slope gives a continuous two-slope (piecewise-affine) unit, so
+    every finite value is accepted (``slope > 1`` or ``< 0`` included: ``abs``
+    is ``eta = -1``); NaN/inf, bools and non-numbers are rejected.
+    """
     n_hidden = len(widths)
+    valid = f"one of {sorted(ACTIVATIONS)}, or a list/tuple of such names with one per hidden layer ({n_hidden})"
     if isinstance(activation, str):
         names = [activation] * n_hidden
-    else:
+    elif isinstance(activation, (list, tuple, np.ndarray)):
         names = list(activation)
         if len(names) != n_hidden:
-            raise ValueError(f"activation lists {len(names)} names but the network has {n_hidden} hidden layers.")
-    if isinstance(slope, numbers.Real) or (isinstance(slope, np.ndarray) and slope.ndim == 0):
-        slopes_in = [float(slope)] * n_hidden
+            raise ValueError(f"activation lists {len(names)} names but the network has {n_hidden} hidden layers; "
+                             f"give {valid}.")
     else:
+        raise TypeError(f"activation must be {valid}; got {activation!r} of type {type(activation).__name__}.")
+    if isinstance(slope, (bool, np.bool_)):
+        raise TypeError(f"slope must be a real number or a list with one entry per hidden layer, got {slope!r}.")
+    if isinstance(slope, numbers.Real) or (isinstance(slope, np.ndarray) and slope.ndim == 0):
+        slopes_in = [slope] * n_hidden
+    elif isinstance(slope, (list, tuple, np.ndarray)) or type(slope).__module__.split(".")[0] == "torch":
         slopes_in = list(slope)
         if len(slopes_in) != n_hidden:
-            raise ValueError(f"slope lists {len(slopes_in)} entries but the network has {n_hidden} hidden layers.")
+            raise ValueError(f"slope lists {len(slopes_in)} entries but the network has {n_hidden} hidden layers; "
+                             "give a float for all of them or one entry per hidden layer.")
+    else:
+        raise TypeError(f"slope must be a real number or a list with one entry per hidden layer, got {slope!r} "
+                        f"of type {type(slope).__name__}.")
     etas = []
     for l, (name, width, s) in enumerate(zip(names, widths, slopes_in)):
-        if name not in ACTIVATIONS:
+        if not isinstance(name, str) or name not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {name!r} for hidden layer {l}; choose from {sorted(ACTIVATIONS)} "
                 "(only two-slope, piecewise-affine activations keep the generator CPA)."
             )
         eta = ACTIVATIONS[name]
         if eta is None:
+            if isinstance(s, (bool, np.bool_)):
+                raise TypeError(f"slope[{l}] must be a real number (or an array of per-unit slopes), got {s!r}.")
             eta = as_float64(s, f"slope[{l}]")
             if eta.ndim == 0:
                 eta = np.full(width, float(eta))

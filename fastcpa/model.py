@@ -13,7 +13,7 @@ import scipy.sparse
 import scipy.stats
 
 from ._threads import blas_single_threaded
-from ._validation import as_float64, check_backend
+from ._validation import as_float64, check_backend, check_chunk, check_count, check_gap, check_scale
 from .generator import Generator
 from .partition import partition
 
@@ -40,9 +40,11 @@ class CPAModel:
     generator : Generator
     sigma_x : float or array_like of shape (D,)
         Noise standard deviation: isotropic (a scalar) or per output
-        dimension (diagonal covariance). Must be finite and > 0.
+        dimension (diagonal covariance). Must be finite and > 0, with
+        ``sigma_x**2`` a normal float64 (``sigma_x`` in [1.5e-154, 1.3e154]).
+        Copied: editing the caller's array later changes nothing here.
     sigma_z : float, default 1.0
-        Standard deviation of the isotropic Gaussian prior on z.
+        Standard deviation of the isotropic Gaussian prior on z (same range).
 
     Notes
     -----
@@ -67,21 +69,58 @@ class CPAModel:
     """
 
     def __init__(self, generator, sigma_x, sigma_z=1.0):
+        self._partition = None
+        self._params = None
+        self.generator = generator
+        self.sigma_x = sigma_x
+        self.sigma_z = sigma_z
+
+    # The parameters are properties so that every assignment is validated and
+    # drops the cached partition / region parameters built from the old values.
+    @property
+    def generator(self):
+        """The :class:`Generator` (assigning a new one drops the cached partition)."""
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator):
         if not isinstance(generator, Generator):
             raise TypeError(f"CPAModel takes a fastcpa.Generator, got {type(generator).__name__}.")
-        D = generator.output_dim
-        sx = as_float64(sigma_x, "sigma_x")
+        if hasattr(self, "_sigma_x") and np.ndim(self._sigma_x) == 1 and len(self._sigma_x) != generator.output_dim:
+            raise ValueError(f"the generator's output dimension {generator.output_dim} does not match sigma_x's "
+                             f"length {len(self._sigma_x)}; set a matching sigma_x first.")
+        self._generator = generator
+        self._partition = None
+        self._params = None
+
+    @property
+    def sigma_x(self):
+        """Noise standard deviation: a float, or a read-only array (D,) (assign a new value to change it)."""
+        return self._sigma_x
+
+    @sigma_x.setter
+    def sigma_x(self, sigma_x):
+        D = self.generator.output_dim
+        sx = as_float64(sigma_x, "sigma_x", copy=True)  # a copy: the caller's array may change later
         if sx.ndim > 1 or (sx.ndim == 1 and sx.shape[0] != D):
             raise ValueError(f"sigma_x must be a scalar or have shape ({D},) (one per output dimension), got {sx.shape}.")
-        if np.any(sx <= 0):
-            raise ValueError("sigma_x must be > 0 (the likelihood is unbounded at zero noise).")
+        check_scale(sx, "sigma_x")
+        sx.setflags(write=False)
+        self._sigma_x = float(sx) if sx.ndim == 0 else sx
+        self._params = None
+
+    @property
+    def sigma_z(self):
+        """Standard deviation of the latent prior (a float)."""
+        return self._sigma_z
+
+    @sigma_z.setter
+    def sigma_z(self, sigma_z):
         sz = as_float64(sigma_z, "sigma_z")
-        if sz.ndim != 0 or sz <= 0:
-            raise ValueError(f"sigma_z must be a positive scalar, got {sigma_z!r}.")
-        self.generator = generator
-        self.sigma_x = float(sx) if sx.ndim == 0 else sx
-        self.sigma_z = float(sz)
-        self._partition = None
+        if sz.ndim != 0:
+            raise ValueError(f"sigma_z must be a positive scalar, got shape {sz.shape}.")
+        check_scale(sz, "sigma_z")
+        self._sigma_z = float(sz)
         self._params = None
 
     def __repr__(self):
@@ -299,7 +338,7 @@ class CPAModel:
             nats below the row's best term: the result is then low by at most
             ``R * exp(-40)`` relative (R regions), i.e. ``R * 4.2e-18`` nats.
         sample_chunk, region_chunk : int
-            Chunk sizes of the (sample, region) stream; memory is
+            Chunk sizes (integers >= 1) of the (sample, region) stream; memory is
             O(sample_chunk * region_chunk * S), independent of N and R. (For
             S = 1 the kernel forms its products in blocks of up to 256 rows
             per thread, and ``sample_chunk`` is not used.)
@@ -314,6 +353,8 @@ class CPAModel:
         from fastcpa.kernels.cpu import pairs
 
         check_backend(backend, "CPAModel")
+        sample_chunk = check_chunk(sample_chunk, "sample_chunk")
+        region_chunk = check_chunk(region_chunk, "region_chunk")
         X = self._check_X(X)
         p = self._region_params()
         N = len(X)
@@ -360,7 +401,7 @@ class CPAModel:
         ----------
         X : array_like, shape (N, D)
         sample_chunk, region_chunk : int
-            Chunk sizes (memory is O(sample_chunk * region_chunk * S^2)).
+            Chunk sizes, integers >= 1 (memory is O(sample_chunk * region_chunk * S^2)).
         backend : {"auto", "cpu", "gpu"}
 
         Returns
@@ -368,7 +409,13 @@ class CPAModel:
         Posterior
         """
         check_backend(backend, "CPAModel")
+        sample_chunk = check_chunk(sample_chunk, "sample_chunk")
+        region_chunk = check_chunk(region_chunk, "region_chunk")
         X = self._check_X(X)
+        if len(X) == 0:  # nothing to stream: empty results of the right shapes
+            S, R = self.generator.latent_dim, self.partition.n_regions
+            return Posterior(self, X, np.zeros(0), np.zeros((0, S)), np.zeros((0, S, S)),
+                             scipy.sparse.csr_array((0, R)))
         p = self._region_params()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
@@ -463,7 +510,9 @@ class CPAModel:
         X : array_like, shape (N, D)
         gap : float, default 40
             Pairs lying this far below ``log p(x_n)`` (weight < ``exp(-gap)``) are left out.
+            Must be > 0; ``inf`` keeps every pair.
         sample_chunk, region_chunk : int
+            Chunk sizes, integers >= 1.
         backend : {"auto", "cpu", "gpu"}
 
         Returns
@@ -473,6 +522,9 @@ class CPAModel:
         from .estep import sufficient_statistics
 
         check_backend(backend, "CPAModel")
+        gap = check_gap(gap, "gap")
+        sample_chunk = check_chunk(sample_chunk, "sample_chunk")
+        region_chunk = check_chunk(region_chunk, "region_chunk")
         return sufficient_statistics(self, X, gap=gap, sample_chunk=sample_chunk, region_chunk=region_chunk)
 
     # ------------------------------------------------------------------ generative side
@@ -491,6 +543,7 @@ class CPAModel:
         X : ndarray, shape (n, D)
         Z : ndarray, shape (n, S), only with ``return_latent=True``
         """
+        n = check_count(n, "n")
         rng = np.random.default_rng(seed)
         Z = self.sigma_z * rng.standard_normal((int(n), self.generator.latent_dim))
         X = self.generator(Z) + np.sqrt(self._noise_var) * rng.standard_normal((int(n), self.generator.output_dim))
@@ -568,6 +621,7 @@ class Posterior:
         -------
         ndarray, shape (N, k, S)
         """
+        k = check_count(k, "k")
         rng = np.random.default_rng(seed)
         N, S = self.mean.shape
         probs = self.region_probs

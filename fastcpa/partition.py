@@ -28,7 +28,7 @@ Tolerances (documented behaviour on degenerate input)
 import numba
 import numpy as np
 
-from ._validation import as_points
+from ._validation import as_points, check_region_index, check_region_indices
 from .generator import Generator
 
 __all__ = ["partition", "Partition"]
@@ -144,12 +144,34 @@ class Partition:
         return f"Partition(n_regions={self.n_regions}, latent_dim={self.latent_dim}, output_dim={self.output_dim})"
 
     def code_bits(self, regions=None):
-        """Unpacked sign codes, shape (R, n_units) bool (or of the given regions)."""
-        codes = self.codes if regions is None else self.codes[np.asarray(regions)]
+        """Unpacked sign codes, shape (R, n_units) bool (or of the given regions).
+
+        Parameters
+        ----------
+        regions : array_like of int, optional
+            Region indices in ``[0, n_regions)``; the result has one row per
+            entry (a scalar index gives one row).
+
+        Raises
+        ------
+        TypeError
+            For non-integer indices.
+        IndexError
+            For negative or out-of-range indices.
+        """
+        if regions is None:
+            codes = self.codes
+        else:
+            codes = self.codes[np.atleast_1d(check_region_indices(regions, self.n_regions))]
         return _unpack_codes(codes, self.generator.n_units)
 
     def facets(self, r):
-        """Facets of region r as ``(normal (k, S), offset (k,), unit (k,), neighbor (k,))``."""
+        """Facets of region r as ``(normal (k, S), offset (k,), unit (k,), neighbor (k,))``.
+
+        ``r`` is an integer in ``[0, n_regions)``: a negative, out-of-range or
+        non-integer index raises IndexError / TypeError.
+        """
+        r = check_region_index(r, self.n_regions)
         sl = slice(self.facet_ptr[r], self.facet_ptr[r + 1])
         return self.facet_normal[sl], self.facet_offset[sl], self.facet_unit[sl], self.facet_neighbor[sl]
 
@@ -163,9 +185,17 @@ class Partition:
             single point carried by a boundary line without a vertex).
         rays : list of (origin, direction)
             The unbounded edges, each a finite point and a unit direction.
+
+        Raises
+        ------
+        TypeError
+            For a non-integer ``r``.
+        IndexError
+            For ``r`` outside ``[0, n_regions)`` (negative indices included).
         """
         if self.latent_dim != 2:
             raise ValueError("polygon() is defined for S = 2 partitions only.")
+        r = check_region_index(r, self.n_regions)
         pts = self.boundary[self.boundary_ptr[r]:self.boundary_ptr[r + 1]]
         finite = pts[:, 2] == 1.0
         rays = []
