@@ -9,7 +9,7 @@ log p whose sensitivity to the data is ``|grad_x log p| ~ |r| / sigma_x^2``
 ``eps |x| |r| / sigma_x^2``; the tests allow a small multiple of that (plus
 ``eps |log p|``), never a fixed absolute tolerance. Oracles: the identity
 itself (translation), and an independent 50-digit evaluation
-(``oracles.s1_log_prob_mp``) that follows the generator piece by piece.
+(``oracles.log_prob_mp_1d``) that follows the generator piece by piece.
 """
 
 import math
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastcpa
-from oracles import s1_log_prob_mp
+from oracles import log_prob_mp_1d
 
 EPS = np.finfo(float).eps
 
@@ -69,7 +69,7 @@ def test_large_weights_against_mpmath(scale):
     X = model.sample(4, seed=0)
     got = model.log_prob(X)
     for x, g in zip(X, got):
-        ref = float(s1_log_prob_mp(Ws, cs, gen.slopes, 0.1, 1.0, x))
+        ref = float(log_prob_mp_1d(Ws, cs, gen.slopes, x, 0.1, 1.0)[0])
         tol = _allowed(x[None], np.array([ref]), 0.1, 1.0)[0] * (1 + np.abs(x).max())
         assert abs(g - ref) <= tol, (scale, x, g, ref)
 
@@ -87,7 +87,7 @@ def test_far_off_manifold_against_mpmath(off, sigma_x):
     X = gen(z) + off * sigma_x * d / np.linalg.norm(d, axis=1, keepdims=True)
     got = model.log_prob(X)
     for x, g in zip(X, got):
-        ref = float(s1_log_prob_mp(Ws, cs, gen.slopes, sigma_x, 1.0, x))
+        ref = float(log_prob_mp_1d(Ws, cs, gen.slopes, x, sigma_x, 1.0)[0])
         tol = _allowed(x[None], np.array([ref]), sigma_x, off * sigma_x)[0]
         assert abs(g - ref) <= tol, (off, sigma_x, g, ref, abs(g - ref) / tol)
 
