@@ -21,7 +21,6 @@ Every function works inside ``mp.workdps``/``mp.workprec`` contexts, so the
 global mpmath precision seen by other tests is left unchanged.
 """
 
-import numpy as np
 from mpmath import mp
 from mpmath.calculus.quadrature import GaussLegendre
 
