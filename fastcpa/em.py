@@ -19,8 +19,10 @@ records how many halvings each iteration needed.
 
 import contextlib
 import logging
+import math
 import sys
 import time
+
 
 import numpy as np
 
@@ -145,7 +147,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     if method not in ("em", "gradient"):
         raise ValueError(f"method must be 'em' or 'gradient', got {method!r}.")
     n_iter = check_count(n_iter, "n_iter")
-    tol = check_real(tol, "tol", allow_inf=True)
+    # -inf: never stop on a small gain (run all n_iter iterations)
+    tol = -math.inf if tol == -math.inf else check_real(tol, "tol", allow_inf=True)
     ridge = check_real(ridge, "ridge", low=0.0)
     max_backtracks = check_count(max_backtracks, "max_backtracks")
     if cg_maxiter is not None:
