@@ -117,8 +117,8 @@ class CPAModel:
     @sigma_z.setter
     def sigma_z(self, sigma_z):
         sz = as_float64(sigma_z, "sigma_z")
-        if sz.ndim != 0:
-            raise ValueError(f"sigma_z must be a positive scalar, got shape {sz.shape}.")
+        if sz.ndim != 0 or sz <= 0:
+            raise ValueError(f"sigma_z must be a positive scalar, got {sigma_z!r}.")
         check_scale(sz, "sigma_z")
         self._sigma_z = float(sz)
         self._params = None
