@@ -1071,7 +1071,7 @@ def log_prob_quad(weights, biases, slopes, x, sigma_x, sigma_z=1.0, tol=1e-13):
             scale = _np.nanmax(lI)
         F = _np.exp(lI - scale).reshape(T.shape)
         G = F * m1.reshape(T.shape)
-        inner_rel = max(inner_rel, float(_np.max(_np.where(F > 0, rel.reshape(T.shape), 0))))
+        Rl = _np.where(F > 0, rel.reshape(T.shape), 0.0) * F  # inner errors, weighted by F
         n12 = len(xs12)
         est = []
         for wts, sl_ in ((ws12, slice(0, n12)), (ws20, slice(n12, None))):
@@ -1085,14 +1085,15 @@ def log_prob_quad(weights, biases, slopes, x, sigma_x, sigma_z=1.0, tol=1e-13):
             bad[:] = False
         done += hi_est[:, ~bad].sum(1)
         done_err += cell_err[~bad].sum()
+        inner_rel += float((Rl[~bad][:, n12:] * (half[~bad, None] * ws20[None, :])).sum())
         if not bad.any():
             break
         cells = [(l, m_) for l, m_, b_ in zip(lo, mid, bad) if b_] + [(m_, h) for m_, h, b_ in zip(mid, hi, bad) if b_]
     else:
         done_err = _np.inf
-    tail = 2 * _math.exp(joint.const - 100.0 - scale) * 2 * _math.pi * joint.sz**2  # |z| > Z, vs e^scale
+    tail = _math.exp(M - 100.0 - scale) * 2 * _math.pi * joint.sz**2  # |z| > Z (prior bound), vs e^scale
     log_p = scale + _math.log(done[0])
-    err = (done_err + tail) / done[0] + inner_rel + 8 * _EPS * abs(M)
+    err = (done_err + tail + inner_rel) / done[0] + 8 * _EPS * abs(M)
     return log_p, float(err), _np.array([done[1] / done[0], done[2] / done[0]])
 
 

@@ -1,0 +1,86 @@
+"""Exactness report: every metamorphic class of ``tests/test_metamorphic.py`` at a chosen size.
+
+    python benchmarks/exactness.py                  # --cases 20 per class (about 2 minutes)
+    python benchmarks/exactness.py --cases 4500     # >= 100,000 cases in total (24 classes x 4,500)
+
+Writes the section between ``<!-- exactness:begin -->`` and ``<!-- exactness:end -->`` of
+``benchmarks/RESULTS.md`` (``--output``): per class the cases run, passes, failures
+(an exception counts as a failure) and the worst error relative to its tolerance, with
+the seed of the worst case (``run_class(name, seed)`` in ``tests/test_metamorphic.py``
+reproduces it), plus the machine and the command.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BEGIN, END = "<!-- exactness:begin -->", "<!-- exactness:end -->"
+
+
+def run(classes, n_cases, seed0):
+    import numpy as np
+    from test_metamorphic import run_class
+
+    rows = []
+    for name in classes:
+        t0 = time.perf_counter()
+        passes = fails = 0
+        worst, worst_seed = 0.0, None
+        for k in range(n_cases):
+            seed = seed0 + k
+            try:
+                err, tol, _ = run_class(name, seed)
+                ratio = float(np.max(np.where(np.isfinite(err), err / tol, np.inf)))
+            except Exception:  # noqa: BLE001 (an exception is a failure of the class)
+                ratio = float("inf")
+            if ratio <= 1.0:
+                passes += 1
+            else:
+                fails += 1
+            if not ratio <= worst:
+                worst, worst_seed = ratio, seed
+        rows.append(dict(name=name, cases=n_cases, passes=passes, fails=fails, worst=worst, seed=worst_seed,
+                         seconds=time.perf_counter() - t0))
+        print(f"{name:28s} {passes:6d}/{n_cases:<6d} worst err/tol {worst:.3g} (seed {worst_seed})", flush=True)
+    return rows
+
+
+def render(rows, env, cmd):
+    total = sum(r["cases"] for r in rows)
+    lines = [BEGIN, "## Exactness: metamorphic identities of log p(x)", "",
+             f"Command: `{cmd}` ({total:,} cases). Tolerances come from each case's conditioning "
+             "(`tests/test_metamorphic.py`); a class passes when every case has err/tol <= 1. "
+             "`run_class(name, seed)` reproduces a case.", "",
+             "| class | cases | pass | fail | worst err / tol | worst seed | time (s) |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['cases']} | {r['passes']} | {r['fails']} | {r['worst']:.3g} | "
+                     f"{r['seed']} | {r['seconds']:.1f} |")
+    lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", END, ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=int, default=20, help="cases per class (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--classes", default="", help="comma-separated subset of classes")
+    p.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    args = p.parse_args(argv)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    sys.path.insert(0, HERE)
+    from test_metamorphic import HARD, ORDINARY
+
+    from run import environment, write_section
+
+    classes = [c for c in ORDINARY + HARD if not args.classes or c in args.classes.split(",")]
+    rows = run(classes, args.cases, args.seed)
+    cmd = "python benchmarks/exactness.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_section(args.output, render(rows, environment(), cmd.strip()), BEGIN, END)
+
+
+if __name__ == "__main__":
+    main()
