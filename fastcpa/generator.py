@@ -104,6 +104,9 @@ class Generator:
                 )
             if W.shape[0] == 0 or W.shape[1] == 0:
                 raise ValueError(f"weights[{l}] has an empty dimension {W.shape}.")
+            # own copies: freezing the caller's arrays made their later edits fail ("assignment
+            # destination is read-only"), and editing shared ones would change the generator
+            W, c = W.copy(), c.copy()
             for a in (W, c):
                 a.setflags(write=False)
             Ws.append(W)
