@@ -418,17 +418,7 @@ HARD = [f"{k}-S{S}-hard" for k in CHECKS for S in (1, 2)] + ["additive-hard", "l
 # classes that fail on the current code (issue 12); strict: they must flip once fixed
 _I12 = "issue 12"
 XFAIL = {
-    "translation-S1-ordinary": f"translation-S1: log p moves by ~eps |B|^2 / sigma_x^2 (expanded quadratic form), {_I12}",
-    "translation-S2-ordinary": f"translation-S2: log p moves by ~eps |B|^2 / sigma_x^2 (expanded quadratic form), {_I12}",
-    "additive-ordinary": f"additive: S = 2 log p differs from the S = 1 product by up to 2.5x the conditioning, {_I12}",
-    "translation-S1-hard": f"translation-S1-hard: log p off by up to 3.5e3 nats at large offsets, {_I12}",
-    "translation-S2-hard": f"translation-S2-hard: log p moves by ~eps |B|^2 / sigma_x^2, {_I12}",
-    "permutation-S1-hard": f"permutation-S1-hard: unit order changes log p beyond rounding (huge-scale deep nets), {_I12}",
     "permutation-S2-hard": f"permutation-S2-hard: unit order changes log p 400x beyond rounding, {_I12}",
-    "duplication-S1-hard": f"duplication-S1-hard: a duplicated unit changes log p beyond rounding, {_I12}",
-    "duplication-S2-hard": f"duplication-S2-hard: a duplicated unit changes log p beyond rounding, {_I12}",
-    "additive-hard": f"additive-hard: S = 2 log p differs from the S = 1 product (0.016 nats), {_I12}",
-    "linear-hard": f"linear-hard: affine closed form missed by up to 2.6x conditioning (1e-4 nats), {_I12}",
 }
 
 
