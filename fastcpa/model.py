@@ -311,7 +311,9 @@ class CPAModel:
         if self.generator.latent_dim == 2 and "Lt" in p:
             def args(rs):
                 ptr = p["ptr"][rs.start:rs.stop + 1]
-                return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], p["Lt"][rs], p["const"])
+                fptr = p["fptr"][rs.start:rs.stop + 1]
+                return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], fptr, p["FN"], p["FO"], p["FU"],
+                        p["Lt"][rs], p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
@@ -719,7 +721,14 @@ def _whitened_boundaries(part, Lt):
     LN[on, 0], LN[on, 1], LN[on, 2] = n[:, 0], n[:, 1], part.facet_offset[facet[on]]
     LN[on, 3] = n[:, 0] / l11[on]
     LN[on, 4] = (n[:, 1] - l21[on] * n[:, 0] / l11[on]) / l22[on]
-    return {"ptr": np.ascontiguousarray(ptr), "PW": PW, "LN": LN}
+    # each facet with its normal in the whitened frame, for anchoring a region on itself
+    freg = np.repeat(np.arange(part.n_regions), np.diff(part.facet_ptr))
+    FN = np.ascontiguousarray(part.facet_normal)
+    FU = np.empty_like(FN)
+    FU[:, 0] = FN[:, 0] / Lt[freg, 0]
+    FU[:, 1] = (FN[:, 1] - Lt[freg, 1] * FN[:, 0] / Lt[freg, 0]) / Lt[freg, 2]
+    return {"ptr": np.ascontiguousarray(ptr), "PW": PW, "LN": LN, "fptr": np.ascontiguousarray(part.facet_ptr),
+            "FN": FN, "FO": np.ascontiguousarray(part.facet_offset), "FU": FU}
 
 
 def _padded_facets(part):

@@ -270,7 +270,9 @@ def edge_table(P, n, E):
 
     The edge's line (``n = (-t_y, t_x)``, ``c``) comes from the row's line,
     not from the vertices, so a thin polygon keeps the relative accuracy of
-    its width; ``s1``, ``s2`` are the ends' projections on ``t``. Returns
+    its width; ``s1``, ``s2`` are the ends' projections on ``t`` (the one
+    nearer the foot projected, the other from it and the length, so neither a
+    short edge nor one with a far end loses its near end). Returns
     ``(K, arc)``: the number of edges and the total angle of the arcs at
     infinity. Zero-length segments are skipped.
     """
@@ -296,8 +298,14 @@ def edge_table(P, n, E):
             L = math.sqrt(ex * ex + ey * ey)
             if not (L > 0.0):
                 continue
+            # anchor on the end nearer the line's foot: the other end follows
+            # from the exact length (a far end alone would round the near one away)
             s1 = tx * P[j, 0] + ty * P[j, 1]
-            s2 = s1 + L
+            s2 = tx * P[q, 0] + ty * P[q, 1]
+            if abs(s1) <= abs(s2):
+                s2 = s1 + L
+            else:
+                s1 = s2 - L
         elif P[j, 2] != 0.0:  # ray out
             s1 = tx * P[j, 0] + ty * P[j, 1]
             s2 = math.inf
@@ -867,7 +875,9 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
 
     ``A[0:nA], G, LM[0:nl]``: the polygon for the section rule, where it is
     needed (:func:`section_rule`): ``P`` itself with ``G = (0, 0, 1)`` and
-    ``nl = 0``, or the same polygon in a frame anchored on it.
+    ``nl = 0``, or the same polygon in a frame anchored on it. ``nA < 0``
+    asks for NaN instead where the section rule would serve (the caller then
+    anchors the polygon and calls again).
 
     ``floor`` (``-inf`` for the exact value always): where the upper bound
     ``log Q(d)`` (the polygon lies beyond the tangent line at its nearest
@@ -885,6 +895,8 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
             return bound
     lm, d2, kappa = fan_log_mass(E, K, arc)
     if kappa > _KAPPA_MAX:
+        if nA < 0:  # the caller builds the anchored polygon only when it is needed
+            return math.nan
         ax, ay = _section_axis(E, K, d2)
         lm = section_rule(A, nA, d2, ax, ay, False, B1, B2, V, Y, G, LM, nl)[0]
     return lm
@@ -925,6 +937,8 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
             return lm, mx, my, c00, c01, c11
     if not careful:
         return lm, nan, nan, nan, nan, nan
+    if nA < 0:  # the caller builds the anchored polygon only when it is needed
+        return nan, nan, nan, nan, nan, nan
     ax, ay = _section_axis(E, K, d2)
     lms, mx, my, c00, c01, c11 = section_rule(A, nA, d2, ax, ay, True, B1, B2, V, Y, G, LM, nl)
     if nl == 0 and kappa <= 4.0 and lm > -math.inf:

@@ -735,3 +735,51 @@ def test_dead_unit_in_a_deeper_layer_matches_the_net_without_it():
     m, m2 = fastcpa.CPAModel(gen, sigma_x=0.2), fastcpa.CPAModel(gen2, sigma_x=0.2)
     X = np.concatenate([m.sample(10, seed=1), m.sample(3, seed=2) + 3.0])
     np.testing.assert_allclose(m.log_prob(X), m2.log_prob(X), rtol=1e-12, atol=1e-12)
+
+
+def test_unit_with_tiny_weights_beside_ordinary_units():
+    """A first-layer unit with weights 1e-16 puts its line ~1e16 from the origin;
+    the other lines meet it there, and those far vertices once rounded the near
+    ends of the neighbouring edges away (log p off by 0.02 nats). Against the
+    converged latent quadrature, which states its own error."""
+    from oracles import log_prob_quad
+
+    rng = np.random.default_rng(0)
+    W0 = rng.normal(size=(5, 2))
+    W0[2] = 1e-16
+    Ws, cs = [W0, rng.normal(size=(3, 5))], [rng.normal(size=5), rng.normal(size=3)]
+    gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1)
+    model = fastcpa.CPAModel(gen, sigma_x=0.1)
+    X = model.sample(3, seed=0)
+    for x, got in zip(X, model.log_prob(X)):
+        ref, err, _ = log_prob_quad(gen.weights, gen.biases, gen.slopes, x, 0.1)
+        assert abs(got - ref) <= err + 1e-12 * max(1.0, abs(ref)), (got, ref, err)
+
+
+def test_thin_region_far_from_the_posterior_mean_keeps_its_term():
+    """A strip of width 1e-9 about two posterior standard deviations out: its term
+    needs the section rule on the region anchored on itself (unanchored, the
+    whitening's rounding is 1e9 times the width's). The model's term against
+    a 40-digit log kappa plus the public polygon integral on the region's facets."""
+    from oracles import linear_log_prob_mp
+
+    W0 = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    c0 = np.array([-0.8, -(0.8 + 1e-9), 0.5])
+    W1 = np.array([[1.0, 0.5, -1.0], [0.2, -2.0, 1.0]])
+    gen = fastcpa.Generator([W0, W1], [c0, np.zeros(2)], activation="leaky_relu", slope=0.3)
+    model = fastcpa.CPAModel(gen, sigma_x=0.5)
+    x = gen(np.array([[0.2, -0.1]]))[0]
+    part = model.partition
+    lo, hi = part.locate(np.array([[0.8 + 5e-10, 0.7], [0.8 + 5e-10, -0.7]]))
+    lp = model.log_prob(x[None])[0]
+    probs = model.posterior(x[None]).region_probs.toarray()[0]
+    for r in (lo, hi):
+        A, b = part.A[r], part.b[r]
+        Lam = np.eye(2) + A.T @ A / 0.25
+        Sig = np.linalg.inv(Lam)
+        Sig = 0.5 * (Sig + Sig.T)
+        mu = Sig @ (A.T @ (x - b)) / 0.25
+        n, o = part.facets(r)[:2]
+        term = float(linear_log_prob_mp(A, b, x, 0.5, 1.0)[0]) + float(fastcpa.polygon_moments(n, o, mu, Sig).log_mass)
+        assert probs[r] > 0
+        assert abs(math.log(probs[r]) - (term - lp)) <= 1e-10, (r, math.log(probs[r]), term - lp)

@@ -631,3 +631,21 @@ def test_mass_only_path_matches_moments_path_and_oracle():
     want = float(ref[0])
     for got in (only, full):
         assert abs(got - want) <= 1e-13 * max(1.0, abs(want)), (got, want)
+
+
+def test_edge_with_a_far_end_keeps_its_near_end():
+    """Two nearly parallel lines (normals differing in the last bit) meet about
+    1e16 whitened units away. The edge from that vertex had its near end formed
+    as ``far end + length``, rounded by ~1 there: the region's log-mass was off
+    by 5e-9 (a region of an S = 2 model with an anisotropic posterior)."""
+    v = [float.fromhex(h) for h in (
+        "0x1.c0b3b168dc7dfp-1", "0x1.ed322f3a7526ap-2", "-0x1.ff55c72665a05p-1", "0x1.a15da55397b92p-5",
+        "0x1.ff55c72665a04p-1", "-0x1.a15da55397b92p-5", "0x1.30ed89ae9f17ep-1", "0x1.060d02c936e2fp+1",
+        "-0x1.f906bd403ebbep+0", "0x1.f85e1dd262b8ep+0", "-0x1.9badc5a7609fcp-4", "0x1.54f385dd93da1p-9",
+        "0x1.a0d24abbb4540p-5", "0x1.a0d24abbb4540p-5", "0x1.feabc760c4588p-1")]
+    normals, offsets = np.array(v[:6]).reshape(3, 2), np.array(v[6:9])
+    mean, cov = np.array(v[9:11]), np.array(v[11:]).reshape(2, 2)
+    ref = float(oracle(normals, offsets, mean, cov)[0])
+    for moments in (True, False):
+        got = float(fastcpa.polygon_moments(normals, offsets, mean, cov, moments=moments).log_mass)
+        assert abs(got - ref) <= 1e-13 * max(1.0, abs(ref)), (moments, got, ref)

@@ -34,8 +34,8 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_G0, _LM0, _REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa,
-                    _scratch, _truncate, _truncate_2d, _whiten_polygon, std_polygon_log_mass)
+from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa,
+                    _polygon_log_mass_2d, _scratch, _truncate, _truncate_2d)
 from ._jit import jit
 
 # regions interleaved over at most this many parallel blocks
@@ -103,8 +103,8 @@ def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, 
 
 
 @jit(parallel=True)
-def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt, const,
-                   top, lsum, floor, T0, T1, T2, Wt, Mt):
+def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+                   FU, Lt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
     forms it (cut short by the polygon's tail bound below the floor), then,
     for the pairs that are kept, the polygon moments on the accurate path."""
@@ -118,7 +118,7 @@ def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s
         mu = np.empty(2)
         m = np.empty(2)
         C = np.empty((2, 2))
-        W, E, B1, B2, V, Y = _scratch(cap)
+        sc = _scratch(cap)
         for r in range(blk, R, nb):
             for i in range(n):
                 Wt[r, i] = 0.0
@@ -130,9 +130,8 @@ def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s
                 lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
                 lm = 0.0
                 if not whole[r]:  # the log-mass first (a bound where it is below the floor)
-                    nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-                    lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor[i] - lk, W, nv, _G0, _LM0, 0)
+                    lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor[i] - lk, sc)
                     if lk + lm < floor[i]:
                         continue
-                _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, True, W, E, B1, B2, V, Y, m, C)
+                _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
                 _accumulate(math.exp((lk + lm - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)

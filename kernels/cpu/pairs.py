@@ -65,6 +65,11 @@ interval_moments = _iv.interval_moments
 _pg = scalars(_polygon)
 std_polygon_log_mass = _pg.std_polygon_log_mass
 std_polygon_moments = _pg.std_polygon_moments
+edge_table = _pg.edge_table
+nearest_point = _pg.nearest_point
+whole_plane = _pg.whole_plane
+clip_halfplane = _pg.clip_halfplane
+offset_at = _pg.offset_at
 
 
 # float64 unit roundoff
@@ -456,8 +461,70 @@ def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
 
 @jit
 def _scratch(cap):
+    """Per-thread work arrays of the S = 2 kernels for polygons of up to ``cap``
+    points: the whitened polygon, its edge table, the section rule's buffers,
+    and the anchored copy (two clip buffers, its lines, its frame)."""
     return (np.empty((cap, 6)), np.empty((cap, 6)), np.empty((cap + 8, 6)), np.empty((cap + 8, 6)),
-            np.empty((cap + 8, 7)), np.empty(cap + 8))
+            np.empty((cap + 8, 7)), np.empty(cap + 8), np.empty((2 * cap + 4, 6)), np.empty((2 * cap + 4, 6)),
+            np.empty((cap, 4)), np.empty(3))
+
+
+@jit
+def _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc):
+    """Region r's polygon in a frame anchored at its boundary point nearest
+    the pair's posterior mean (whitened), for the section rule: each facet's
+    offset at the anchor ``z_a = mu + M u_a`` comes from exact products, so
+    a thin region far from the mean keeps its width (the anchor's own
+    rounding only moves the whole polygon). ``sc`` is :func:`_scratch`'s
+    tuple with the whitened polygon in ``sc[0]``; returns ``(points, n,
+    n_lines)``, the points in ``sc[6]`` or ``sc[7]``, the lines in ``sc[8]``
+    and the frame ``(centre, det M)`` in ``sc[9]``; ``n = -1`` where the
+    anchored copy is lost to rounding (the caller keeps the plain frame)."""
+    W, E, P, Q, LM, G = sc[0], sc[1], sc[6], sc[7], sc[8], sc[9]
+    ke = edge_table(W, nv, E)[0]
+    if ke == 0:
+        return P, -1, 0
+    _, px, py = nearest_point(E, ke)
+    l11 = Lt[r, 0]
+    l21 = Lt[r, 1]
+    l22 = Lt[r, 2]
+    # z = mu + M u, M = (L^T)^-1 = [[1/l11, -l21/(l11 l22)], [0, 1/l22]]
+    za0 = mu[0] + (px / l11 - l21 * py / (l11 * l22))
+    za1 = mu[1] + py / l22
+    n = whole_plane(P)
+    nl = 0
+    for k in range(fptr[r], fptr[r + 1]):
+        a = FN[k, 0]
+        b = FN[k, 1]
+        n = clip_halfplane(P, n, FU[k, 0], FU[k, 1], offset_at(FO[k], a, za0, b, za1), Q)
+        P, Q = Q, P
+        LM[nl, 0] = FU[k, 0]
+        LM[nl, 1] = FU[k, 1]
+        LM[nl, 2] = a
+        LM[nl, 3] = b
+        nl += 1
+        if n == 0:
+            return P, -1, 0
+    G[0] = -px
+    G[1] = -py
+    G[2] = 1.0 / (l11 * l22)
+    return P, n, nl
+
+
+@jit
+def _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor, sc):
+    """log N(mu, Sigma_r)-mass of S = 2 region r (``floor``: see
+    ``std_polygon_log_mass``); the section rule, where it serves, integrates
+    the region anchored on itself (:func:`_anchored_region`)."""
+    W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
+    nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+    lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, -1, _G0, _LM0, 0)
+    if lm == lm:
+        return lm
+    A, nA, nl = _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc)
+    if nA < 0:
+        return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, nv, _G0, _LM0, 0)
+    return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, A, nA, sc[9], sc[8], nl)
 
 
 # the section rule in the whitened frame itself (no anchor, no input normals)
@@ -466,8 +533,8 @@ _LM0 = np.empty((0, 4))
 
 
 @jit(parallel=True)
-def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt,
-                      const, gap, run_max, run_sum, n_skipped):
+def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+                      FU, Lt, const, gap, run_max, run_sum, n_skipped):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers."""
@@ -480,7 +547,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
         mu = np.empty(2)
         lk = np.empty(R)
         er = np.empty(R)
-        W, E, B1, B2, V, Y = _scratch(cap)
+        sc = _scratch(cap)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
         lref = REF[i, _REF_LK]
         for r in range(R):
@@ -498,28 +565,35 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
             if whole[r]:
                 lm = 0.0
             else:
-                nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
                 # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
-                lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, m - _NEGLIGIBLE - rel, W, nv, _G0, _LM0, 0)
+                lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, m - _NEGLIGIBLE - rel, sc)
             m, s = _add_term(rel + lm, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
 
 
 @jit
-def _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, careful, W, E, B1, B2, V, Y, mean, cov):
+def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful, sc, mean, cov):
     """:func:`_truncate` for S = 2: region r's polygon whitened, its moments
-    (``careful``: the accurate path, see ``std_polygon_moments``) mapped back
-    to z. Returns log Phi_r; a negligible pair (``careful=False``) whose edge
-    formulas cancel completely gets the untruncated Gaussian's moments."""
+    (``careful``: the accurate path, see ``std_polygon_moments``, with the
+    section rule on the region anchored on itself) mapped back to z. Returns
+    log Phi_r; a negligible pair (``careful=False``) whose edge formulas
+    cancel completely gets the untruncated Gaussian's moments."""
     if whole[r]:
         for a in range(2):
             mean[a] = mu[a]
             for b in range(2):
                 cov[a, b] = Sigma[r, a, b]
         return 0.0
+    W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-    lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, nv, _G0, _LM0, 0)
+    lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, -1, _G0, _LM0, 0)
+    if careful and not (lm == lm):
+        A, nA, nl = _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc)
+        if nA < 0:
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, W, nv, _G0, _LM0, 0)
+        else:
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, A, nA, sc[9], sc[8], nl)
     if not (c00 == c00):
         ux = uy = c01 = 0.0
         c00 = c11 = 1.0
@@ -541,8 +615,8 @@ def _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, careful, W, E, B1, B2, V,
 
 
 @jit(parallel=True)
-def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, Lt,
-                       const, terms, means, covs, gap=40.0):
+def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+                       FU, Lt, const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
     Every term is exact (accurate log-mass, relative to the row's reference);
@@ -557,18 +631,17 @@ def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, a
     for i in prange(n):
         y = np.empty(2)
         mu = np.empty(2)
-        W, E, B1, B2, V, Y = _scratch(cap)
+        sc = _scratch(cap)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
         top = -math.inf
         for r in range(R):
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
             lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
-                nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-                lk += std_polygon_log_mass(W, nv, E, B1, B2, V, Y, -math.inf, W, nv, _G0, _LM0, 0)
+                lk += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, -math.inf, sc)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
-            _truncate_2d(ptr, PW, LN, Lt, whole, Sigma, r, mu, terms[i, r] >= top - gap, W, E, B1, B2, V, Y,
+            _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, terms[i, r] >= top - gap, sc,
                          means[i, r], covs[i, r])
