@@ -164,7 +164,7 @@ class CPAModel:
             Bw = A
             if D == 1:
                 Bw = np.concatenate([Bw, np.zeros((R, 1, 2))], axis=1)
-            Rq = np.linalg.qr(Bw, mode="r")
+            Qb, Rq = np.linalg.qr(Bw)
             r11, r12, r22 = Rq[:, 0, 0], Rq[:, 0, 1], Rq[:, 1, 1]
             l11 = np.sqrt(s + r11**2)
             l21 = r11 * r12 / l11
@@ -205,6 +205,21 @@ class CPAModel:
             params["hl1"] = 0.5 * Lam[:, 0, 0]
         elif S == 2 and not whole.all():
             params.update(Lt=Lt, **_whitened_boundaries(part, Lt))
+            # The S = 2 kernels take their products in the orthonormal basis Q of
+            # A~ = Q Rq: y' = Q^T (x~ - b~) and mu = K y', K = (s I + Rq^T Rq)^-1 Rq^T
+            # (from the QR factors of [Rq; sqrt(s) I]), whose norm is at most
+            # sigma_z / 2. Through A~^T (x~ - b~) and Sigma instead, the GEMM's
+            # rounding (eps |A~| |x~|) would reach mu amplified by |A~| sigma_z
+            # along a nearly unmapped direction.
+            Q = np.ascontiguousarray(Qb[:, :D, :])
+            st = np.concatenate([Rq, np.broadcast_to(np.sqrt(s) * np.eye(2), (R, 2, 2))], axis=1)
+            Q2, R2 = np.linalg.qr(st)
+            K = np.linalg.solve(R2, np.swapaxes(Q2[:, :2, :], 1, 2))
+            params.update(
+                PA_T=np.ascontiguousarray(Q.transpose(1, 0, 2).reshape(D, R * 2)),
+                Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", Q, b)), Q=Q, K=np.ascontiguousarray(K),
+                Rt=np.ascontiguousarray(np.stack([r11, r12, r22, np.full(R, s)], axis=1)))
+            params["an"][:, 0] = math.sqrt(2.0)
         self._params = params
         return params
 
@@ -228,10 +243,13 @@ class CPAModel:
     def _new_reference(self, Xw, xx, region_chunk):
         """Per-row reference pairs for the kernels (``kernels.cpu.pairs``).
 
-        With one region chunk the kernels take each row's best pair
-        themselves (NaN rows here); with several, a first pass over the
-        chunks finds it, so that every term is relative to a near-best pair
-        (a poor reference would put ``eps |e_ref|^2`` of rounding into each)."""
+        A row's reference is its pair with the best upper bound on the term
+        (``log kappa`` plus the tail bound of the region's mass). With one
+        region chunk the kernels pick it themselves (NaN rows here); with
+        several, a first pass over the chunks does, so that every term is
+        taken relative to a near-best one: a poor reference (a large
+        residual, or a tiny mass) would leave ``log p`` as the difference of
+        two large numbers."""
         from fastcpa.kernels.cpu import pairs
 
         p = self._region_params()
@@ -240,16 +258,26 @@ class CPAModel:
         REF = np.full((n, pairs.reference_width(S, D)), np.nan)
         slices = self._region_slices(region_chunk)
         if len(slices) > 1:
-            best_lk, best_r, best_mu = np.full(n, -np.inf), np.full(n, -1, np.int64), np.zeros((n, S))
-            Lt = p.get("Lt", np.empty((0, 3)))
+            best = np.full((n, 2 + S), -np.inf)
             for a in range(0, n, _REF_ROWS):  # (rows x regions) products of bounded size
                 rows = slice(a, min(n, a + _REF_ROWS))
                 for rs in slices:
                     XA, Xb = self._products(Xw[rows], rs)
-                    pairs.best_pairs_chunk(XA, Xb, xx[rows], p["Ab"][rs], p["bb"][rs], p["Sigma"][rs],
-                                           p["logdet_lam"][rs], p["const"], p["an"][rs], Lt[rs] if len(Lt) else Lt,
-                                           rs.start, best_lk[rows], best_r[rows], best_mu[rows])
-            pairs.set_references(Xw, p["Aw"], p["bw"], best_r, best_mu, p["s2"], p["logdet_lam"], p["const"], REF)
+                    head = (XA, Xb, xx[rows], p["Ab"][rs], p["bb"][rs])
+                    tail = (Xw[rows], p["Aw"][rs], p["bw"][rs], p["s2"])
+                    if "Lt" in p:
+                        pairs.best_pairs_chunk_2d(*head, p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["logdet_lam"][rs],
+                                                  p["const"], p["an"][rs],
+                                                  p["whole"][rs], p["ptr"][rs.start:rs.stop + 1], p["PW"], p["LN"],
+                                                  *tail, rs.start, best[rows])
+                    else:
+                        lo, hi = (p["lo"][rs], p["hi"][rs]) if "lo" in p else (np.zeros(0), np.zeros(0))
+                        pairs.best_pairs_chunk(*head, p["Sigma"][rs], p["logdet_lam"][rs], p["const"], p["an"][rs],
+                                               lo, hi, p["whole"][rs], *tail, rs.start, best[rows])
+            if not np.all(best[:, 0] > -np.inf):
+                raise FloatingPointError("internal error: no finite candidate reference pair; please report this "
+                                         "with the model and data.")
+            pairs.set_references(Xw, p["Aw"], p["bw"], best, p["s2"], p["logdet_lam"], p["const"], REF)
         return REF
 
     def _region_slices(self, region_chunk):
@@ -313,7 +341,7 @@ class CPAModel:
                 ptr = p["ptr"][rs.start:rs.stop + 1]
                 fptr = p["fptr"][rs.start:rs.stop + 1]
                 return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], fptr, p["FN"], p["FO"], p["FU"],
-                        p["Lt"][rs], p["const"])
+                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
@@ -606,8 +634,12 @@ class Posterior:
         p = self.model._region_params()
         part = self.model.partition
         A, b = part.A[regions], part.b[regions]
-        y = np.einsum("nds,nd->ns", p["Aw"][regions], (self.X[rows] - b) * p["isx"])
         Sigma = p["Sigma"][regions]
+        r = (self.X[rows] - b) * p["isx"]
+        if "K" in p:  # S = 2 polygons: through the orthonormal basis, as the kernels do
+            y = np.einsum("nds,nd->ns", p["Q"][regions], r)
+            return np.einsum("nst,nt->ns", p["K"][regions], y), Sigma
+        y = np.einsum("nds,nd->ns", p["Aw"][regions], r)
         return np.einsum("nst,nt->ns", Sigma, y), Sigma
 
     def sample(self, k, seed=None):

@@ -94,6 +94,14 @@ _W_SPAN = 9.0
 # beyond which the section rule serves.
 _KAPPA_MAX = 256.0
 _AMP_MAX = 1e5
+# Beyond this squared distance (whitened, d ~ 1e6) a polygon's Gaussian is
+# taken as exponential off its nearest point (far_polygon): that errs by
+# O(1/d) in log-mass at worst, far below the eps d^2 / 2 that rounding of the
+# inputs alone puts there (the edge formulas and sections lose everything).
+_FAR2 = 2.0**40
+# A vertex's cone is exponential along both edges only where the density falls
+# by e^-8 within a unit step along each (far_polygon).
+_FAR_RATE = 8.0
 # Section rule: clip to the box |u_i| <= sqrt(d^2 + _BOX) (density below e^-45 outside).
 _BOX = 90.0
 # Section rule: lines with |n . a| below this bound y only; panels per piece at most.
@@ -856,6 +864,93 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     return log_mass, ux, uy, c00, c01, c11
 
 
+# ----------------------------------------------------------------------------- far polygons
+def _far_edge(E, k):
+    """:func:`far_polygon` where the nearest point is on edge k (or the edge
+    nearer the tangent at a blunt vertex): ``Q(c)`` across it, by its Mills
+    ratio, times the standard normal's mass over the edge."""
+    tx = E[k, 0]
+    ty = E[k, 1]
+    c = E[k, 2]
+    nx = -ty
+    ny = tx
+    lm, ms, vs = std_interval_moments(E[k, 3], E[k, 4], E[k, 5])
+    iv = 1.0 / (c * c)
+    mx = (c + 1.0 / c) * nx + ms * tx
+    my = (c + 1.0 / c) * ny + ms * ty
+    return (-0.5 * c * c - math.log(c) - 0.5 * LOG_2PI + lm, mx, my, vs * tx * tx + iv * nx * nx,
+            vs * tx * ty + iv * nx * ny, vs * ty * ty + iv * ny * ny)
+
+
+def far_polygon(E, K):
+    """``(log_mass, mx, my, c00, c01, c11)`` of a polygon beyond ``_FAR2``
+    (squared whitened distance): there ``|u|^2 / 2 = d^2 / 2 + p . w + |w|^2 /
+    2`` about the nearest point ``p`` (``w`` the offset from it, of size
+    ``1/d``): dropping ``|w|^2 / 2`` errs by ``O(1/d^2)``, and the other edges
+    cut in only within ``O(1/d)`` of the nearest point's neighbourhood, both
+    far below the ``eps d^2 / 2`` that the inputs' rounding puts into the
+    log-mass. So the density is exponential off the nearest point:
+
+    * on an edge (foot inside it, line at distance ``c = d``): ``v ~ Exp(c)``
+      across the edge and the standard normal along it, truncated to the
+      edge: mass ``exp(-c^2/2) / (c sqrt(2 pi)) (Phi(s2) - Phi(s1))``;
+    * at a vertex ``p`` with edges leaving along ``e1``, ``e2``: ``w = a e1 +
+      b e2`` with ``a ~ Exp(p . e1)``, ``b ~ Exp(p . e2)`` independent: mass
+      ``exp(-d^2/2) |e1 x e2| / (2 pi (p . e1)(p . e2))``.
+
+    (The section rule and the edge formulas cannot serve there: their terms
+    carry ``eps d^2`` of rounding in the exponent.)"""
+    best = 0
+    d2 = math.inf
+    foot = False
+    for k in range(K):
+        c = E[k, 2]
+        s = 0.0
+        if E[k, 3] > 0.0:
+            s = E[k, 3]
+        elif E[k, 4] < 0.0:
+            s = E[k, 4]
+        r2 = c * c + s * s
+        # ties (s^2 below the rounding of c^2) go to an edge holding its foot
+        if r2 < d2 or (r2 == d2 and s == 0.0 and not foot):
+            d2 = r2
+            best = k
+            foot = s == 0.0
+    if foot:
+        return _far_edge(E, best)
+    tx = E[best, 0]
+    ty = E[best, 1]
+    c = E[best, 2]
+    nx = -ty
+    ny = tx
+    s1 = E[best, 3]
+    s2 = E[best, 4]
+    # a vertex: the start of this edge (s1 > 0) or its end (s2 < 0)
+    if s1 > 0.0:
+        vx = c * nx + s1 * tx
+        vy = c * ny + s1 * ty
+        j = best - 1 if best > 0 else K - 1  # the edge arriving there, reversed
+        e1x, e1y, e2x, e2y = tx, ty, -E[j, 0], -E[j, 1]
+    else:
+        vx = c * nx + s2 * tx
+        vy = c * ny + s2 * ty
+        j = best + 1 if best < K - 1 else 0  # the edge leaving there
+        e1x, e1y, e2x, e2y = E[j, 0], E[j, 1], -tx, -ty
+    al = vx * e1x + vy * e1y
+    be = vx * e2x + vy * e2y
+    cross = abs(e1x * e2y - e1y * e2x)
+    if not (al > _FAR_RATE and be > _FAR_RATE and cross > 0.0):
+        # a blunt vertex: along the edge nearer the tangent the density is
+        # Gaussian, not exponential; that edge's own formula serves
+        return _far_edge(E, best if s1 > 0.0 and al <= be or s2 < 0.0 and be <= al else j)
+    lm = -0.5 * d2 - LOG_2PI + math.log(cross) - math.log(al) - math.log(be)
+    mx = vx + e1x / al + e2x / be
+    my = vy + e1y / al + e2y / be
+    a2 = 1.0 / (al * al)
+    b2 = 1.0 / (be * be)
+    return lm, mx, my, a2 * e1x * e1x + b2 * e2x * e2x, a2 * e1x * e1y + b2 * e2x * e2y, a2 * e1y * e1y + b2 * e2y * e2y
+
+
 # ----------------------------------------------------------------------------- entry points
 def _section_axis(E, K, d2):
     """The x-axis of the section rule: towards the nearest point when the
@@ -894,6 +989,8 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
         if bound < floor:
             return bound
     lm, d2, kappa = fan_log_mass(E, K, arc)
+    if d2 > _FAR2:
+        return far_polygon(E, K)[0]
     if kappa > _KAPPA_MAX:
         if nA < 0:  # the caller builds the anchored polygon only when it is needed
             return math.nan
@@ -931,6 +1028,8 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
             return 0.0, 0.0, 0.0, 1.0, 0.0, 1.0
         return -math.inf, nan, nan, nan, nan, nan
     lm, d2, kappa = fan_log_mass(E, K, arc)
+    if d2 > _FAR2:
+        return far_polygon(E, K)
     if (kappa <= _KAPPA_MAX or not careful) and lm > -math.inf:
         mx, my, c00, c01, c11, amp = fan_moments(E, K, lm, d2)
         if amp <= _AMP_MAX or not careful:

@@ -16,6 +16,7 @@ estimate; the tolerance is ``max(4 err_oracle, C eps (|x| |grad| + |log p|))``.
 import math
 
 import numpy as np
+from mpmath import mp
 import pytest
 import scipy.stats
 
@@ -34,10 +35,15 @@ def region_terms(model, x, regions):
     out, means = [], []
     for r in regions:
         A, b = part.A[r], part.b[r]
-        Lam = np.eye(S) / model.sigma_z**2 + A.T @ (A / var[:, None])
-        Sig = np.linalg.inv(Lam)
-        Sig = 0.5 * (Sig + Sig.T)
-        mu = Sig @ (A.T @ ((x - b) / var))
+        # the region's Gaussian at 40 digits, then rounded (in float64, mu carries
+        # the rounding of A^T (x - b) amplified by cond(Lambda))
+        with mp.workdps(40):
+            Am, Vi = mp.matrix(A.tolist()), mp.diag([1 / mp.mpf(float(v)) for v in var])
+            Sm = (mp.eye(S) / mp.mpf(float(model.sigma_z)) ** 2 + Am.T * Vi * Am) ** -1
+            mm = Sm * (Am.T * Vi * (mp.matrix(x.tolist()) - mp.matrix(b.tolist())))
+            Sig = np.array([[float(Sm[i, j]) for j in range(S)] for i in range(S)])
+            Sig = 0.5 * (Sig + Sig.T)
+            mu = np.array([float(mm[i]) for i in range(S)])
         lk = float(linear_log_prob_mp(A, b, x, np.sqrt(var), model.sigma_z)[0])  # 40 digits
         if S == 1:
             lo, hi = part.intervals[r]
@@ -55,11 +61,7 @@ def region_terms(model, x, regions):
     return np.array(out), np.array(means)
 
 
-_XF_TERMS = pytest.mark.xfail(strict=True, reason="region-terms: a pair's weight differs from exp(log kappa + log Phi - "
-                               "log p) rebuilt from the 40-digit kappa and the public integrals by 4e-11..5e-9 "
-                               "relative issue 12")
-TERM_CASES = [pytest.param(S, seed, marks=_XF_TERMS) if (seed, S) in {(2, 2)} else (S, seed)
-              for seed in range(4) for S in (1, 2)]
+TERM_CASES = [(S, seed) for seed in range(4) for S in (1, 2)]
 
 
 @pytest.mark.parametrize("S,seed", TERM_CASES)

@@ -2,7 +2,7 @@
 
 Each identity holds exactly in real arithmetic; in floating point the two sides may
 differ only by what input rounding allows. The tolerances are derived from the
-problem's conditioning (DESIGN 5), never a fixed absolute:
+problem's conditioning (the project's testing rules), never a fixed absolute:
 
 * ``G = (||x - g(z^)|| + sqrt(D) sigma) / sigma^2`` bounds ``|grad_x log p|`` (``z^`` the
   latent point whose image is nearest x on a grid, ``sigma`` the smallest noise sd),
@@ -418,7 +418,6 @@ HARD = [f"{k}-S{S}-hard" for k in CHECKS for S in (1, 2)] + ["additive-hard", "l
 # classes that fail on the current code (issue 12); strict: they must flip once fixed
 _I12 = "issue 12"
 XFAIL = {
-    "permutation-S2-hard": f"permutation-S2-hard: unit order changes log p 400x beyond rounding, {_I12}",
 }
 
 

@@ -104,7 +104,7 @@ def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, 
 
 @jit(parallel=True)
 def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                   FU, Lt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
+                   FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
     forms it (cut short by the polygon's tail bound below the floor), then,
     for the pairs that are kept, the polygon moments on the accurate path."""
@@ -124,7 +124,7 @@ def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s
                 Wt[r, i] = 0.0
                 Mt[r, 0, i] = 0.0
                 Mt[r, 1, i] = 0.0
-                lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+                lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
                 if lk + err - REF[i, _REF_LK] < floor[i]:
                     continue
                 lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)

@@ -18,8 +18,9 @@ implies) and a first, cheap ``log kappa`` by the expanded quadratic form
 ``|x~|^2 - 2 x~.b~ + |b~|^2 - y.mu``, which cancels far from the data (or
 the parameters) and serves only to order and prune pairs, with a bound on its
 rounding (:func:`_prune_slack`). Every pair that is evaluated gets its term
-relative to a per-row reference pair (the row's best candidate by the cheap
-form over all regions; row ``i`` of ``REF``, see :func:`_set_reference`)::
+relative to a per-row reference pair (the row's pair with the best upper
+bound on its term, ``log kappa + log Q(d)``, over all regions; row ``i`` of
+``REF``, see :func:`_set_reference` and :func:`_best_candidate`)::
 
     log kappa_r - log kappa_ref = -(logdet_r - logdet_ref
                                     + sum_d delta_d (2 e_ref,d + delta_d)
@@ -70,6 +71,7 @@ nearest_point = _pg.nearest_point
 whole_plane = _pg.whole_plane
 clip_halfplane = _pg.clip_halfplane
 offset_at = _pg.offset_at
+log_tail_bound = _pg.log_tail_bound
 
 
 # float64 unit roundoff
@@ -115,6 +117,27 @@ def _prune_slack(xx, xb, bb, ymu, mm, an):
     by twice that times ``|mu|``. Used to keep pruning certified, never for
     a term."""
     return an[1] * (xx + 2.0 * abs(xb) + bb + abs(ymu) + 2.0 * math.sqrt(mm) * an[0] * (math.sqrt(xx) + math.sqrt(bb)))
+
+
+@jit
+def _exact_log_kappa(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const):
+    """``log kappa`` of pair (i, r) from its whitened residual ``e = x~ - b~ -
+    A~ mu`` (as :func:`_set_reference` forms it), for when the cheap form's
+    rounding bound is too large to choose by."""
+    D = Xw.shape[1]
+    S = mu.shape[0]
+    h = 0.7071067811865476
+    q = 0.0
+    for t in range(S):
+        v = h * mu[t]
+        q += s2 * v * v
+    for d in range(D):
+        f = bw[r, d]
+        for t in range(S):
+            f += Aw[r, d, t] * mu[t]
+        v = h * (Xw[i, d] - f)
+        q += v * v
+    return (const - 0.5 * logdet_lam[r]) - q
 
 
 @jit
@@ -211,50 +234,86 @@ def _add_term(term, m, s):
 
 
 @jit
-def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu):
-    """Give row i a reference (its best ``log kappa`` in this chunk) if it has none."""
+def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, i, r0, y, mu,
+                    best):
+    """Fold this chunk's pairs of row i into its best candidate reference
+    ``best = (bound, region, mu)``, by the upper bound ``log kappa + log
+    Q(d)`` on each term (S = 1 intervals, or whole-space regions): a
+    reference whose mass is tiny would leave ``log p = log kappa_ref + (a
+    large relative term)`` to cancel. Regions whose ``log kappa`` is below
+    the best bound so far need no bound; where the cheap ``log kappa``'s
+    rounding bound exceeds one nat, the exact one decides."""
+    R = Xb.shape[1]
+    S = mu.shape[0]
+    for r in range(R):
+        lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+        if not (lk + err > best[0]):
+            continue
+        if err > 1.0:
+            lk = _exact_log_kappa(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const)
+            if not (lk > best[0]):
+                continue
+        if not whole[r]:
+            lk += _log_mass_bound(lo[r], hi[r], mu[0], 0.5 / Sigma[r, 0, 0])
+        if lk > best[0]:
+            best[0] = lk
+            best[1] = r0 + r
+            for t in range(S):
+                best[2 + t] = mu[t]
+
+
+@jit
+def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, REF, i,
+                      y, mu):
+    """Give row i a reference (its best candidate in this chunk) if it has none."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
-    R = Xb.shape[1]
-    best = 0
-    top = -math.inf
-    for r in range(R):
-        lk, _ = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
-        if lk > top or r == 0:
-            top = lk
-            best = r
-    _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, best, y, mu)
-    _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
+    best = np.full(2 + mu.shape[0], -math.inf)
+    _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, i, 0, y, mu,
+                    best)
+    if not (best[0] > -math.inf):  # no finite candidate: any pair will do
+        _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, 0, y, mu)
+        best[1] = 0.0
+        best[2:] = mu
+    _set_reference(Xw, i, Aw, bw, int(best[1]), best[2:], s2, logdet_lam, const, REF)
 
 
 @jit(parallel=True)
-def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Lt, r0, best_lk, best_r, best_mu):
-    """Each row's best pair so far by the cheap ``log kappa`` (regions ``r0 +
-    r`` of this chunk; ``Lt`` the S = 2 Cholesky factors, or an empty array):
-    the pass that picks the rows' references when the regions come in several
-    chunks, so that every term is taken relative to a near-best pair."""
+def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, r0, best):
+    """Each row's best candidate reference so far (:func:`_best_candidate`,
+    regions ``r0 + r`` of this chunk; ``best`` (n, 2 + S), bound ``-inf``
+    first): the pass that picks the rows' references when the regions come
+    in several chunks."""
     n, R = Xb.shape
     S = Ab.shape[1]
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        for r in range(R):
-            if Lt.shape[0] > 0:
-                lk, _ = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
-            else:
-                lk, _ = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
-            if lk > best_lk[i] or best_r[i] < 0:
-                best_lk[i] = lk
-                best_r[i] = r0 + r
-                for t in range(S):
-                    best_mu[i, t] = mu[t]
+        _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, i, r0, y, mu,
+                        best[i])
 
 
 @jit(parallel=True)
-def set_references(Xw, Aw, bw, best_r, best_mu, s2, logdet_lam, const, REF):
-    """Make each row's best pair (:func:`best_pairs_chunk`) its reference."""
+def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2, r0, best):
+    """:func:`best_pairs_chunk` for S = 2."""
+    n, R = Xb.shape
+    cap = 8
+    for r in range(R):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    for i in prange(n):
+        y = np.empty(2)
+        mu = np.empty(2)
+        W = np.empty((cap, 6))
+        E = np.empty((cap, 6))
+        _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2, i, r0, y,
+                           mu, best[i], W, E)
+
+
+@jit(parallel=True)
+def set_references(Xw, Aw, bw, best, s2, logdet_lam, const, REF):
+    """Make each row's best candidate (:func:`best_pairs_chunk`) its reference."""
     for i in prange(Xw.shape[0]):
-        _set_reference(Xw, i, Aw, bw, best_r[i], best_mu[i], s2, logdet_lam, const, REF)
+        _set_reference(Xw, i, Aw, bw, int(best[i, 1]), best[i, 2:], s2, logdet_lam, const, REF)
 
 
 @jit(parallel=True)
@@ -274,7 +333,8 @@ def log_prob_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, REF,
+                          i, y, mu)
         lref = REF[i, _REF_LK]
         m, s = run_max[i], run_sum[i]
         skipped = 0
@@ -331,9 +391,9 @@ def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, who
                 lk[r] = t
                 ub[r] = t + _log_mass_bound(lo[r], hi[r], mu0, hl[r])
             best = np.argmax(ub)
-            if not (REF[i, _REF_LK] == REF[i, _REF_LK]):
-                mu[0] = mus[np.argmax(lk)]
-                _set_reference(Xw, i, Aw, bw, np.argmax(lk), mu, s2, logdet_lam, const, REF)
+            if not (REF[i, _REF_LK] == REF[i, _REF_LK]):  # the best bound on a term (see _best_candidate)
+                mu[0] = mus[best]
+                _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
             lref = REF[i, _REF_LK]
             m, s = run_max[i], run_sum[i]
             skipped = 0
@@ -386,7 +446,8 @@ def posterior_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, 
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, bw, s2, REF,
+                          i, y, mu)
         for r in range(R):
             _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
             rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
@@ -395,43 +456,68 @@ def posterior_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, 
 
 # ----------------------------------------------------------------------------- S = 2
 @jit
-def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu):
-    """:func:`_kappa_and_mean` for S = 2 through the Cholesky factor ``L`` of
-    the precision (``Lt[r] = (l11, l21, l22)``): ``y^T Sigma y = |L^-1 y|^2``
-    is a sum of squares, free of the ``cond(Lambda) * eps`` error an explicit
-    ``Sigma`` brings on nearly rank-deficient regions."""
+def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu):
+    """:func:`_kappa_and_mean` for S = 2, in the orthonormal basis ``Q`` of
+    ``A~ = Q Rq`` (``XA`` holds ``Q^T x~``, ``Ab`` ``Q^T b~``, ``Rt[r]`` is
+    ``(r11, r12, r22)``): ``y' = Q^T (x~ - b~)``, ``mu = K y'`` (``K`` of norm
+    at most ``sigma_z / 2``, see ``CPAModel._region_params``) and the cheap
+    quadratic form ``|x~ - b~|^2 - |y'|^2 + |y' - Rq mu|^2 + |mu|^2 /
+    sigma_z^2``. Fills ``y`` with ``y'``."""
     y0 = XA[i, r, 0] - Ab[r, 0]
     y1 = XA[i, r, 1] - Ab[r, 1]
-    l11 = Lt[r, 0]
-    l21 = Lt[r, 1]
-    l22 = Lt[r, 2]
-    v0 = y0 / l11
-    v1 = (y1 - l21 * v0) / l22
-    mu[1] = v1 / l22
-    mu[0] = (v0 - l21 * mu[1]) / l11
+    mu[0] = K[r, 0, 0] * y0 + K[r, 0, 1] * y1
+    mu[1] = K[r, 1, 0] * y0 + K[r, 1, 1] * y1
     y[0] = y0
     y[1] = y1
-    ymu = v0 * v0 + v1 * v1
-    quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - ymu
-    err = _prune_slack(xx[i], Xb[i, r], bb[r], ymu, mu[0] * mu[0] + mu[1] * mu[1], an[r])
+    e0 = y0 - (Rt[r, 0] * mu[0] + Rt[r, 1] * mu[1])
+    e1 = y1 - Rt[r, 2] * mu[1]
+    mm = mu[0] * mu[0] + mu[1] * mu[1]
+    yy = y0 * y0 + y1 * y1
+    quad = xx[i] - 2.0 * Xb[i, r] + bb[r] - yy + (e0 * e0 + e1 * e1) + Rt[r, 3] * mm
+    err = _prune_slack(xx[i], Xb[i, r], bb[r], yy, yy, an[r])
     return const - 0.5 * (logdet_lam[r] + quad), err
 
 
 @jit
-def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu):
+def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2, i, r0, y,
+                       mu, best, W, E):
+    """:func:`_best_candidate` for S = 2: the polygon's tail bound at its
+    distance from the pair's posterior mean (``W``, ``E`` scratch)."""
+    R = Xb.shape[1]
+    for r in range(R):
+        lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+        if not (lk + err > best[0]):
+            continue
+        if err > 1.0:
+            lk = _exact_log_kappa(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const)
+            if not (lk > best[0]):
+                continue
+        if not whole[r]:
+            nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
+            ke = edge_table(W, nv, E)[0] if nv > 0 else 0
+            if ke > 0:
+                lk += log_tail_bound(E, ke)
+        if lk > best[0]:
+            best[0] = lk
+            best[1] = r0 + r
+            best[2] = mu[0]
+            best[3] = mu[1]
+
+
+@jit
+def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2, REF, i,
+                         y, mu, W, E):
     """:func:`_ensure_reference` for S = 2."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
-    R = Xb.shape[1]
-    best = 0
-    top = -math.inf
-    for r in range(R):
-        lk, _ = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
-        if lk > top or r == 0:
-            top = lk
-            best = r
-    _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, best, y, mu)
-    _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
+    best = np.full(4, -math.inf)
+    _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2, i, 0, y, mu,
+                       best, W, E)
+    if not (best[0] > -math.inf):  # no finite candidate: any pair will do
+        _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, 0, y, mu)
+        best[1] = 0.0
+        best[2:] = mu
+    _set_reference(Xw, i, Aw, bw, int(best[1]), best[2:], s2, logdet_lam, const, REF)
 
 
 @jit
@@ -534,7 +620,7 @@ _LM0 = np.empty((0, 4))
 
 @jit(parallel=True)
 def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                      FU, Lt, const, gap, run_max, run_sum, n_skipped):
+                      FU, Lt, K, Rt, const, gap, run_max, run_sum, n_skipped):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers."""
@@ -548,10 +634,11 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
         lk = np.empty(R)
         er = np.empty(R)
         sc = _scratch(cap)
-        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2,
+                             REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
         for r in range(R):
-            lk[r], er[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            lk[r], er[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
         best = np.argmax(lk)
         m, s = run_max[i], run_sum[i]
         skipped = 0
@@ -560,7 +647,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
             if lk[r] + er[r] - lref < m - gap:
                 skipped += 1
                 continue
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
             rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if whole[r]:
                 lm = 0.0
@@ -616,7 +703,7 @@ def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful
 
 @jit(parallel=True)
 def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                       FU, Lt, const, terms, means, covs, gap=40.0):
+                       FU, Lt, K, Rt, const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
     Every term is exact (accurate log-mass, relative to the row's reference);
@@ -632,16 +719,17 @@ def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, a
         y = np.empty(2)
         mu = np.empty(2)
         sc = _scratch(cap)
-        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, Xw, Aw, bw, s2, REF, i, y, mu)
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2,
+                             REF, i, y, mu, sc[0], sc[1])
         top = -math.inf
         for r in range(R):
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
             lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
                 lk += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, -math.inf, sc)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, logdet_lam, const, an, i, r, y, mu)
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
             _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, terms[i, r] >= top - gap, sc,
                          means[i, r], covs[i, r])
