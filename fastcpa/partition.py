@@ -100,18 +100,41 @@ class Partition:
 
     def __init__(self, generator, A, b, codes, facet_ptr, facet_normal, facet_offset, facet_unit, geometry):
         self.generator = generator
-        self.A, self.b, self.codes = A, b, codes
+        self.A, self.b, self._codes = A, b, codes
         self.facet_ptr, self.facet_normal, self.facet_offset, self.facet_unit = (
             facet_ptr, facet_normal, facet_offset, facet_unit)
         for name, value in geometry.items():
             setattr(self, name, value)
-        order = np.lexsort(codes.T[::-1]) if codes.shape[1] else np.arange(len(codes))
-        self._sorted_codes = np.ascontiguousarray(codes[order])
-        self._order = order.astype(np.int64)
+        self._lookup = None
         self._facet_neighbor = None
         for arr in self.__dict__.values():
             if isinstance(arr, np.ndarray):
                 arr.setflags(write=False)
+
+    @property
+    def codes(self):
+        """Bit-packed sign codes (see the class docstring). An S = 1 partition
+        forms them on first access, from a point inside each region: a wide
+        layer's codes (regions x units) are not kept otherwise."""
+        if self._codes is None:
+            z = _interval_points(self.intervals)
+            bits = self.generator.sign_codes(z)
+            # an interval too thin for a float strictly inside: its code just right of lo
+            thin = np.flatnonzero((z[:, 0] == self.intervals[:, 0]) | (z[:, 0] == self.intervals[:, 1]))
+            if thin.size:
+                bits[thin] = _limit_codes(self.generator, self.intervals[thin, :1], np.ones((thin.size, 1)))
+            codes = _pack_codes(bits)
+            codes.setflags(write=False)
+            self._codes = codes
+        return self._codes
+
+    def _code_lookup(self):
+        """``(sorted codes, order)`` for looking regions up by code (built on first use)."""
+        if self._lookup is None:
+            codes = self.codes
+            order = np.lexsort(codes.T[::-1]) if codes.shape[1] else np.arange(len(codes))
+            self._lookup = (np.ascontiguousarray(codes[order]), order.astype(np.int64))
+        return self._lookup
 
     @property
     def facet_neighbor(self):
@@ -250,11 +273,25 @@ class Partition:
         from fastcpa.kernels.cpu.regions import lookup_codes
 
         Z = as_points(Z, self.latent_dim)
+        if self.latent_dim == 1:
+            return self._locate_1d(Z[:, 0])
         q = _pack_codes(self.generator.sign_codes(Z))
-        idx = lookup_codes(self._sorted_codes, self._order, q) if q.shape[1] else np.zeros(len(Z), np.int64)
+        idx = lookup_codes(*self._code_lookup(), q) if q.shape[1] else np.zeros(len(Z), np.int64)
         missing = np.flatnonzero(idx < 0)
         if missing.size:
             idx[missing] = self._nearest_by_facets(Z[missing])
+        return idx
+
+    def _locate_1d(self, z):
+        """S = 1: the interval holding each point; a point on a boundary goes to
+        the side whose code it has (units with ``u >= 0`` on), as for S = 2."""
+        lo = self.intervals[:, 0]
+        idx = np.maximum(np.searchsorted(lo, z, side="right") - 1, 0).astype(np.int64)
+        edge = np.flatnonzero((idx > 0) & (lo[idx] == z))
+        if edge.size:
+            here = self.generator.sign_codes(z[edge, None])
+            left = self.code_bits(idx[edge] - 1)
+            idx[edge[(here == left).all(axis=1)]] -= 1
         return idx
 
     def _nearest_by_facets(self, Z):
@@ -424,7 +461,6 @@ def _partition_1d(gen):
     hi = np.array([np.inf])
     lo_unit = np.array([-1], dtype=np.int64)
     hi_unit = np.array([-1], dtype=np.int64)
-    parents, codes = [], []
     switching_all = gen.switching
     unit_offset = 0
     # state carried between layers: outputs' maps on the first interval and
@@ -438,10 +474,8 @@ def _partition_1d(gen):
         dS = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[l], add_sparse_columns)
         switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
         (parent, lo, hi, lo_unit, hi_unit, code, dense_pos, dense, sp_pos, sp_unit, sp_val, h0s, h0o) = \
-            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset)
+            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, False)
         changes = (dense_pos, dense, sp_pos, sp_unit, sp_val)
-        parents.append(parent)
-        codes.append(code)
         unit_offset += w
     W, c = gen.weights[-1], gen.biases[-1]
     dA = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[-1], add_sparse_columns)
@@ -471,8 +505,17 @@ def _partition_1d(gen):
     offset[last[has_hi]] = hi[has_hi]
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
-    packed = _pack_codes(_compose_codes(gen, parents, codes))
-    return Partition(gen, A, b, packed, facet_ptr, normal, offset, unit, geometry)
+    return Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
+
+
+def _interval_points(intervals):
+    """A point inside each interval (its midpoint; a unit step in from a finite
+    end of an unbounded one; 0 for the whole line)."""
+    lo, hi = intervals[:, 0], intervals[:, 1]
+    with np.errstate(invalid="ignore"):
+        z = np.where(np.isfinite(lo) & np.isfinite(hi), lo + 0.5 * (hi - lo),
+                     np.where(np.isfinite(lo), lo + 1.0, np.where(np.isfinite(hi), hi - 1.0, 0.0)))
+    return z[:, None]
 
 
 def _boundary_slope_changes(n_boundaries, changes, Wt, add_sparse_columns):
@@ -626,14 +669,14 @@ def _facet_neighbors(part):
     unit = part.facet_unit
     q = part.codes[owner].copy()
     q[np.arange(F), unit // 64] ^= np.left_shift(np.uint64(1), (unit % 64).astype(np.uint64))
-    nb = lookup_codes(part._sorted_codes, part._order, q)
+    nb = lookup_codes(*part._code_lookup(), q)
     pts = _facet_points(part)
     ok = nb >= 0
     ok[ok] = _inside_facets(part, nb[ok], pts[ok])
     bad = np.flatnonzero(~ok)
     if bad.size:
         qb = _pack_codes(_limit_codes(part.generator, pts[bad], -part.facet_normal[bad]))
-        nb[bad] = lookup_codes(part._sorted_codes, part._order, qb)
+        nb[bad] = lookup_codes(*part._code_lookup(), qb)
     return nb
 
 

@@ -34,7 +34,7 @@ def _grow(a, n, cap):
 
 
 @jit
-def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset):
+def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, want_codes):
     """Refine a sorted partition of the line by one hidden layer, left to right.
 
     The layer's pre-activations are affine on each parent interval; their
@@ -58,11 +58,15 @@ def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_o
         Negative-side slope of each unit.
     unit_offset : int
         Global index of the layer's first unit.
+    want_codes : bool
+        Return the children's sign codes; without, only one code row is held
+        at a time (a wide layer's codes are n x w).
 
     Returns
     -------
     parent, c_lo, c_hi, c_lo_unit, c_hi_unit, code
-        The children (n of them), in order, and their sign codes (n, w).
+        The children (n of them), in order, and their sign codes (n, w), or
+        (0, w) without ``want_codes``.
     dense_pos, dense
         For each parent boundary: its index among the children's boundaries
         and the slope change of the layer's outputs ``h = act(u)`` across it.
@@ -82,7 +86,9 @@ def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_o
     c_hi = np.empty(cap)
     c_lo_unit = np.empty(cap, dtype=np.int64)
     c_hi_unit = np.empty(cap, dtype=np.int64)
-    code = np.empty((cap, w), dtype=np.bool_)
+    code = np.empty((cap if want_codes else 0, w), dtype=np.bool_)
+    cur = np.empty(w, dtype=np.bool_)  # the code of the child being walked
+    first_code = np.empty(w, dtype=np.bool_)
     sp_cap = cap
     sp_pos = np.empty(sp_cap, dtype=np.int64)
     sp_unit = np.empty(sp_cap, dtype=np.int64)
@@ -117,7 +123,8 @@ def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_o
             c_hi = _grow(c_hi, n, new_cap)
             c_lo_unit = _grow(c_lo_unit, n, new_cap)
             c_hi_unit = _grow(c_hi_unit, n, new_cap)
-            code = _grow(code, n, new_cap)
+            if want_codes:
+                code = _grow(code, n, new_cap)
             cap = new_cap
         if n_sp + nc > sp_cap:
             sp_cap = 2 * (n_sp + nc)
@@ -142,41 +149,42 @@ def sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_o
         c_hi_unit[n] = hi_unit[j]
         n += 1
         for k in range(w):
-            code[first, k] = switching[k] and unit_on_interval(s[k], o[k], c_lo[first])
-        # each later child differs only in the units crossing at its left end
-        for i in range(nc):
-            c = left_of[i] + 1
-            if i == 0 or left_of[i] != left_of[i - 1]:
-                code[c] = code[c - 1]
-            k = k_buf[order[i]]
-            code[c, k] = unit_on_interval(s[k], o[k], c_lo[c])
-        # inner boundaries: only the units that cross there change
-        for i in range(nc):
-            k = k_buf[order[i]]
-            c = left_of[i]
-            qa = 1.0 if code[c, k] else eta[k]
-            qb = 1.0 if code[c + 1, k] else eta[k]
-            sp_pos[n_sp] = c
-            sp_unit[n_sp] = k
-            sp_val[n_sp] = (qb - qa) * s[k]
-            n_sp += 1
+            cur[k] = switching[k] and unit_on_interval(s[k], o[k], c_lo[first])
+        if j == 0:
+            first_code[:] = cur
         # the boundary with the previous parent: every output may change slope
         if j > 0:
             dense_pos[j - 1] = first - 1
             for k in range(w):
-                qb = 1.0 if code[first, k] else eta[k]
+                qb = 1.0 if cur[k] else eta[k]
                 dense[j - 1, k] += qb * s[k]
+        if want_codes:
+            code[first] = cur
+        # each later child differs only in the units crossing at its left end;
+        # there (an inner boundary) only those units' outputs change slope
+        for i in range(nc):
+            c = left_of[i] + 1
+            k = k_buf[order[i]]
+            qa = 1.0 if cur[k] else eta[k]
+            cur[k] = unit_on_interval(s[k], o[k], c_lo[c])
+            qb = 1.0 if cur[k] else eta[k]
+            sp_pos[n_sp] = c - 1
+            sp_unit[n_sp] = k
+            sp_val[n_sp] = (qb - qa) * s[k]
+            n_sp += 1
+            if want_codes and (i == nc - 1 or left_of[i + 1] != left_of[i]):
+                code[c] = cur
         if j < m - 1:
             for k in range(w):
-                qa = 1.0 if code[n - 1, k] else eta[k]
+                qa = 1.0 if cur[k] else eta[k]
                 dense[j, k] = -qa * s[k]
     h0s = np.empty(w)
     h0o = np.empty(w)
     for k in range(w):
-        q = 1.0 if code[0, k] else eta[k]
+        q = 1.0 if first_code[k] else eta[k]
         h0s[k] = q * s0[k]
         h0o[k] = q * o0[k]
-    return (parent[:n], c_lo[:n], c_hi[:n], c_lo_unit[:n], c_hi_unit[:n], code[:n],
+    return (parent[:n], c_lo[:n], c_hi[:n], c_lo_unit[:n], c_hi_unit[:n], code[:n] if want_codes else code,
             dense_pos, dense, sp_pos[:n_sp], sp_unit[:n_sp], sp_val[:n_sp], h0s, h0o)
 
 
