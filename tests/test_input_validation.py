@@ -267,9 +267,7 @@ def test_scales_whose_square_leaves_float64_raise(rng, kwargs, name):
         fastcpa.CPAModel(_relu_gen(rng), **kwargs)
 
 
-@pytest.mark.parametrize("S", [1, pytest.param(2, marks=pytest.mark.xfail(
-    strict=False, reason="S = 2 polygon regions at sigma_z = 2^-500 give log_prob = +inf: the region "
-    "arithmetic (det of Lambda ~ sigma_z^-4) overflows; being reworked by the kernel owners"))])
+@pytest.mark.parametrize("S", [1, 2])
 def test_tiny_prior_scale_inside_the_range_works(rng, S):
     # sigma_z = 2^-500 ~ 3e-151 (inside the range): z is pinned at 0, so p(x) = N(g(0), sigma_x^2 I)
     W1, c1, W2, c2 = rng.normal(size=(3, S)), rng.normal(size=3), rng.normal(size=(2, 3)), rng.normal(size=2)
@@ -291,15 +289,18 @@ def test_huge_noise_scale_inside_the_range(rng, S):
     np.testing.assert_allclose(fastcpa.CPAModel(gen, big, 1.0).log_prob(X), exact, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=False, reason="S = 1 with sigma_z = 2^500: log_prob is ~2 nats low (the region "
-                   "arithmetic loses the huge prior's rank-one term; being reworked by the kernel owners)")
 def test_huge_prior_scale_s1(rng):
+    """sigma_z = 2^500 on an affine generator, against the closed form at 340
+    digits (scipy's multivariate_normal cannot hold 0.25 I + 2^1000 a a^T)."""
+    from oracles import linear_log_prob_mp
+
     W1, c1, W2, c2 = rng.normal(size=(3, 1)), rng.normal(size=3), rng.normal(size=(2, 3)), rng.normal(size=2)
     gen = fastcpa.Generator([W1, W2], [c1, c2], activation="linear")
     A, b = W2 @ W1, W2 @ c1 + c2
     X = rng.normal(size=(4, 2))
     big = 2.0**500
-    exact = scipy.stats.multivariate_normal(b, 0.25 * np.eye(2) + big**2 * A @ A.T).logpdf(X)
+    # 2^1000 next to 0.25: the oracle needs over 300 digits
+    exact = [float(linear_log_prob_mp(A, b, x, 0.5, big, dps=340)[0]) for x in X]
     np.testing.assert_allclose(fastcpa.CPAModel(gen, 0.5, big).log_prob(X), exact, rtol=1e-12)
 
 
