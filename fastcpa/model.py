@@ -25,7 +25,7 @@ PRUNE_GAP = 40.0
 # Largest row block (rows per thread and GEMM) of the S = 1 likelihood kernel.
 _ROW_BLOCK = 256
 # Rows the S = 1 likelihood whitens at a time, at most (memory: this many rows
-# of X and of their reference pairs).
+# of X and of their reference pairs; fewer for wide outputs).
 _S1_ROWS = 16384
 # Rows per product block of the reference pass (see CPAModel._new_reference).
 _REF_ROWS = 512
@@ -400,8 +400,8 @@ class CPAModel:
                 blocks = [(slice(r0, min(R, r0 + width)),) for r0 in range(0, R, width)]
                 blocks = [(rs, np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])))
                           for (rs,) in blocks]
-                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~32 MiB
-                rows_per = int(max(256, min(_S1_ROWS, 4_000_000 // (3 * self.generator.output_dim + 3))))
+                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
+                rows_per = int(max(256, min(_S1_ROWS, 500_000 // (3 * self.generator.output_dim + 3))))
                 for a in range(0, N, rows_per):
                     rows = slice(a, min(N, a + rows_per))
                     Xw, xx = self._whiten(X[rows])

@@ -218,6 +218,8 @@ def _best_first(k, best):
 
 # s >= 1 once a term is in, so a term below m - 38 (e^-38 = 3.1e-17) rounds away.
 _NEGLIGIBLE = 38.0
+# -log(2^-60): see log_prob_block_1d
+_CHEAP_GAP = 41.6
 _LOG2 = 0.6931471805599453
 
 
@@ -245,7 +247,15 @@ def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, wh
     rounding bound exceeds one nat, the exact one decides."""
     R = Xb.shape[1]
     S = mu.shape[0]
+    first = 0  # the largest cheap bound first: it settles most of the others
+    top = -math.inf
     for r in range(R):
+        lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
+        if lk + err > top:
+            top = lk + err
+            first = r
+    for k in range(R):
+        r = _best_first(k, first)
         lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
         if not (lk + err > best[0]):
             continue
@@ -372,6 +382,7 @@ def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, who
         i1 = min(n, i0 + block)
         P = np.dot(Xw[i0:i1], G)
         lk = np.empty(R)
+        er = np.empty(R)
         ub = np.empty(R)
         mus = np.empty(R)
         mu = np.empty(1)
@@ -379,6 +390,7 @@ def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, who
             li = i - i0
             xi = xx[i]
             sx = math.sqrt(xi)
+            emax = 0.0
             for r in range(R):
                 y = P[li, r] - ab[r]
                 mu0 = sig[r] * y
@@ -386,26 +398,49 @@ def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, who
                 # in the order of _kappa_and_mean (the posterior's), rounding alike
                 xb = P[li, R + r]
                 t = const - 0.5 * (logdet_lam[r] + (xi - 2.0 * xb + bb[r] - y * mu0))
-                t += an[r, 1] * (xi + 2.0 * abs(xb) + bb[r] + abs(y * mu0)
-                                 + 2.0 * abs(mu0) * an[r, 0] * (sx + math.sqrt(bb[r])))
+                e = an[r, 1] * (xi + 2.0 * abs(xb) + bb[r] + abs(y * mu0)
+                                + 2.0 * abs(mu0) * an[r, 0] * (sx + math.sqrt(bb[r])))
                 lk[r] = t
-                ub[r] = t + _log_mass_bound(lo[r], hi[r], mu0, hl[r])
+                er[r] = e
+                emax = max(emax, e)
+                ub[r] = t + e + _log_mass_bound(lo[r], hi[r], mu0, hl[r])
             best = np.argmax(ub)
-            if not (REF[i, _REF_LK] == REF[i, _REF_LK]):  # the best bound on a term (see _best_candidate)
-                mu[0] = mus[best]
-                _set_reference(Xw, i, Aw, bw, best, mu, s2, logdet_lam, const, REF)
+            if not (REF[i, _REF_LK] == REF[i, _REF_LK]):
+                # the best bound on a term, the exact log kappa deciding where the
+                # cheap one's rounding bound exceeds a nat (see _best_candidate)
+                top = -math.inf
+                ref = best
+                for r in range(R):
+                    if not (ub[r] > top):
+                        continue
+                    cand = ub[r] - er[r]
+                    if er[r] > 1.0:
+                        mu[0] = mus[r]
+                        cand += _exact_log_kappa(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const) - lk[r]
+                    if cand > top:
+                        top = cand
+                        ref = r
+                mu[0] = mus[ref]
+                _set_reference(Xw, i, Aw, bw, ref, mu, s2, logdet_lam, const, REF)
             lref = REF[i, _REF_LK]
+            # A term whose bound lies this far below the running maximum may be
+            # taken from the cheap form: its rounding (at most emax) changes the
+            # sum by below 2^-60 of it (the exact form costs O(D) a pair).
+            cheap_below = _CHEAP_GAP + math.log(emax) if emax > 0.0 else 0.0
             m, s = run_max[i], run_sum[i]
             skipped = 0
             for k in range(R):
                 r = _best_first(k, best)
-                if lk[r] - lref < m - gap:
+                if lk[r] + er[r] - lref < m - gap:
                     skipped += 1
                     continue
                 if ub[r] - lref < m - _NEGLIGIBLE:  # cannot change the sum: needs no more (as for S = 2)
                     continue
-                mu[0] = mus[r]
-                rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+                if ub[r] - lref < m - cheap_below:
+                    rel = lk[r] - lref
+                else:
+                    mu[0] = mus[r]
+                    rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
                 if whole[r]:
                     lm = 0.0
                 else:
@@ -484,7 +519,15 @@ def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, who
     """:func:`_best_candidate` for S = 2: the polygon's tail bound at its
     distance from the pair's posterior mean (``W``, ``E`` scratch)."""
     R = Xb.shape[1]
+    first = 0  # the largest cheap bound first: it settles most of the others
+    top = -math.inf
     for r in range(R):
+        lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+        if lk + err > top:
+            top = lk + err
+            first = r
+    for k in range(R):
+        r = _best_first(k, first)
         lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
         if not (lk + err > best[0]):
             continue
@@ -637,9 +680,12 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, bw, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
+        emax = 0.0
         for r in range(R):
             lk[r], er[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+            emax = max(emax, er[r])
         best = np.argmax(lk)
+        cheap_below = _CHEAP_GAP + math.log(emax) if emax > 0.0 else 0.0  # see log_prob_block_1d
         m, s = run_max[i], run_sum[i]
         skipped = 0
         for k in range(R):
@@ -648,7 +694,10 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an
                 skipped += 1
                 continue
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
-            rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+            if lk[r] + er[r] - lref < m - cheap_below:
+                rel = lk[r] - lref
+            else:
+                rel = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
             if whole[r]:
                 lm = 0.0
             else:
