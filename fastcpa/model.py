@@ -29,6 +29,9 @@ _ROW_BLOCK = 256
 _S1_ROWS = 16384
 # Rows per product block of the reference pass (see CPAModel._new_reference).
 _REF_ROWS = 512
+# A row's best term this far (nats) above its first-chunk reference: redone with
+# the best reference over all chunks (see CPAModel.log_prob).
+_REF_SLACK = 64.0
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
 
@@ -241,7 +244,7 @@ class CPAModel:
         Xw = (X - p["centre"]) * p["isx"]
         return Xw, np.einsum("nd,nd->n", Xw, Xw)
 
-    def _new_reference(self, Xw, xx, region_chunk):
+    def _new_reference(self, Xw, xx, region_chunk, search=True):
         """Per-row reference pairs for the kernels (``kernels.cpu.pairs``).
 
         A row's reference is its pair with the best upper bound on the term
@@ -250,7 +253,9 @@ class CPAModel:
         several, a first pass over the chunks does, so that every term is
         taken relative to a near-best one: a poor reference (a large
         residual, or a tiny mass) would leave ``log p`` as the difference of
-        two large numbers."""
+        two large numbers. ``search=False`` leaves the choice to the kernels
+        (the best in the first chunk; ``log_prob`` redoes the rows whose
+        reference that left far from their best term)."""
         from fastcpa.kernels.cpu import pairs
 
         p = self._region_params()
@@ -258,7 +263,7 @@ class CPAModel:
         n = len(Xw)
         REF = np.full((n, pairs.reference_width(S, D)), np.nan)
         slices = self._region_slices(region_chunk)
-        if len(slices) > 1:
+        if search and len(slices) > 1:
             best = np.full((n, 2 + S), -np.inf)
             for a in range(0, n, _REF_ROWS):  # (rows x regions) products of bounded size
                 rows = slice(a, min(n, a + _REF_ROWS))
@@ -311,13 +316,13 @@ class CPAModel:
                 posterior_chunk(XA, Xb, xx, Xw, REF, *region_args(rs), terms, means, covs)
                 yield rows, rs, terms, means, covs, REF
 
-    def _log_prob_rows(self, Xw, xx, gap, region_chunk, skipped):
+    def _log_prob_rows(self, Xw, xx, gap, region_chunk, skipped, search=True):
         """log p of one block of whitened rows over the generic chunk kernels,
         relative to the rows' references: ``(top, log_sum, REF)`` with ``log_p
-        = REF[:, 0] + top + log_sum``."""
+        = REF[:, 0] + top + log_sum`` (``search``: see :meth:`_new_reference`)."""
         log_prob_chunk, _, _, region_args = self._pair_kernels()
         n = len(Xw)
-        REF = self._new_reference(Xw, xx, region_chunk)
+        REF = self._new_reference(Xw, xx, region_chunk, search)
         run_max = np.full(n, -np.inf)
         run_sum = np.zeros(n)
         for rs in self._region_slices(region_chunk):
@@ -400,13 +405,10 @@ class CPAModel:
                 blocks = [(slice(r0, min(R, r0 + width)),) for r0 in range(0, R, width)]
                 blocks = [(rs, np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])))
                           for (rs,) in blocks]
-                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
-                rows_per = int(max(256, min(_S1_ROWS, 500_000 // (3 * self.generator.output_dim + 3))))
-                for a in range(0, N, rows_per):
-                    rows = slice(a, min(N, a + rows_per))
-                    Xw, xx = self._whiten(X[rows])
+
+                def rows_log_prob(Xw, xx, skipped, search):
                     n = len(Xw)
-                    REF = self._new_reference(Xw, xx, width)
+                    REF = self._new_reference(Xw, xx, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
@@ -414,14 +416,33 @@ class CPAModel:
                         pairs.log_prob_block_1d(Xw, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
                                                 p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
                                                 p["Aw"][rs], p["bw"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
-                                                run_sum, skipped[rows], block)
-                    out[rows] = REF[:, 0] + (run_max + np.log(run_sum))
+                                                run_sum, skipped, block)
+                    return run_max, np.log(run_sum), REF
+
+                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
+                D = self.generator.output_dim
+                chunks, step = len(blocks), int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
-                for a in range(0, N, sample_chunk):
-                    rows = slice(a, min(N, a + sample_chunk))
-                    Xw, xx = self._whiten(X[rows])
-                    top, lsum, REF = self._log_prob_rows(Xw, xx, gap, region_chunk, skipped[rows])
-                    out[rows] = REF[:, 0] + (top + lsum)
+                def rows_log_prob(Xw, xx, skipped, search):
+                    return self._log_prob_rows(Xw, xx, gap, region_chunk, skipped, search)
+
+                chunks, step = len(self._region_slices(region_chunk)), sample_chunk
+            for a in range(0, N, step):
+                rows = slice(a, min(N, a + step))
+                Xw, xx = self._whiten(X[rows])
+                sk = np.zeros(len(Xw), np.int64)
+                # the kernels take each row's reference in the first region chunk; a row
+                # whose best term came out far above it is done again with the best
+                # reference over all chunks (its terms would carry eps |log kappa_ref|)
+                top, lsum, REF = rows_log_prob(Xw, xx, sk, search=False)
+                redo = np.flatnonzero(top > _REF_SLACK) if chunks > 1 else np.zeros(0, np.int64)
+                if redo.size:
+                    sk[redo] = 0
+                    skr = np.zeros(redo.size, np.int64)
+                    top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], skr, search=True)
+                    sk[redo] = skr
+                skipped[rows] = sk
+                out[rows] = REF[:, 0] + (top + lsum)
         self.last_pairs_skipped_ = int(skipped.sum())
         return _checked_log_prob(out)
 

@@ -242,29 +242,18 @@ def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, wh
     ``best = (bound, region, mu)``, by the upper bound ``log kappa + log
     Q(d)`` on each term (S = 1 intervals, or whole-space regions): a
     reference whose mass is tiny would leave ``log p = log kappa_ref + (a
-    large relative term)`` to cancel. Regions whose ``log kappa`` is below
-    the best bound so far need no bound; where the cheap ``log kappa``'s
+    large relative term)`` to cancel. Where the cheap ``log kappa``'s
     rounding bound exceeds one nat, the exact one decides."""
     R = Xb.shape[1]
     S = mu.shape[0]
-    first = 0  # the largest cheap bound first: it settles most of the others
-    top = -math.inf
-    for r in range(R):
+    for r in range(R):  # (the interval bound is cheap: one pass in region order)
         lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
-        if lk + err > top:
-            top = lk + err
-            first = r
-    for k in range(R):
-        r = _best_first(k, first)
-        lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
-        if not (lk + err > best[0]):
+        bound = 0.0 if whole[r] else _log_mass_bound(lo[r], hi[r], mu[0], 0.5 / Sigma[r, 0, 0])
+        if not (lk + err + bound > best[0]):
             continue
         if err > 1.0:
             lk = _exact_log_kappa(Xw, i, Aw, bw, r, mu, s2, logdet_lam, const)
-            if not (lk > best[0]):
-                continue
-        if not whole[r]:
-            lk += _log_mass_bound(lo[r], hi[r], mu[0], 0.5 / Sigma[r, 0, 0])
+        lk += bound
         if lk > best[0]:
             best[0] = lk
             best[1] = r0 + r
