@@ -905,6 +905,8 @@ def far_polygon(E, K):
     foot = False
     for k in range(K):
         c = E[k, 2]
+        if not (c > 0.0):  # the nearest point lies on an edge facing the origin
+            continue
         s = 0.0
         if E[k, 3] > 0.0:
             s = E[k, 3]
