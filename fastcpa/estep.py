@@ -192,7 +192,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
             # log p(x_n) over the same GEMM chunks and row references as the
             # moments below, so each sample's weights sum to 1 to rounding
             top, lsum, REF = model._log_prob_rows(Xw, xx, gap, region_chunk, np.zeros(len(Xw), np.int64))
-            log_p[rows] = REF[:, 0] + (top + lsum)
+            log_p[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
             floor = top + lsum - gap
             Xc = X[rows]
             for rs in model._region_slices(region_chunk):

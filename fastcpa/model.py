@@ -161,6 +161,9 @@ class CPAModel:
         centre = self.generator(np.zeros((1, S)))[0]
         A = part.A / sx[None, :, None]
         b = (part.b - centre) / sx
+        # each region's anchor and its whitened image, for the exact residuals
+        Za, Ga = part.anchors
+        gz = np.ascontiguousarray(np.concatenate([(Ga - centre) / sx, Za], axis=1))
         s = 1.0 / self.sigma_z**2
         if S == 2:
             # Lambda = s I + A~^T A~ = s I + Rq^T Rq; its Cholesky factor from Rq
@@ -196,9 +199,13 @@ class CPAModel:
             Pb_T=np.ascontiguousarray(b.T),
             Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, b)),
             bb=np.einsum("rd,rd->r", b, b),
-            Aw=np.ascontiguousarray(A), bw=np.ascontiguousarray(b), an=an, s2=s, centre=centre, isx=1.0 / sx,
+            Aw=np.ascontiguousarray(A), gz=gz, an=an, s2=s, centre=centre, isx=1.0 / sx,
             Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole,
-            const=-0.5 * D * math.log(2 * math.pi) - np.log(sx).sum() - S * math.log(self.sigma_z),
+            # The kernels work without the normalising constant (const = 0) and it is
+            # added once to each result (log_norm): a rescaling of data, noise and
+            # output layer by a power of two then changes no rounding inside them.
+            const=0.0,
+            log_norm=-0.5 * D * math.log(2 * math.pi) - np.log(sx).sum() - S * math.log(self.sigma_z),
         )
         if S == 1:
             params["lo"] = np.ascontiguousarray(part.intervals[:, 0])
@@ -270,7 +277,7 @@ class CPAModel:
                 for rs in slices:
                     XA, Xb = self._products(Xw[rows], rs)
                     head = (XA, Xb, xx[rows], p["Ab"][rs], p["bb"][rs])
-                    tail = (Xw[rows], p["Aw"][rs], p["bw"][rs], p["s2"])
+                    tail = (Xw[rows], p["Aw"][rs], p["gz"][rs], p["s2"])
                     if "Lt" in p:
                         pairs.best_pairs_chunk_2d(*head, p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["logdet_lam"][rs],
                                                   p["const"], p["an"][rs],
@@ -283,7 +290,7 @@ class CPAModel:
             if not np.all(best[:, 0] > -np.inf):
                 raise FloatingPointError("internal error: no finite candidate reference pair; please report this "
                                          "with the model and data.")
-            pairs.set_references(Xw, p["Aw"], p["bw"], best, p["s2"], p["logdet_lam"], p["const"], REF)
+            pairs.set_references(Xw, p["Aw"], p["gz"], best, p["s2"], p["logdet_lam"], p["const"], REF)
         return REF
 
     def _region_slices(self, region_chunk):
@@ -337,7 +344,7 @@ class CPAModel:
         from fastcpa.kernels.cpu import estep, pairs
 
         p = self._region_params()
-        head = ("Ab", "bb", "Sigma", "logdet_lam", "Aw", "bw", "an")
+        head = ("Ab", "bb", "Sigma", "logdet_lam", "Aw", "gz", "an")
 
         def region(rs):
             return (*(p[k][rs] for k in head), p["s2"])
@@ -415,7 +422,7 @@ class CPAModel:
                     for rs, G in blocks:
                         pairs.log_prob_block_1d(Xw, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
                                                 p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
-                                                p["Aw"][rs], p["bw"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
+                                                p["Aw"][rs], p["gz"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
                                                 run_sum, skipped, block)
                     return run_max, np.log(run_sum), REF
 
@@ -442,7 +449,7 @@ class CPAModel:
                     top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], skr, search=True)
                     sk[redo] = skr
                 skipped[rows] = sk
-                out[rows] = REF[:, 0] + (top + lsum)
+                out[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
         self.last_pairs_skipped_ = int(skipped.sum())
         return _checked_log_prob(out)
 
@@ -507,7 +514,7 @@ class CPAModel:
                 kept_rows.append(i + rows.start)
                 kept_cols.append(j + rs.start)
                 kept_terms.append(terms[i, j])
-                lref[rows] = REF[:, 0]
+                lref[rows] = p["log_norm"] + REF[:, 0]
         log_p = _checked_log_prob(lref + (M + np.log(W)))
         cov = scat / W[:, None, None]
         i, j, t = (np.concatenate(v) if v else np.empty(0, int) for v in (kept_rows, kept_cols, kept_terms))

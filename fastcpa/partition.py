@@ -107,6 +107,7 @@ class Partition:
             setattr(self, name, value)
         self._lookup = None
         self._facet_neighbor = None
+        self._anchors = None
         for arr in self.__dict__.values():
             if isinstance(arr, np.ndarray):
                 arr.setflags(write=False)
@@ -127,6 +128,29 @@ class Partition:
             codes.setflags(write=False)
             self._codes = codes
         return self._codes
+
+    @property
+    def anchors(self):
+        """``(Z, G)``: a point ``Z[r]`` of each region's closure and ``G[r] = g(Z[r])``.
+
+        ``b[r]`` is the region's map extrapolated to ``z = 0``: for a steep
+        region far from the origin it is a large number that ``A[r] z``
+        cancels, and its rounding would reach every fitted point ``A z + b``.
+        ``G[r] + A[r] (z - Z[r])`` has no such cancellation for z near the
+        region, so the likelihood kernels evaluate residuals this way.
+
+        The point is the interval's point nearest the origin (S = 1), or a
+        polygon's finite boundary point nearest the origin (S = 2; the origin
+        itself in the region that holds it). Values come from the forward
+        pass, except for partitions whose ``regions x parameters`` exceeds
+        2e8, where ``A[r] Z[r] + b[r]`` stands in. Computed on first
+        access.
+        """
+        if self._anchors is None:
+            self._anchors = _region_anchors(self)
+            for a in self._anchors:
+                a.setflags(write=False)
+        return self._anchors
 
     def _code_lookup(self):
         """``(sorted codes, order)`` for looking regions up by code (built on first use)."""
@@ -506,6 +530,34 @@ def _partition_1d(gen):
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
     return Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
+
+
+# Multiply-adds the S = 1 anchors' forward passes may cost (see Partition.anchors).
+_ANCHOR_FLOPS = 2e8
+
+
+def _region_anchors(part):
+    """``(Z, G)`` of :attr:`Partition.anchors`."""
+    gen = part.generator
+    R, S, D = part.n_regions, part.latent_dim, part.output_dim
+    if S == 1 and R > 1:
+        Z = np.clip(0.0, part.intervals[:, :1], part.intervals[:, 1:])  # the point nearest the origin
+    elif S == 2 and R > 1:
+        # the finite boundary point nearest the origin (a far vertex would make
+        # every fitted point an extrapolation), and the origin in its own region
+        B, ptr = part.boundary, part.boundary_ptr
+        norm = np.where(B[:, 2] == 1.0, np.hypot(B[:, 0], B[:, 1]), np.inf)
+        owner = np.repeat(np.arange(R), np.diff(ptr))
+        order = np.lexsort((norm, owner))
+        Z = B[order[ptr[:-1]], :2].copy()
+        Z[part.locate(np.zeros((1, 2)))[0]] = 0.0
+    else:  # one region: the whole space
+        Z = np.zeros((R, S))
+    if R * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
+        G = gen(Z)
+    else:  # too many for the forward pass: the maps themselves (b's rounding stays)
+        G = np.einsum("rds,rs->rd", part.A, Z) + part.b
+    return np.ascontiguousarray(Z), np.ascontiguousarray(G)
 
 
 def _interval_points(intervals):

@@ -248,3 +248,22 @@ def test_partition_arrays_are_read_only(rng):
     part = fastcpa.partition(make(rng, [2, 4, 2]))
     with pytest.raises(ValueError):
         part.A[0, 0, 0] = 1.0
+
+
+@pytest.mark.parametrize("S", [1, 2])
+def test_anchors_lie_in_their_regions_with_their_image(rng, S):
+    """Each region's anchor is a point of its closure, and G is g there (the
+    likelihood's residuals are formed from it)."""
+    Ws = [rng.normal(size=(6, S)), rng.normal(size=(5, 6)), rng.normal(size=(3, 5))]
+    cs = [rng.normal(size=6), rng.normal(size=5), rng.normal(size=3)]
+    gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1)
+    part = fastcpa.partition(gen)
+    Z, G = part.anchors
+    assert Z.shape == (part.n_regions, S) and G.shape == (part.n_regions, gen.output_dim)
+    np.testing.assert_array_equal(G, gen(Z))
+    # the anchor satisfies its region's facet inequalities (up to rounding)
+    from fastcpa.partition import _inside_facets
+
+    assert _inside_facets(part, np.arange(part.n_regions), Z).all()
+    # and the region's map reproduces g there (continuity: also on a boundary)
+    np.testing.assert_allclose(np.einsum("rds,rs->rd", part.A, Z) + part.b, G, rtol=1e-9, atol=1e-9)

@@ -65,7 +65,7 @@ def _accumulate(w, m, C, i, r, T0, T1, T2, Wt, Mt):
 
 
 @jit(parallel=True)
-def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, lo, hi, whole, const, top, lsum,
+def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, top, lsum,
                 floor, T0, T1, T2, Wt, Mt):
     """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions).
 
@@ -96,14 +96,14 @@ def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, 
                 lk += err - REF[i, _REF_LK]  # a bound, relative to the reference
                 if lk < floor[i] or (not whole[r] and lk + _log_mass_bound(lo[r], hi[r], mu[0], hl) < floor[i]):
                     continue
-                lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+                lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
                 term = lk + _truncate(mu, Sigma, r, lo, hi, whole, m, C)
                 if term >= floor[i]:
                     _accumulate(math.exp((term - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
 
 
 @jit(parallel=True)
-def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                    FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
     forms it (cut short by the polygon's tail bound below the floor), then,
@@ -127,7 +127,7 @@ def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, bw, an, s
                 lk, err = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
                 if lk + err - REF[i, _REF_LK] < floor[i]:
                     continue
-                lk = _rel_log_kappa(Aw, bw, r, mu, s2, logdet_lam, i, REF)
+                lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
                 lm = 0.0
                 if not whole[r]:  # the log-mass first (a bound where it is below the floor)
                     lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor[i] - lk, sc)
