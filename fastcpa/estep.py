@@ -188,10 +188,10 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     with blas_single_threaded():
         for a in range(0, N, sample_chunk):
             rows = slice(a, min(N, a + sample_chunk))
-            Xw, xx = model._whiten(X[rows])
+            Xw, xx, Xs = model._whiten(X[rows])
             # log p(x_n) over the same GEMM chunks and row references as the
             # moments below, so each sample's weights sum to 1 to rounding
-            top, lsum, REF = model._log_prob_rows(Xw, xx, gap, region_chunk, np.zeros(len(Xw), np.int64))
+            top, lsum, REF = model._log_prob_rows(Xw, xx, Xs, gap, region_chunk, np.zeros(len(Xw), np.int64))
             log_p[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
             floor = top + lsum - gap
             Xc = X[rows]
@@ -200,7 +200,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
                 n, rc = Xb.shape
                 Wt = np.empty((rc, n))
                 Mt = np.empty((rc, S, n))
-                estep_chunk(*region_major(XA, Xb), xx, Xw, REF, *region_args(rs), top, lsum, floor,
+                estep_chunk(*region_major(XA, Xb), xx, Xs, REF, *region_args(rs), top, lsum, floor,
                             T0[rs], T1[rs], T2[rs], Wt, Mt)
                 Tx[rs] += Wt @ Xc
                 Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)

@@ -161,9 +161,10 @@ class CPAModel:
         centre = self.generator(np.zeros((1, S)))[0]
         A = part.A / sx[None, :, None]
         b = (part.b - centre) / sx
-        # each region's anchor and its whitened image, for the exact residuals
+        # each region's anchor and its whitened image, for the exact residuals:
+        # not centred (a centre far from both would add its own rounding, eps |c|)
         Za, Ga = part.anchors
-        gz = np.ascontiguousarray(np.concatenate([(Ga - centre) / sx, Za], axis=1))
+        gz = np.ascontiguousarray(np.concatenate([Ga / sx, Za], axis=1))
         s = 1.0 / self.sigma_z**2
         if S == 2:
             # Lambda = s I + A~^T A~ = s I + Rq^T Rq; its Cholesky factor from Rq
@@ -246,12 +247,14 @@ class CPAModel:
         return X
 
     def _whiten(self, X):
-        """Rows of X centred on g(0) and whitened (``x~``, see :meth:`_region_params`) and ``|x~|^2``."""
+        """Rows of X centred on g(0) and whitened (``x~``, see :meth:`_region_params`), ``|x~|^2``,
+        and the rows whitened only (``x / sigma_x``: the exact residuals take them with the
+        regions' anchors, see ``kernels.cpu.pairs._fitted``)."""
         p = self._region_params()
         Xw = (X - p["centre"]) * p["isx"]
-        return Xw, np.einsum("nd,nd->n", Xw, Xw)
+        return Xw, np.einsum("nd,nd->n", Xw, Xw), X * p["isx"]
 
-    def _new_reference(self, Xw, xx, region_chunk, search=True):
+    def _new_reference(self, Xw, xx, Xs, region_chunk, search=True):
         """Per-row reference pairs for the kernels (``kernels.cpu.pairs``).
 
         A row's reference is its pair with the best upper bound on the term
@@ -277,7 +280,7 @@ class CPAModel:
                 for rs in slices:
                     XA, Xb = self._products(Xw[rows], rs)
                     head = (XA, Xb, xx[rows], p["Ab"][rs], p["bb"][rs])
-                    tail = (Xw[rows], p["Aw"][rs], p["gz"][rs], p["s2"])
+                    tail = (Xs[rows], p["Aw"][rs], p["gz"][rs], p["s2"])
                     if "Lt" in p:
                         pairs.best_pairs_chunk_2d(*head, p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["logdet_lam"][rs],
                                                   p["const"], p["an"][rs],
@@ -290,7 +293,7 @@ class CPAModel:
             if not np.all(best[:, 0] > -np.inf):
                 raise FloatingPointError("internal error: no finite candidate reference pair; please report this "
                                          "with the model and data.")
-            pairs.set_references(Xw, p["Aw"], p["gz"], best, p["s2"], p["logdet_lam"], p["const"], REF)
+            pairs.set_references(Xs, p["Aw"], p["gz"], best, p["s2"], p["logdet_lam"], p["const"], REF)
         return REF
 
     def _region_slices(self, region_chunk):
@@ -314,27 +317,27 @@ class CPAModel:
         S = self.generator.latent_dim
         for a in range(0, len(X), sample_chunk):
             rows = slice(a, min(len(X), a + sample_chunk))
-            Xw, xx = self._whiten(X[rows])
-            REF = self._new_reference(Xw, xx, region_chunk)
+            Xw, xx, Xs = self._whiten(X[rows])
+            REF = self._new_reference(Xw, xx, Xs, region_chunk)
             for rs in self._region_slices(region_chunk):
                 XA, Xb = self._products(Xw, rs)
                 n, rc = Xb.shape
                 terms, means, covs = np.empty((n, rc)), np.empty((n, rc, S)), np.empty((n, rc, S, S))
-                posterior_chunk(XA, Xb, xx, Xw, REF, *region_args(rs), terms, means, covs)
+                posterior_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), terms, means, covs)
                 yield rows, rs, terms, means, covs, REF
 
-    def _log_prob_rows(self, Xw, xx, gap, region_chunk, skipped, search=True):
+    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True):
         """log p of one block of whitened rows over the generic chunk kernels,
         relative to the rows' references: ``(top, log_sum, REF)`` with ``log_p
         = REF[:, 0] + top + log_sum`` (``search``: see :meth:`_new_reference`)."""
         log_prob_chunk, _, _, region_args = self._pair_kernels()
         n = len(Xw)
-        REF = self._new_reference(Xw, xx, region_chunk, search)
+        REF = self._new_reference(Xw, xx, Xs, region_chunk, search)
         run_max = np.full(n, -np.inf)
         run_sum = np.zeros(n)
         for rs in self._region_slices(region_chunk):
             XA, Xb = self._products(Xw, rs)
-            log_prob_chunk(XA, Xb, xx, Xw, REF, *region_args(rs), gap, run_max, run_sum, skipped)
+            log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped)
         return run_max, np.log(run_sum), REF
 
     def _pair_kernels(self):
@@ -413,14 +416,14 @@ class CPAModel:
                 blocks = [(rs, np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])))
                           for (rs,) in blocks]
 
-                def rows_log_prob(Xw, xx, skipped, search):
+                def rows_log_prob(Xw, xx, Xs, skipped, search):
                     n = len(Xw)
-                    REF = self._new_reference(Xw, xx, width, search)
+                    REF = self._new_reference(Xw, xx, Xs, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
                     for rs, G in blocks:
-                        pairs.log_prob_block_1d(Xw, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
+                        pairs.log_prob_block_1d(Xw, Xs, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
                                                 p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
                                                 p["Aw"][rs], p["gz"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
                                                 run_sum, skipped, block)
@@ -430,23 +433,23 @@ class CPAModel:
                 D = self.generator.output_dim
                 chunks, step = len(blocks), int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
-                def rows_log_prob(Xw, xx, skipped, search):
-                    return self._log_prob_rows(Xw, xx, gap, region_chunk, skipped, search)
+                def rows_log_prob(Xw, xx, Xs, skipped, search):
+                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search)
 
                 chunks, step = len(self._region_slices(region_chunk)), sample_chunk
             for a in range(0, N, step):
                 rows = slice(a, min(N, a + step))
-                Xw, xx = self._whiten(X[rows])
+                Xw, xx, Xs = self._whiten(X[rows])
                 sk = np.zeros(len(Xw), np.int64)
                 # the kernels take each row's reference in the first region chunk; a row
                 # whose best term came out far above it is done again with the best
                 # reference over all chunks (its terms would carry eps |log kappa_ref|)
-                top, lsum, REF = rows_log_prob(Xw, xx, sk, search=False)
+                top, lsum, REF = rows_log_prob(Xw, xx, Xs, sk, search=False)
                 redo = np.flatnonzero(top > _REF_SLACK) if chunks > 1 else np.zeros(0, np.int64)
                 if redo.size:
                     sk[redo] = 0
                     skr = np.zeros(redo.size, np.int64)
-                    top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], skr, search=True)
+                    top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search=True)
                     sk[redo] = skr
                 skipped[rows] = sk
                 out[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)

@@ -65,7 +65,7 @@ def _accumulate(w, m, C, i, r, T0, T1, T2, Wt, Mt):
 
 
 @jit(parallel=True)
-def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, top, lsum,
+def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, top, lsum,
                 floor, T0, T1, T2, Wt, Mt):
     """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions).
 
@@ -103,7 +103,7 @@ def estep_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
 
 
 @jit(parallel=True)
-def estep_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                    FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
     forms it (cut short by the polygon's tail bound below the floor), then,

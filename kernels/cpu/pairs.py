@@ -28,9 +28,10 @@ bound on its term, ``log kappa + log Q(d)``, over all regions; row ``i`` of
 
 with ``delta = f_ref - f_r`` the difference of the fitted points, formed
 at each region's anchor ``z_r`` (a point of the region, see
-``Partition.anchors``) as ``f = g~(z_r) + A~ (mu - z_r)``, not as ``b~ + A~
-mu`` (a steep region far from the origin has a large ``b~`` that ``A~ mu``
-cancels): nothing of the size of ``|x~|^2`` is ever subtracted, so the terms
+``Partition.anchors``) as ``f = g(z_r) / sigma_x + A~ (mu - z_r)``, not as
+``b~ + A~ mu`` (a steep region far from the origin has a large ``b~`` that
+``A~ mu`` cancels), and with the rows ``Xs = x / sigma_x``, not centred (a
+centre far from the data and the region would add its own rounding): nothing of the size of ``|x~|^2`` is ever subtracted, so the terms
 (and the region probabilities, which depend only on their differences) keep
 their accuracy however far the data lie from the manifold or from the
 origin. The running logsumexp is kept relative to the reference; a row's
@@ -124,9 +125,11 @@ def _prune_slack(xx, xb, bb, ymu, mm, an):
 
 @jit
 def _fitted(Aw, gz, r, mu, d):
-    """Entry d of region r's fitted point ``f = g~(z_r) + A~ (mu - z_r)`` at its
-    anchor ``z_r`` (``gz[r] = (g~(z_r), z_r)``, ``Partition.anchors``): no
-    extrapolated offset ``b~`` for ``A~ mu`` to cancel."""
+    """Entry d of region r's fitted point ``f = g(z_r) / sigma_x + A~ (mu - z_r)``
+    at its anchor ``z_r`` (``gz[r] = (g(z_r) / sigma_x, z_r)``,
+    ``Partition.anchors``): no extrapolated offset ``b~`` for ``A~ mu`` to
+    cancel, and not centred (the residual ``x / sigma_x - f`` takes the rows
+    ``Xs = x / sigma_x``, so a centre far from both adds no rounding)."""
     D = Aw.shape[1]
     f = gz[r, d]
     for t in range(mu.shape[0]):
@@ -135,11 +138,11 @@ def _fitted(Aw, gz, r, mu, d):
 
 
 @jit
-def _exact_log_kappa(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const):
+def _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const):
     """``log kappa`` of pair (i, r) from its whitened residual ``e = x~ - f``
     (:func:`_fitted`, as :func:`_set_reference` forms it), for when the cheap form's
     rounding bound is too large to choose by."""
-    D = Xw.shape[1]
+    D = Xs.shape[1]
     S = mu.shape[0]
     h = 0.7071067811865476
     q = 0.0
@@ -148,19 +151,19 @@ def _exact_log_kappa(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const):
         q += s2 * v * v
     for d in range(D):
         f = _fitted(Aw, gz, r, mu, d)
-        v = h * (Xw[i, d] - f)
+        v = h * (Xs[i, d] - f)
         q += v * v
     return (const - 0.5 * logdet_lam[r]) - q
 
 
 @jit
-def _set_reference(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
+def _set_reference(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
     """Make pair (i, r) row i's reference: its exact ``log kappa`` from the
     whitened residual ``e = x~ - f`` (:func:`_fitted`: no cancellation),
     with ``mu``, ``f`` and ``e`` kept for :func:`_rel_log_kappa`. Half of each
     square is summed (``(e / sqrt 2)^2``) so a ``log kappa`` near the float64
     limit does not overflow early; below it the result is ``-inf``."""
-    D = Xw.shape[1]
+    D = Xs.shape[1]
     S = mu.shape[0]
     h = 0.7071067811865476
     q = 0.0
@@ -170,7 +173,7 @@ def _set_reference(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
         q += s2 * v * v
     for d in range(D):
         f = _fitted(Aw, gz, r, mu, d)
-        e = Xw[i, d] - f
+        e = Xs[i, d] - f
         REF[i, _REF_MU + S + d] = f
         REF[i, _REF_MU + S + D + d] = e
         v = h * e
@@ -245,7 +248,7 @@ def _add_term(term, m, s):
 
 
 @jit
-def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, i, r0, y, mu,
+def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, i, r0, y, mu,
                     best):
     """Fold this chunk's pairs of row i into its best candidate reference
     ``best = (bound, region, mu)``, by the upper bound ``log kappa + log
@@ -261,7 +264,7 @@ def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, wh
         if not (lk + err + bound > best[0]):
             continue
         if err > 1.0:
-            lk = _exact_log_kappa(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const)
+            lk = _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const)
         lk += bound
         if lk > best[0]:
             best[0] = lk
@@ -271,23 +274,23 @@ def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, wh
 
 
 @jit
-def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, REF, i,
+def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, REF, i,
                       y, mu):
     """Give row i a reference (its best candidate in this chunk) if it has none."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
     best = np.full(2 + mu.shape[0], -math.inf)
-    _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, i, 0, y, mu,
+    _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, i, 0, y, mu,
                     best)
     if not (best[0] > -math.inf):  # no finite candidate: any pair will do
         _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, 0, y, mu)
         best[1] = 0.0
         best[2:] = mu
-    _set_reference(Xw, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
+    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
 
 
 @jit(parallel=True)
-def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, r0, best):
+def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, r0, best):
     """Each row's best candidate reference so far (:func:`_best_candidate`,
     regions ``r0 + r`` of this chunk; ``best`` (n, 2 + S), bound ``-inf``
     first): the pass that picks the rows' references when the regions come
@@ -297,12 +300,12 @@ def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, w
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, i, r0, y, mu,
+        _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, i, r0, y, mu,
                         best[i])
 
 
 @jit(parallel=True)
-def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2, r0, best):
+def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, r0, best):
     """:func:`best_pairs_chunk` for S = 2."""
     n, R = Xb.shape
     cap = 8
@@ -313,19 +316,19 @@ def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, wh
         mu = np.empty(2)
         W = np.empty((cap, 6))
         E = np.empty((cap, 6))
-        _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2, i, r0, y,
+        _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, i, r0, y,
                            mu, best[i], W, E)
 
 
 @jit(parallel=True)
-def set_references(Xw, Aw, gz, best, s2, logdet_lam, const, REF):
+def set_references(Xs, Aw, gz, best, s2, logdet_lam, const, REF):
     """Make each row's best candidate (:func:`best_pairs_chunk`) its reference."""
-    for i in prange(Xw.shape[0]):
-        _set_reference(Xw, i, Aw, gz, int(best[i, 1]), best[i, 2:], s2, logdet_lam, const, REF)
+    for i in prange(Xs.shape[0]):
+        _set_reference(Xs, i, Aw, gz, int(best[i, 1]), best[i, 2:], s2, logdet_lam, const, REF)
 
 
 @jit(parallel=True)
-def log_prob_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, gap,
+def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, gap,
                    run_max, run_sum, n_skipped):
     """Fold one (samples x regions) chunk into each sample's running
     logsumexp (relative to its reference), for any S whose regions are
@@ -341,7 +344,7 @@ def log_prob_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, REF,
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, REF,
                           i, y, mu)
         lref = REF[i, _REF_LK]
         m, s = run_max[i], run_sum[i]
@@ -358,7 +361,7 @@ def log_prob_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
 
 
 @jit(parallel=True)
-def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, Aw, gz, an, s2, REF, gap,
+def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, Aw, gz, an, s2, REF, gap,
                       run_max, run_sum, n_skipped, block):
     """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
     takes ``block`` rows of ``Xw`` at a time and forms their products with the
@@ -416,13 +419,13 @@ def log_prob_block_1d(Xw, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, who
                     cand = lk[r]
                     if er[r] > 1.0:
                         mu[0] = mus[r]
-                        cand = _exact_log_kappa(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const)
+                        cand = _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const)
                     cand += _log_mass_bound(lo[r], hi[r], mus[r], hl[r])
                     if cand > top:
                         top = cand
                         ref = r
                 mu[0] = mus[ref]
-                _set_reference(Xw, i, Aw, gz, ref, mu, s2, logdet_lam, const, REF)
+                _set_reference(Xs, i, Aw, gz, ref, mu, s2, logdet_lam, const, REF)
             lref = REF[i, _REF_LK]
             # A term whose bound lies this far below the running maximum may be
             # taken from the cheap form: its rounding (at most emax) changes the
@@ -469,7 +472,7 @@ def _truncate(mu, Sigma, r, lo, hi, whole, mean, cov):
 
 
 @jit(parallel=True)
-def posterior_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, terms,
+def posterior_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, terms,
                     means, covs):
     """Every pair's term and the region's truncated posterior moments.
 
@@ -482,7 +485,7 @@ def posterior_chunk(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, 
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
-        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xw, Aw, gz, s2, REF,
+        _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, REF,
                           i, y, mu)
         for r in range(R):
             _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
@@ -515,7 +518,7 @@ def _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, 
 
 
 @jit
-def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2, i, r0, y,
+def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, i, r0, y,
                        mu, best, W, E):
     """:func:`_best_candidate` for S = 2: the polygon's tail bound at its
     distance from the pair's posterior mean (``W``, ``E`` scratch)."""
@@ -533,7 +536,7 @@ def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, who
         if not (lk + err > best[0]):
             continue
         if err > 1.0:
-            lk = _exact_log_kappa(Xw, i, Aw, gz, r, mu, s2, logdet_lam, const)
+            lk = _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const)
             if not (lk > best[0]):
                 continue
         if not whole[r]:
@@ -549,19 +552,19 @@ def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, who
 
 
 @jit
-def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2, REF, i,
+def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, REF, i,
                          y, mu, W, E):
     """:func:`_ensure_reference` for S = 2."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
     best = np.full(4, -math.inf)
-    _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2, i, 0, y, mu,
+    _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, i, 0, y, mu,
                        best, W, E)
     if not (best[0] > -math.inf):  # no finite candidate: any pair will do
         _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, 0, y, mu)
         best[1] = 0.0
         best[2:] = mu
-    _set_reference(Xw, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
+    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
 
 
 @jit
@@ -663,7 +666,7 @@ _LM0 = np.empty((0, 4))
 
 
 @jit(parallel=True)
-def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                       FU, Lt, K, Rt, const, gap, run_max, run_sum, n_skipped):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
@@ -678,7 +681,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         lk = np.empty(R)
         er = np.empty(R)
         sc = _scratch(cap)
-        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2,
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
         emax = 0.0
@@ -752,7 +755,7 @@ def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful
 
 
 @jit(parallel=True)
-def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
+def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                        FU, Lt, K, Rt, const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
@@ -769,7 +772,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xw, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         y = np.empty(2)
         mu = np.empty(2)
         sc = _scratch(cap)
-        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xw, Aw, gz, s2,
+        _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         top = -math.inf
         for r in range(R):
