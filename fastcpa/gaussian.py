@@ -120,7 +120,8 @@ def interval_moments(lo, hi, mean=0.0, std=1.0, *, backend="auto"):
     from fastcpa.kernels.cpu.truncated import interval_moments_batch
 
     shape = lo.shape
-    flat = [np.ascontiguousarray(a).reshape(-1) for a in (lo, hi, mean, std)]
+    # owned copies: a broadcast view is read-only, and Numba warns about passing those
+    flat = [np.array(a, dtype=np.float64).reshape(-1) for a in (lo, hi, mean, std)]
     # empty intervals get the documented answer here; the kernel sees a harmless [0, 1] in their place
     empty = ~(flat[0] < flat[1])
     if empty.any():

@@ -180,10 +180,13 @@ class CPAModel:
             Lt = np.ascontiguousarray(np.stack([l11, l21, l22], axis=1))
             Lam = np.empty((R, 2, 2))
             Lam[:, 0, 0], Lam[:, 0, 1], Lam[:, 1, 0], Lam[:, 1, 1] = l11**2, l11 * l21, l11 * l21, l21**2 + l22**2
+            # Sigma = L^-T L^-1 from the factor's inverse (through det = (l11 l22)^2
+            # it overflowed for sigma_z below ~2^-256 and gave Sigma = 0)
+            i11, i22 = 1.0 / l11, 1.0 / l22
+            i21 = -(l21 * i11) * i22
             Sigma = np.empty((R, 2, 2))
-            det = (l11 * l22) ** 2
-            Sigma[:, 0, 0], Sigma[:, 1, 1] = Lam[:, 1, 1] / det, Lam[:, 0, 0] / det
-            Sigma[:, 0, 1] = Sigma[:, 1, 0] = -Lam[:, 0, 1] / det
+            Sigma[:, 0, 0], Sigma[:, 1, 1] = i11**2 + i21**2, i22**2
+            Sigma[:, 0, 1] = Sigma[:, 1, 0] = i21 * i22
             logdet_lam = 2.0 * np.log(l11 * l22)
         else:
             Lam = np.eye(S)[None] * s + np.einsum("rds,rdt->rst", A, A)

@@ -142,7 +142,8 @@ class Partition:
         The point is the interval's point nearest the origin (S = 1), or a
         polygon's finite boundary point nearest the origin (S = 2; the origin
         itself in the region that holds it). Values come from the forward
-        pass, except for partitions whose ``regions x parameters`` exceeds
+        pass with the region's own activation pattern (a point on a boundary
+        may round onto the neighbouring piece), except for partitions whose ``regions x parameters`` exceeds
         2e8, where ``A[r] Z[r] + b[r]`` stands in. Computed on first
         access.
         """
@@ -554,10 +555,44 @@ def _region_anchors(part):
     else:  # one region: the whole space
         Z = np.zeros((R, S))
     if R * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
-        G = gen(Z)
+        G = _piece_forward(part, Z)
     else:  # too many for the forward pass: the maps themselves (b's rounding stays)
         G = np.einsum("rds,rs->rd", part.A, Z) + part.b
     return np.ascontiguousarray(Z), np.ascontiguousarray(G)
+
+
+def _piece_forward(part, Z):
+    """``g_r(Z[r])``: the forward pass with each region's own on/off pattern.
+
+    An anchor on (or, by the rounding of a breakpoint or vertex, just past) a
+    region's boundary would otherwise be evaluated on the neighbouring piece,
+    off this region's map by the slope jump times that rounding. The pattern
+    is the S = 2 region's code, or (S = 1, whose codes are not kept) the signs
+    at a point inside the interval, carried along in the same pass."""
+    gen = part.generator
+    R = len(Z)
+    out = np.empty((R, gen.output_dim))
+    step = max(1, (1 << 22) // max(gen.n_units, max(W.shape[0] for W in gen.weights)))
+    for a in range(0, R, step):
+        rows = np.arange(a, min(R, a + step))
+        if part.latent_dim == 1:
+            h_in, bits = _interval_points(part.intervals[rows]), None
+        else:
+            h_in, bits = None, part.code_bits(rows) if gen.n_units else None
+        h, k = Z[rows], 0
+        for W, c, eta in zip(gen.weights[:-1], gen.biases[:-1], gen.slopes):
+            u = h @ W.T + c
+            w = W.shape[0]
+            if h_in is not None:
+                u_in = h_in @ W.T + c
+                on = (u_in >= 0) | (eta == 1.0)
+                h_in = np.where(on, u_in, eta * u_in)
+            else:
+                on = bits[:, k:k + w] | (eta == 1.0)
+            h = np.where(on, u, eta * u)
+            k += w
+        out[rows] = h @ gen.weights[-1].T + gen.biases[-1]
+    return out
 
 
 def _interval_points(intervals):

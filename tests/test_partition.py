@@ -252,18 +252,37 @@ def test_partition_arrays_are_read_only(rng):
 
 @pytest.mark.parametrize("S", [1, 2])
 def test_anchors_lie_in_their_regions_with_their_image(rng, S):
-    """Each region's anchor is a point of its closure, and G is g there (the
-    likelihood's residuals are formed from it)."""
+    """Each region's anchor is a point of its closure, and G is g there, on the
+    region's own piece (the likelihood's residuals are formed from it)."""
     Ws = [rng.normal(size=(6, S)), rng.normal(size=(5, 6)), rng.normal(size=(3, 5))]
     cs = [rng.normal(size=6), rng.normal(size=5), rng.normal(size=3)]
     gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1)
     part = fastcpa.partition(gen)
     Z, G = part.anchors
     assert Z.shape == (part.n_regions, S) and G.shape == (part.n_regions, gen.output_dim)
-    np.testing.assert_array_equal(G, gen(Z))
+    # G is g there (g is continuous, so also on a boundary, to rounding) ...
+    np.testing.assert_allclose(G, gen(Z), rtol=1e-12, atol=1e-12)
     # the anchor satisfies its region's facet inequalities (up to rounding)
     from fastcpa.partition import _inside_facets
 
     assert _inside_facets(part, np.arange(part.n_regions), Z).all()
     # and the region's map reproduces g there (continuity: also on a boundary)
     np.testing.assert_allclose(np.einsum("rds,rs->rd", part.A, Z) + part.b, G, rtol=1e-9, atol=1e-9)
+
+
+def test_anchor_just_past_a_breakpoint_stays_on_its_own_piece():
+    """A steep unit (slope 2^50) switches at z0 = 1.5; an anchor one ulp left of
+    z0 must still be evaluated on its own region's piece, where the unit is on:
+    there u = 2^50 (z - 1.5) = -1/4 exactly, so g_r(z) = z - 1/4, while g(z) = z
+    (the plain forward pass takes the unit off: a jump of 1/4 from one ulp)."""
+    from fastcpa.partition import _piece_forward
+
+    W0 = np.array([[2.0**50], [1.0]])
+    c0 = np.array([-1.5 * 2.0**50, 0.0])
+    gen = fastcpa.Generator([W0, np.array([[1.0, 1.0]])], [c0, np.zeros(1)], activation="relu")
+    part = fastcpa.partition(gen)
+    r = int(part.locate([[2.0]])[0])  # the region right of 1.5, where the steep unit is on
+    assert part.intervals[r, 0] == 1.5
+    z = np.nextafter(1.5, 0.0)
+    G = _piece_forward(part, np.full((part.n_regions, 1), z))
+    assert G[r, 0] == z - 0.25 and gen([[z]])[0, 0] == z
