@@ -56,6 +56,13 @@ class SufficientStats:
         ``sum_n log p(x_n)``, exact.
     n : int
         Number of samples.
+    shift : ndarray, shape (D,)
+        The samples' mean ``m``; ``Tx_c``, ``Txz_c`` and ``xx_c`` are ``Tx``,
+        ``Txz`` and ``xx`` of the centred samples ``x_n - m``. Residuals are
+        formed from these: through the raw sums, data with a large mean
+        would leave them as differences of numbers of size ``|m|^2``.
+    Tx_c, Txz_c, xx_c : ndarray
+        Shapes as ``Tx``, ``Txz``, ``xx``.
     """
 
     T0: np.ndarray
@@ -66,6 +73,15 @@ class SufficientStats:
     xx: np.ndarray
     log_likelihood: float
     n: int
+    shift: np.ndarray = None
+    Tx_c: np.ndarray = None
+    Txz_c: np.ndarray = None
+    xx_c: np.ndarray = None
+
+    def __post_init__(self):
+        if self.shift is None:  # built from raw sums only: centred on 0
+            self.shift = np.zeros(self.Tx.shape[1])
+            self.Tx_c, self.Txz_c, self.xx_c = self.Tx, self.Txz, self.xx
 
     def squared_residuals(self, A, b):
         """Expected squared residual per dimension, ``sum_n E[(x_nd - (A_w z + b_w)_d)^2]``.
@@ -80,12 +96,15 @@ class SufficientStats:
         -------
         ndarray, shape (D,)
             ``xx - 2 (A Txz + b Tx) + A T2 A^T + 2 b (A T1) + b^2 T0``,
-            per dimension, summed over regions (docs/mathematics.md, section 8).
+            per dimension, summed over regions (docs/mathematics.md, section
+            8), evaluated on the centred sums with ``b - shift`` (the same
+            value, without the cancellation of a large data mean).
         """
-        cross = np.einsum("rds,rds->d", A, self.Txz) + np.einsum("rd,rd->d", b, self.Tx)
+        b = b - self.shift
+        cross = np.einsum("rds,rds->d", A, self.Txz_c) + np.einsum("rd,rd->d", b, self.Tx_c)
         quad = np.einsum("rds,rst,rdt->d", A, self.T2, A)
         lin = np.einsum("rd,rds,rs->d", b, A, self.T1)
-        return self.xx - 2.0 * cross + quad + 2.0 * lin + np.einsum("rd,r->d", b * b, self.T0)
+        return self.xx_c - 2.0 * cross + quad + 2.0 * lin + np.einsum("rd,r->d", b * b, self.T0)
 
     def noise_update(self, A, b, *, diagonal=False, floor=NOISE_FLOOR):
         """Closed-form M-step for the noise: the maximiser of
@@ -111,8 +130,8 @@ class SufficientStats:
             The new ``sigma_x`` (a standard deviation, as ``CPAModel`` takes it).
         """
         res = np.maximum(self.squared_residuals(A, b), 0.0)  # rounding can leave -eps for an exact fit
-        mean = self.Tx.sum(axis=0) / self.n
-        data_var = np.maximum(self.xx / self.n - mean * mean, 0.0)
+        mean = self.Tx_c.sum(axis=0) / self.n  # ~0: the centred samples' mean
+        data_var = np.maximum(self.xx_c / self.n - mean * mean, 0.0)
         if diagonal:
             return np.sqrt(np.maximum(res / self.n, floor * data_var))
         return float(math.sqrt(max(res.sum() / (self.n * len(res)), floor * data_var.mean())))
@@ -185,6 +204,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     Tx = np.zeros((R, D))
     Txz = np.zeros((R, D, S))
     log_p = np.empty(N)
+    shift = X.mean(axis=0) if N else np.zeros(D)
     with blas_single_threaded():
         for a in range(0, N, sample_chunk):
             rows = slice(a, min(N, a + sample_chunk))
@@ -194,7 +214,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
             top, lsum, REF = model._log_prob_rows(Xw, xx, Xs, gap, region_chunk, np.zeros(len(Xw), np.int64))
             log_p[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
             floor = top + lsum - gap
-            Xc = X[rows]
+            Xc = X[rows] - shift
             for rs in model._region_slices(region_chunk):
                 XA, Xb = model._products(Xw, rs)
                 n, rc = Xb.shape
@@ -205,5 +225,8 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
                 Tx[rs] += Wt @ Xc
                 Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
     _checked_log_prob(log_p)
-    return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx, Txz=Txz, xx=np.einsum("nd,nd->d", X, X),
-                           log_likelihood=float(log_p.sum()), n=N)
+    Xc = X - shift
+    return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx + T0[:, None] * shift,
+                           Txz=Txz + shift[None, :, None] * T1[:, None, :], xx=np.einsum("nd,nd->d", X, X),
+                           log_likelihood=float(log_p.sum()), n=N, shift=shift, Tx_c=Tx, Txz_c=Txz,
+                           xx_c=np.einsum("nd,nd->d", Xc, Xc))

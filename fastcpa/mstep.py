@@ -96,12 +96,13 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0):
     P = np.matmul(Gh, _zh_sums(stats))  # (R, H+1, S+1)
     M = np.einsum("rhs,rks->hk", P, Gh)
     M = 0.5 * (M + M.T)
-    XZ = np.concatenate([stats.Txz, stats.Tx[:, :, None]], axis=2)  # (R, D, S+1)
+    # the centred samples' sums: the bias comes out relative to their mean (no |mean|-sized rounding in W)
+    XZ = np.concatenate([stats.Txz_c, stats.Tx_c[:, :, None]], axis=2)  # (R, D, S+1)
     C = np.einsum("rds,rhs->dh", XZ, Gh)
     if ridge > 0:
         M[:H, :H] += ridge * np.eye(H)
     theta = scipy.linalg.lstsq(M, C.T, cond=None, lapack_driver="gelsd")[0].T  # M symmetric
-    return theta[:, :H], theta[:, H]
+    return theta[:, :H], theta[:, H] + stats.shift
 
 
 def _zh_sums(stats):
@@ -288,7 +289,9 @@ class FrozenLayer:
             return out
 
         t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w
-        XZ = np.concatenate([stats.Txz, stats.Tx[:, :, None]], axis=2) - self.f[:, :, None] * t[:, None, :]
+        # sum_n E[(x - f_w) zh^T], from the centred sums: (x - m) - (f_w - m)
+        XZ = (np.concatenate([stats.Txz_c, stats.Tx_c[:, :, None]], axis=2)
+              - (self.f - stats.shift)[:, :, None] * t[:, None, :])
         XZ = np.ascontiguousarray((XZ * prec[None, :, None]).transpose(1, 0, 2))
         rhs = self._FT(XZ).reshape(-1, R * m) @ np.swapaxes(self.Gh, 1, 2).reshape(R * m, -1)
         return op, rhs

@@ -128,3 +128,31 @@ def test_callback_returning_true_stops_and_keeps_the_fit(rng):
     assert [i for i, _ in seen] == [1, 2, 3]
     assert len(model.history_) == 4 and model.history_[-1] == seen[-1][1]
     assert abs(model.log_prob(X).mean() - model.history_[-1]) <= 1e-12 * abs(model.history_[-1])
+
+
+@pytest.mark.parametrize("B", [1e4, 1e6, 1e8])
+def test_m_step_is_translation_equivariant(rng, B):
+    """Data and output bias moved by B: the noise update and the output layer's
+    weights are unchanged and its bias moves by B. The residuals once came from
+    raw sums (``|x|^2 - 2 x.b + |b|^2`` summed over samples), which cancel at
+    ``B^2``: at B = 1e6 the noise update was off by orders of magnitude. Held
+    to what rounding the data to ``eps B`` implies (relative to the residual
+    scale sigma ~ 0.1: ``eps B / sigma``, times a small multiple)."""
+    from fastcpa.mstep import output_layer_update
+
+    Ws, cs = init_layers(rng, [1, 6, 2])
+    gen = fastcpa.Generator(Ws, cs, activation="relu")
+    model = fastcpa.CPAModel(gen, sigma_x=0.1)
+    X = wave(rng, 200)
+    shift = np.array([B, -0.7 * B])
+    moved = fastcpa.CPAModel(fastcpa.Generator(Ws, cs[:-1] + [cs[-1] + shift], activation="relu"), sigma_x=0.1)
+    st, st_m = model.sufficient_stats(X), moved.sufficient_stats(X + shift)
+    part, part_m = model.partition, moved.partition
+    tol = 64 * np.finfo(float).eps * B / 0.1
+    s0 = st.noise_update(part.A, part.b, diagonal=True)
+    s1 = st_m.noise_update(part_m.A, part_m.b, diagonal=True)
+    np.testing.assert_allclose(s1, s0, rtol=tol)
+    W0, c0 = output_layer_update(st, gen, part)
+    W1, c1 = output_layer_update(st_m, moved.generator, part_m)
+    np.testing.assert_allclose(W1, W0, rtol=tol, atol=tol * np.abs(W0).max())
+    np.testing.assert_allclose(c1 - shift, c0, atol=tol * (1 + np.abs(c0).max()))
