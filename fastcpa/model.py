@@ -432,9 +432,11 @@ class CPAModel:
                                                 run_sum, skipped, block)
                     return run_max, np.log(run_sum), REF
 
-                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
+                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB;
+                # the kernel moves a row's reference onto a later chunk's far better term
+                # itself, so no row is done again (chunks = 1 below)
                 D = self.generator.output_dim
-                chunks, step = len(blocks), int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
+                chunks, step = 1, int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
                 def rows_log_prob(Xw, xx, Xs, skipped, search):
                     return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search)

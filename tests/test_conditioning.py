@@ -139,3 +139,25 @@ def test_steep_region_far_from_the_origin_against_mpmath():
     got = c2.model().log_prob(x[None])[0]
     ref = float(log_prob_mp_1d(c2.weights, c2.biases, c2.slopes(), x, c2.sigma_x, c2.sigma_z, dps=40)[0])
     assert abs(got - ref) <= 5e-9, (got, ref)
+
+
+@pytest.mark.parametrize("region_chunk", [3, 16, 10**6])
+def test_reference_moves_to_a_later_chunk_exactly(region_chunk):
+    """Points whose posterior sits in the last region chunk, far (thousands of
+    nats) from every pair of the first: the row's reference from the first
+    chunk would leave log p as a difference of large numbers, so the S = 1
+    kernel moves the reference (and the running sum) onto the later chunk's
+    best term. Against the 50-digit oracle, for any chunking; the tolerance is
+    what rounding the data to eps |x| implies (module docstring)."""
+    rng = np.random.default_rng(7)
+    Ws, cs = _net(rng, [1, 12, 8, 3])
+    gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.2)
+    model = fastcpa.CPAModel(gen, sigma_x=0.01)
+    Z = np.array([[2.5], [-2.5], [0.3]])
+    X = gen(Z) + 0.02 * rng.normal(size=(3, 3))
+    got = model.log_prob(X, region_chunk=region_chunk)
+    for x, lp in zip(X, got):
+        ref = float(log_prob_mp_1d(Ws, cs, gen.slopes, x, 0.01, dps=40)[0])
+        r = 0.03 * np.sqrt(3)
+        tol = 32 * EPS * (np.abs(x).max() * r / 0.01**2 + abs(ref) + 10)
+        assert abs(lp - ref) <= tol, (lp, ref, tol)

@@ -232,6 +232,9 @@ def _best_first(k, best):
 _NEGLIGIBLE = 38.0
 # -log(2^-60): see log_prob_block_1d
 _CHEAP_GAP = 41.6
+# A later chunk's best term this far above the running maximum replaces the
+# row's reference (log_prob_block_1d): e^-64 R stays far below an ulp of the sum.
+_REBASE = 64.0
 _LOG2 = 0.6931471805599453
 
 
@@ -427,11 +430,25 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
                 mu[0] = mus[ref]
                 _set_reference(Xs, i, Aw, gz, ref, mu, s2, logdet_lam, const, REF)
             lref = REF[i, _REF_LK]
+            m, s = run_max[i], run_sum[i]
+            if m > -math.inf and ub[best] - lref > m + _REBASE:
+                # This chunk's best term may lie far above everything so far (the
+                # reference came from an earlier chunk): if it does, it becomes
+                # the reference and the running sum moves onto it. The earlier
+                # terms then lie > _REBASE nats below the maximum, so the
+                # rounding of that move (eps |log kappa_ref|) cannot show.
+                mu[0] = mus[best]
+                nb = _exact_log_kappa(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const)
+                if not whole[best]:
+                    nb += interval_log_mass(lo[best], hi[best], mus[best], math.sqrt(sig[best]))
+                if nb - lref > m + _REBASE:
+                    _set_reference(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const, REF)
+                    m -= REF[i, _REF_LK] - lref
+                    lref = REF[i, _REF_LK]
             # A term whose bound lies this far below the running maximum may be
             # taken from the cheap form: its rounding (at most emax) changes the
             # sum by below 2^-60 of it (the exact form costs O(D) a pair).
             cheap_below = _CHEAP_GAP + math.log(emax) if emax > 0.0 else 0.0
-            m, s = run_max[i], run_sum[i]
             skipped = 0
             for k in range(R):
                 r = _best_first(k, best)
