@@ -432,11 +432,9 @@ class CPAModel:
                                                 run_sum, skipped, block)
                     return run_max, np.log(run_sum), REF
 
-                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB;
-                # the kernel moves a row's reference onto a later chunk's far better term
-                # itself, so no row is done again (chunks = 1 below)
+                # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
                 D = self.generator.output_dim
-                chunks, step = 1, int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
+                chunks, step = len(blocks), int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
                 def rows_log_prob(Xw, xx, Xs, skipped, search):
                     return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search)
@@ -446,9 +444,12 @@ class CPAModel:
                 rows = slice(a, min(N, a + step))
                 Xw, xx, Xs = self._whiten(X[rows])
                 sk = np.zeros(len(Xw), np.int64)
-                # the kernels take each row's reference in the first region chunk; a row
-                # whose best term came out far above it is done again with the best
-                # reference over all chunks (its terms would carry eps |log kappa_ref|)
+                # the kernels take each row's reference in the first region chunk and move
+                # it onto a later chunk's best term when that lies far above everything
+                # before; a row whose best term still came out far above its reference
+                # (a later best the chunk's cheap bounds did not single out) is done
+                # again with the best reference over all chunks (its terms would carry
+                # eps |log kappa_ref|)
                 top, lsum, REF = rows_log_prob(Xw, xx, Xs, sk, search=False)
                 redo = np.flatnonzero(top > _REF_SLACK) if chunks > 1 else np.zeros(0, np.int64)
                 if redo.size:

@@ -708,6 +708,15 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         best = np.argmax(lk)
         cheap_below = _CHEAP_GAP + math.log(emax) if emax > 0.0 else 0.0  # see log_prob_block_1d
         m, s = run_max[i], run_sum[i]
+        if m > -math.inf and lk[best] + er[best] - lref > m + _REBASE:  # as in log_prob_block_1d
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, best, y, mu)
+            nb = _exact_log_kappa(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const)
+            if not whole[best]:
+                nb += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, best, mu, -math.inf, sc)
+            if nb - lref > m + _REBASE:
+                _set_reference(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const, REF)
+                m -= REF[i, _REF_LK] - lref
+                lref = REF[i, _REF_LK]
         skipped = 0
         for k in range(R):
             r = _best_first(k, best)
