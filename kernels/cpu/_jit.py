@@ -23,6 +23,8 @@ treatment:
   therefore entry points called from Python, never from other jitted code.
 """
 
+import glob
+import hashlib
 import os
 import sys
 import threading
@@ -33,6 +35,51 @@ from numba import njit
 from ..._config import NUMBA_CACHE
 
 _cache_warned = False
+
+_STAMP = "fastcpa-kernel-sources.sha256"
+
+
+def _drop_stale_cache():
+    """Delete cached kernels compiled from other kernel sources than these.
+
+    Numba keys a cached kernel on its own module file only, but the kernels
+    inline the scalar modules (``kernels/_normal.py``, ``_interval.py``, ...):
+    after a change (or an upgrade) that touches only those, the cache would
+    serve kernels built from the old mathematics. So the cache folders carry
+    a hash of every kernel source, and a mismatch empties them first.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(glob.glob(os.path.join(os.path.dirname(here), "*.py")) + glob.glob(os.path.join(here, "*.py")))
+    digest = hashlib.sha256()
+    for path in sources:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest = digest.hexdigest()
+    folders = [os.path.join(here, "__pycache__")]
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    if user:  # Numba mirrors the source folder's path below it
+        tail = os.path.join("kernels", "cpu")
+        folders += [root for root, _, _ in os.walk(user) if root.endswith(tail)]
+    for folder in folders:
+        stamp = os.path.join(folder, _STAMP)
+        try:
+            with open(stamp) as f:
+                if f.read().strip() == digest:
+                    continue
+        except OSError:
+            pass
+        try:
+            for path in glob.glob(os.path.join(folder, "*.nb[ic]")):
+                os.remove(path)
+            os.makedirs(folder, exist_ok=True)  # (Numba would create it; stamped before it fills)
+            with open(stamp, "w") as f:
+                f.write(digest)
+        except OSError:  # a read-only or concurrently cleaned cache: Numba copes with what is there
+            pass
+
+
+if NUMBA_CACHE:
+    _drop_stale_cache()
 
 
 def _njit(fn, opts):
