@@ -91,9 +91,12 @@ _MAX_PANELS = 64
 # Sector masses with h < 1: panels on |s| <= _W_SPAN, closed-form angles beyond.
 _W_SPAN = 9.0
 # Cancellation of the mass (8 bits) or amplification of rounding in the moments
-# beyond which the section rule serves.
+# beyond which the section rule serves. The edge formulas' covariance errs by
+# about amp * eps in its thin direction: 1e5 let a triangle 7.7 sd out through
+# at 1.1e-11 (amp 6e4), where rounding its inputs implies 1.6e-15 (the section
+# rule: 8e-15). 1e4 costs ~1.25x on random polygons, 1e3 ~1.8x.
 _KAPPA_MAX = 256.0
-_AMP_MAX = 1e5
+_AMP_MAX = 1e4
 # Beyond this squared distance (whitened, d ~ 1e6) a polygon's Gaussian is
 # taken as exponential off its nearest point (far_polygon): that errs by
 # O(1/d) in log-mass at worst, far below the eps d^2 / 2 that rounding of the
@@ -710,7 +713,11 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     exact, and ``LM[0:nl] = (n'_x, n'_y, n_x, n_y)`` (whitened and original
     normals of the input lines, ``n' = L^T n``, ``det = l11 l22``) gives each
     section's width without a difference (:func:`_section_width`): thin
-    polygons keep their relative accuracy. Scratch: ``B1``, ``B2`` (n + 8,
+    polygons keep their relative accuracy. The scatter is also gathered in a
+    frame sheared along the longest edge, ``(y, x - k y)``, and the frame in
+    which the coordinates are less correlated gives the covariance, mapped
+    straight to the whitened frame: the spread across a thin polygon at an
+    angle is not a difference. Scratch: ``B1``, ``B2`` (n + 8,
     6), ``V`` (n + 8, 7), ``Y`` (n + 8). Returns ``(log_mass, mx, my, c00,
     c01, c11)`` relative to the centre, in the whitened frame (moments NaN
     unless requested).
@@ -752,6 +759,23 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
         m += 1
     if m < 3:
         return -math.inf, nan, nan, nan, nan, nan
+    # A second frame for the scatter, sheared along the polygon's longest
+    # edge (x - k y against y): in a thin polygon at an angle to the axes
+    # (a sliver, a narrow wedge) x and y are nearly collinear, and the
+    # spread across it, sxx - sxy^2 / syy, would be a difference of large
+    # numbers (errors of eps relative in each sum, amplified by the
+    # covariance's condition number: 4e-9 on a sliver of eigenvalue ratio
+    # 1e7). Across the edge the residual's spread is gathered directly.
+    k0 = 0.0
+    best = 0.0
+    for i in range(k):
+        q = i + 1 if i + 1 < k else 0
+        ey = tx * (B1[q, 0] - B1[i, 0]) + ty * (B1[q, 1] - B1[i, 1])
+        ex = ax * (B1[q, 0] - B1[i, 0]) + ay * (B1[q, 1] - B1[i, 1])
+        e2 = ex * ex + ey * ey
+        if e2 > best and abs(ey) > abs(ex) * 1e-8:
+            best = e2
+            k0 = ex / ey
     for i in range(1, m):  # insertion sort of the breakpoints
         v = Y[i]
         j = i - 1
@@ -770,6 +794,9 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     syy = 0.0
     sxy = 0.0
     sxx = 0.0
+    mr = 0.0  # the same for r = x - k0 y (the sheared frame)
+    syr = 0.0
+    srr = 0.0
     for p in range(m - 1):
         ya = Y[p]
         yb = Y[p + 1]
@@ -835,14 +862,18 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
                     new = tot + w
                     dy = ys - my
                     dx = xs - mx
+                    dr = (xs - k0 * ys) - mr
                     r = w / new
                     if want_moments:
                         c = tot * r
                         syy += c * dy * dy
                         sxy += c * dy * dx
                         sxx += c * dx * dx + w * sv
+                        syr += c * dy * dr
+                        srr += c * dr * dr + w * sv
                     my += r * dy
                     mx += r * dx
+                    mr += r * dr
                     tot = new
             y = y2
     if not (tot > 0.0):
@@ -850,17 +881,30 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     log_mass = math.log(tot) - 0.5 * d2
     if not want_moments:
         return log_mass, nan, nan, nan, nan, nan
+    # of the two frames, the one in which the coordinates are less correlated
+    # (sxy^2 / (sxx syy) against syr^2 / (srr syy)) loses less to the
+    # difference that the spread across the polygon is
+    if syr * syr * sxx < sxy * sxy * srr:
+        k = k0
+        cyr = syr / tot
+        crr = srr / tot
+    else:
+        k = 0.0
+        cyr = sxy / tot
+        crr = sxx / tot
     cyy = syy / tot
-    cxy = sxy / tot
-    cxx = sxx / tot
     my -= gt  # relative to the centre
     mx -= ga
-    # back to the whitened frame: u = y t + x a
+    # back to the whitened frame: u = y t + x a = y g + r a with g = t + k a,
+    # straight from the chosen frame (through the (y, x) entries the thin
+    # direction would be rounded in a frame at an angle to it)
     ux = my * tx + mx * ax
     uy = my * ty + mx * ay
-    c00 = tx * tx * cyy + 2.0 * tx * ax * cxy + ax * ax * cxx
-    c11 = ty * ty * cyy + 2.0 * ty * ay * cxy + ay * ay * cxx
-    c01 = tx * ty * cyy + (tx * ay + ty * ax) * cxy + ax * ay * cxx
+    gx = tx + k * ax
+    gy = ty + k * ay
+    c00 = gx * gx * cyy + 2.0 * gx * ax * cyr + ax * ax * crr
+    c11 = gy * gy * cyy + 2.0 * gy * ay * cyr + ay * ay * crr
+    c01 = gx * gy * cyy + (gx * ay + gy * ax) * cyr + ax * ay * crr
     return log_mass, ux, uy, c00, c01, c11
 
 

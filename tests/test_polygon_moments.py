@@ -649,3 +649,78 @@ def test_edge_with_a_far_end_keeps_its_near_end():
     for moments in (True, False):
         got = float(fastcpa.polygon_moments(normals, offsets, mean, cov, moments=moments).log_mass)
         assert abs(got - ref) <= 1e-13 * max(1.0, abs(ref)), (moments, got, ref)
+
+
+# ---------------------------------------------------------------------------
+# the covariance in a polygon's thin direction
+# ---------------------------------------------------------------------------
+
+# An outside review's reproducer (four well-conditioned polygons, cov condition
+# <= 217): inputs as float hex strings, ``ref_cov`` the true covariance (30
+# digits). ``input_floor``: what rounding the inputs implies for the whitened
+# error below, sum over every input x of |change| when x moves by x 2^-53
+# (oracle at 40 digits, computed once: ~15 oracle calls a case). ``was``: the
+# error before the section rule gathered the spread across a thin polygon in a
+# frame sheared along it and before _AMP_MAX fell from 1e5 to 1e4.
+THIN_COV_CASES = {
+    "triangle": dict(
+        normals=[['0x1.696234a08d362p+1', '0x1.a89740e6ab629p+2'], ['-0x1.8336a986f2f9cp+2', '-0x1.83af6f2f8f973p+1'], ['0x1.09a4bde81c15cp-1', '-0x1.552e3fe402dc2p+2']],
+        offsets=['0x1.109b612df4951p+5', '-0x1.810a57c761efdp+4', '-0x1.1aeb29a42df76p+4'],
+        mean=['-0x1.d93950a472554p+1', '-0x1.1db3552796c4cp+1'],
+        cov=[['0x1.33e26e246c21fp-5', '-0x1.2861594e10b4ep-6'], ['-0x1.2861594e10b4ep-6', '0x1.007f090cd3f06p-5']],
+        ref_cov=[['0.0243129265469786619735539590755', '0.00203168396400003228834843555025'], ['0.00203168396400003228834843555025', '0.000705439291281587860214915679288']],
+        input_floor=1.6e-15, was=1.1e-11),
+    "poly": dict(
+        normals=[['-0x1.9a6df4a83bd4cp+2', '0x1.ce4e15487989cp+2'], ['-0x1.ffc1c1442ec26p+1', '0x1.a74a9b1d1eee9p+0'], ['-0x1.97c85770328c0p-3', '-0x1.886346c2defe5p+1'], ['0x1.22965f424ac66p+2', '-0x1.3c0fb2e5e09e5p+1']],
+        offsets=['-0x1.8e18f9c22a204p+4', '-0x1.2a0df753d37abp+3', '0x1.aa885d81fb416p+2', '0x1.852a3f4750cd0p+3'],
+        mean=['-0x1.6cda975526d8cp-2', '0x1.a062bf690f168p+1'],
+        cov=[['0x1.065ca7888c0cbp-3', '0x1.936d03e626411p-4'], ['0x1.936d03e626411p-4', '0x1.7d3dd225743e1p-4']],
+        ref_cov=[['0.000870136334507024240708516667227', '0.00100661449643601311353915154169'], ['0.00100661449643601311353915154169', '0.00173233898189336035964992085427']],
+        input_floor=3.1e-14, was=5.1e-12),
+    "wedge": dict(
+        normals=[['-0x1.02d45f61fe7f4p+0', '-0x1.62a9e6a6c783ep-4'], ['0x1.090aae054af5fp+0', '0x1.7f25e654a5a02p-4']],
+        offsets=['-0x1.4ca5d4ef20ac0p+4', '0x1.4e6b5c5060807p+4'],
+        mean=['-0x1.bfdb0286fda1cp+2', '-0x1.9664a68f1ceeap-2'],
+        cov=[['0x1.032fc6246ce3bp+1', '-0x1.d5e55be5c5e39p+2'], ['-0x1.d5e55be5c5e39p+2', '0x1.cc2830295e424p+4']],
+        ref_cov=[['0.0015664252788631990216132789093', '-0.0177861113234344993068999239329'], ['-0.0177861113234344993068999239329', '0.202105017704958026134596984652']],
+        input_floor=3.7e-13, was=2.3e-11),
+    "sliver": dict(
+        normals=[['0x1.03aac3ff306f4p-1', '-0x1.164bcc19354dcp-3'], ['-0x1.028d351003df3p-1', '0x1.1bc9e1b691e76p-3'], ['0x1.026c4afae46a2p-1', '-0x1.1c6b5ec89aa4bp-3']],
+        offsets=['-0x1.80dbb450fb745p+1', '0x1.8572bf1550554p+1', '-0x1.85dbf4c1ae1f5p+1'],
+        mean=['-0x1.575e1265b31dbp+0', '-0x1.e3e1c22c96836p-1'],
+        cov=[['0x1.63a33c8a6a087p+1', '-0x1.8dbf3b04c7a64p+0'], ['-0x1.8dbf3b04c7a64p+0', '0x1.ed910b5d418efp+1']],
+        ref_cov=[['0.01012747702525445816358892902', '0.036857492382283098777862559561'], ['0.036857492382283098777862559561', '0.134137797967294518735300589098']],
+        input_floor=1.1e-12, was=4e-09),
+}
+
+
+@pytest.mark.parametrize("name", list(THIN_COV_CASES))
+def test_covariance_in_the_thin_direction(name):
+    """The covariance's error whitened by the true one, ``max |L^-1 (cov -
+    ref) L^-T|`` (``L = chol(ref)``: relative error in every direction, the
+    thin one included), within 16 times the larger of two floors: rounding
+    the inputs (``input_floor``) and rounding the true covariance's entries to
+    float64 (measured here). Before: 1.1e-11, 4.1e-12, 2.3e-11, 4.0e-9, 8 to
+    440 times over: a triangle 7.7 sd out and a quadrilateral went through
+    the edge formulas, which amplified rounding ~5e4 times in the thin
+    direction; a narrow wedge and a sliver (eigenvalue ratio 1e7) went
+    through the section rule, whose scatter cancelled across them."""
+    c = THIN_COV_CASES[name]
+    h = float.fromhex
+    normals = np.array([[h(x) for x in r] for r in c["normals"]])
+    offsets = np.array([h(x) for x in c["offsets"]])
+    mean = np.array([h(x) for x in c["mean"]])
+    cov = np.array([[h(x) for x in r] for r in c["cov"]])
+    got = fastcpa.polygon_moments(normals, offsets, mean, cov).cov
+    with mp.workdps(40):
+        ref = mp.matrix([[mp.mpf(x) for x in r] for r in c["ref_cov"]])
+        Li = mp.cholesky(ref) ** -1
+
+        def whitened(C):
+            W = Li * (mp.matrix([[mp.mpf(float(x)) for x in r] for r in C]) - ref) * Li.T
+            return float(max(abs(W[i, j]) for i in range(2) for j in range(2)))
+
+        output_floor = whitened([[float(ref[i, j]) for j in range(2)] for i in range(2)])
+        err = whitened(got)
+    tol = 16.0 * max(output_floor, c["input_floor"])
+    assert err <= tol, f"{name}: whitened cov error {err:.3g} > {tol:.3g} (was {c['was']:.3g})"
