@@ -7,8 +7,12 @@ problem's conditioning (the project's testing rules), never a fixed absolute:
 * ``G = (||x - g(z^)|| + sqrt(D) sigma) / sigma^2`` bounds ``|grad_x log p|`` (``z^`` the
   latent point whose image is nearest x on a grid, ``sigma`` the smallest noise sd),
 * an input perturbation of size ``delta`` moves log p by at most about ``G delta``,
-* ``tol = C eps (scale * G + |log p| + D (1 + |log sigma_x|))`` with ``C = 32`` and
-  ``scale`` the size of the numbers that were rounded (stated per identity).
+* ``tol = C eps (scale * G + |log p| + D (1 + |log sigma_x|)) + C (eps scale / sigma)^2 / 2``
+  with ``C = 32`` and ``scale`` the size of the numbers that were rounded (stated per
+  identity), including g's own rounding at ``z^``: ``L |g|_abs(z^)`` (the forward pass
+  in absolute values, :func:`forward_rounding_scale`), which is what perturbing the
+  weights by eps implies there and far exceeds ``|g|`` on steep deep nets whose
+  forward pass cancels; the square term covers roundings larger than sigma_x.
 
 Identities: translation of output bias and data by B; power-of-two scaling of the
 output layer, data and sigma_x (log p shifts by exactly ``-D k log 2``); latent
@@ -121,19 +125,41 @@ def random_case(rng, S=1, regime="ordinary", n_points=3, D=None, depth=None):
     return case
 
 
-def residual_scale(case):
-    """Per row: ``(||x - g(z^)||, ||g(z^)||, ||x||)`` with ``z^`` the grid point whose image is nearest x."""
+def _nearest_latent(case):
+    """Per row: ``(z^, g(z^))`` with ``z^`` the grid point whose image is nearest x."""
     S = case.S
-    if S == 1:
-        Z = np.linspace(-8, 8, 4001)[:, None] * case.sigma_z
+    if S == 1:  # (a posterior 10 sd out happens: a point 1e3 sigma_x off a steep net)
+        Z = np.linspace(-12, 12, 6001)[:, None] * case.sigma_z
     else:
-        t = np.linspace(-8, 8, 161) * case.sigma_z
+        t = np.linspace(-12, 12, 201) * case.sigma_z
         Z = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
     G = cpa_forward(case.weights, case.biases, case.slopes(), Z)
     d2 = ((case.X[:, None, :] - G[None]) ** 2 / np.atleast_1d(case.sigma_x) ** 2).sum(-1)
     i = np.argmin(d2, axis=1)
-    r = np.linalg.norm(case.X - G[i], axis=1)
-    return r, np.linalg.norm(G[i], axis=1), np.linalg.norm(case.X, axis=1)
+    return Z[i], G[i]
+
+
+def forward_rounding_scale(case, Z):
+    """Per row: ``L |g|_abs(z)``, with ``|g|_abs`` the forward pass in absolute values
+    (``a_l = |eta| (|W_l| a_l-1 + |c_l|)``, ``a_0 = |z|``) and L the number of layers.
+
+    Perturbing every weight, bias and z by eps relative moves g(z) by at most about
+    ``eps L |g|_abs(z)`` (the standard bound for a product of affine maps): what the
+    inputs' own rounding implies for g there. It exceeds ``|g(z)|`` where the forward
+    pass cancels (steep, deep nets), and then so does every float evaluation of g."""
+    a = np.abs(Z)
+    for W, c, eta in zip(case.weights[:-1], case.biases[:-1], case.slopes()):
+        a = (a @ np.abs(W).T + np.abs(c)) * np.maximum(1.0, np.abs(eta))
+    a = a @ np.abs(case.weights[-1]).T + np.abs(case.biases[-1])
+    return len(case.weights) * np.linalg.norm(a, axis=1)
+
+
+def residual_scale(case):
+    """Per row: ``(||x - g(z^)||, g's rounding scale at z^, ||x||)`` with ``z^`` the grid point
+    whose image is nearest x and the scale of :func:`forward_rounding_scale`."""
+    Z, G = _nearest_latent(case)
+    r = np.linalg.norm(case.X - G, axis=1)
+    return r, np.maximum(np.linalg.norm(G, axis=1), forward_rounding_scale(case, Z)), np.linalg.norm(case.X, axis=1)
 
 
 def tolerance(case, lp, scale):
@@ -142,7 +168,9 @@ def tolerance(case, lp, scale):
     r, _, _ = residual_scale(case)
     G = (r + math.sqrt(case.D) * sig) / sig**2
     logs = float(np.max(np.abs(np.log(np.atleast_1d(case.sigma_x)))))
-    return C_TOL * EPS * (scale * G + np.abs(lp) + case.D * (1 + logs + abs(math.log(case.sigma_z))))
+    # second order: a rounding of more than sigma itself moves |x - g|^2 / 2 by its square
+    second = 0.5 * (EPS * np.asarray(scale) / sig) ** 2
+    return C_TOL * (EPS * (scale * G + np.abs(lp) + case.D * (1 + logs + abs(math.log(case.sigma_z)))) + second)
 
 
 def _lp(log_prob, case):
@@ -167,7 +195,7 @@ def check_translation(case, rng, log_prob=default_log_prob):
     moved = case.replace(biases=case.biases[:-1] + [case.biases[-1] + B], X=case.X + B)
     lp2 = _lp(log_prob, moved)
     _, g, x = residual_scale(case)
-    # rounded: x + B and c + B (each by eps |x + B|), g's own rounding (eps |g|)
+    # rounded: x + B and c + B (each by eps |x + B|), g's own rounding at z^ (forward_rounding_scale)
     scale = np.linalg.norm(B) + x + g
     return _errs(lp, lp2, tolerance(case, np.maximum(np.abs(lp), np.abs(lp2)), scale))
 
@@ -230,7 +258,8 @@ def check_permutation(case, rng, log_prob=default_log_prob):
         slope[l] = np.asarray(slope[l])[perm]
     lp = _lp(log_prob, case)
     lp2 = _lp(log_prob, case.replace(weights=Ws, biases=cs, slope=slope))
-    scale = len(case.weights) * _forward_abs_scale(case) * (1 + np.abs(case.X).max() / (1 + np.abs(case.X).max()))
+    _, g, _ = residual_scale(case)  # summing in another order: g's rounding at z^
+    scale = np.maximum(len(case.weights) * _forward_abs_scale(case), g)
     return _errs(lp, lp2, tolerance(case, np.abs(lp), scale))
 
 
@@ -252,7 +281,8 @@ def check_duplication(case, rng, log_prob=default_log_prob):
         slope[l] = np.append(slope[l], np.asarray(slope[l])[j])
     lp = _lp(log_prob, case)
     lp2 = _lp(log_prob, case.replace(weights=Ws, biases=cs, slope=slope))
-    scale = len(case.weights) * _forward_abs_scale(case)
+    _, g, _ = residual_scale(case)
+    scale = np.maximum(len(case.weights) * _forward_abs_scale(case), g)
     return _errs(lp, lp2, tolerance(case, np.abs(lp), scale))
 
 
@@ -481,6 +511,11 @@ def test_identities_can_fail(name):
     # the data ~7e3) were 7e-6 nats off; then an S = 2 anchor one rounding past a kink was evaluated on the
     # neighbouring piece (3.5e-7 off); now within 2e-10 of mpmath, which is what the inputs' rounding allows
     ("additive-hard", 1045),
+    # 10 sigma_z out on a steep S = 2 net (|A| ~ 1e15 sigma_x per unit z): the forward pass near the posterior
+    # sums terms of 1e16 to values of 1e5, so g's own rounding there is ~80 sigma_x; 1.4x the tolerance
+    pytest.param("translation-S2-hard", 102933, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 12: not yet diagnosed beyond the forward pass's cancellation near the posterior (a conditioning "
+        "the grid point z^ of the tolerance may underestimate, or an anchor too far from the posterior)"))),
 ])
 def test_cases_found_by_larger_runs(name, seed):
     assert_class(name, seed)
