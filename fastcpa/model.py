@@ -252,7 +252,7 @@ class CPAModel:
     def _whiten(self, X):
         """Rows of X centred on g(0) and whitened (``x~``, see :meth:`_region_params`), ``|x~|^2``,
         and the rows whitened only (``x / sigma_x``: the exact residuals take them with the
-        regions' anchors, see ``kernels.cpu.pairs._fitted``)."""
+        regions' anchors, see the fitted point in ``kernels.cpu.pairs``)."""
         p = self._region_params()
         Xw = (X - p["centre"]) * p["isx"]
         return Xw, np.einsum("nd,nd->n", Xw, Xw), X * p["isx"]

@@ -123,24 +123,18 @@ def _prune_slack(xx, xb, bb, ymu, mm, an):
     return an[1] * (xx + 2.0 * abs(xb) + bb + abs(ymu) + 2.0 * math.sqrt(mm) * an[0] * (math.sqrt(xx) + math.sqrt(bb)))
 
 
-@jit
-def _fitted(Aw, gz, r, mu, d):
-    """Entry d of region r's fitted point ``f = g(z_r) / sigma_x + A~ (mu - z_r)``
-    at its anchor ``z_r`` (``gz[r] = (g(z_r) / sigma_x, z_r)``,
-    ``Partition.anchors``): no extrapolated offset ``b~`` for ``A~ mu`` to
-    cancel, and not centred (the residual ``x / sigma_x - f`` takes the rows
-    ``Xs = x / sigma_x``, so a centre far from both adds no rounding)."""
-    D = Aw.shape[1]
-    f = gz[r, d]
-    for t in range(mu.shape[0]):
-        f += Aw[r, d, t] * (mu[t] - gz[r, D + t])
-    return f
+# The fitted point of pair (i, r), entry d: f = g(z_r) / sigma_x + A~ (mu - z_r) at the
+# region's anchor z_r (gz[r] = (g(z_r) / sigma_x, z_r), Partition.anchors): no
+# extrapolated offset b~ for A~ mu to cancel, and not centred (the residual
+# x / sigma_x - f takes the rows Xs = x / sigma_x, so a centre far from both adds no
+# rounding). Written out in each function below: a call per entry is not inlined by
+# Numba, which made the likelihood 3x slower at D = 784.
 
 
 @jit
 def _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const):
     """``log kappa`` of pair (i, r) from its whitened residual ``e = x~ - f``
-    (:func:`_fitted`, as :func:`_set_reference` forms it), for when the cheap form's
+    (the fitted point above, as :func:`_set_reference` forms it), for when the cheap form's
     rounding bound is too large to choose by."""
     D = Xs.shape[1]
     S = mu.shape[0]
@@ -150,7 +144,9 @@ def _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const):
         v = h * mu[t]
         q += s2 * v * v
     for d in range(D):
-        f = _fitted(Aw, gz, r, mu, d)
+        f = gz[r, d]  # the fitted point (see above)
+        for t in range(S):
+            f += Aw[r, d, t] * (mu[t] - gz[r, D + t])
         v = h * (Xs[i, d] - f)
         q += v * v
     return (const - 0.5 * logdet_lam[r]) - q
@@ -159,7 +155,7 @@ def _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const):
 @jit
 def _set_reference(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
     """Make pair (i, r) row i's reference: its exact ``log kappa`` from the
-    whitened residual ``e = x~ - f`` (:func:`_fitted`: no cancellation),
+    whitened residual ``e = x~ - f`` (the fitted point above: no cancellation),
     with ``mu``, ``f`` and ``e`` kept for :func:`_rel_log_kappa`. Half of each
     square is summed (``(e / sqrt 2)^2``) so a ``log kappa`` near the float64
     limit does not overflow early; below it the result is ``-inf``."""
@@ -172,7 +168,9 @@ def _set_reference(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
         v = h * mu[t]
         q += s2 * v * v
     for d in range(D):
-        f = _fitted(Aw, gz, r, mu, d)
+        f = gz[r, d]  # the fitted point (see above)
+        for t in range(S):
+            f += Aw[r, d, t] * (mu[t] - gz[r, D + t])
         e = Xs[i, d] - f
         REF[i, _REF_MU + S + d] = f
         REF[i, _REF_MU + S + D + d] = e
@@ -191,7 +189,9 @@ def _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF):
     S = mu.shape[0]
     acc = 0.0
     for d in range(D):
-        f = _fitted(Aw, gz, r, mu, d)
+        f = gz[r, d]  # the fitted point (see above)
+        for t in range(S):
+            f += Aw[r, d, t] * (mu[t] - gz[r, D + t])
         dl = REF[i, _REF_MU + S + d] - f
         acc += dl * (2.0 * REF[i, _REF_MU + S + D + d] + dl)
     for t in range(S):
