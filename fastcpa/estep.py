@@ -225,6 +225,11 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
                 Tx[rs] += Wt @ Xc
                 Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
     _checked_log_prob(log_p)
+    if p["V"] is not None:  # from the singular frame back to z = V w (affine, S > 2)
+        V = p["V"]
+        T1 = np.einsum("rst,rt->rs", V, T1)
+        T2 = V @ T2 @ np.swapaxes(V, 1, 2)
+        Txz = Txz @ np.swapaxes(V, 1, 2)
     Xc = X - shift
     return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx + T0[:, None] * shift,
                            Txz=Txz + shift[None, :, None] * T1[:, None, :], xx=np.einsum("nd,nd->d", X, X),

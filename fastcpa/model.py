@@ -164,8 +164,24 @@ class CPAModel:
         # each region's anchor and its whitened image, for the exact residuals:
         # not centred (a centre far from both would add its own rounding, eps |c|)
         Za, Ga = part.anchors
-        gz = np.ascontiguousarray(np.concatenate([Ga / sx, Za], axis=1))
         s = 1.0 / self.sigma_z**2
+        V = None
+        if S > 2:
+            # An affine generator (one whole-space region), worked in the frame of
+            # A~'s right singular vectors, w = V^T z (the prior is isotropic): there
+            # A~ V = U diag(sv) has orthogonal columns and Lambda is diagonal, so
+            # mu_i = sv_i u_i . (x~ - b~) / (s + sv_i^2) carries the GEMM's rounding
+            # (eps sv_i |x~|) at most times sigma_z / 2. Through Sigma = Lambda^-1
+            # in z, an inverse as ill-conditioned as |A~|^2 sigma_z^2 (1e12 for a
+            # steep map at small sigma_x) put its rounding into mu times |A~ x~|:
+            # millions of nats. Results are rotated back (z = V w).
+            U, sv, Vt = np.linalg.svd(A)
+            k = sv.shape[1]
+            A = np.zeros((R, D, S))
+            A[:, :, :k] = U[:, :, :k] * sv[:, None, :]
+            V = Vt.transpose(0, 2, 1)
+            Za = np.einsum("rs,rst->rt", Za, V)
+        gz = np.ascontiguousarray(np.concatenate([Ga / sx, Za], axis=1))
         if S == 2:
             # Lambda = s I + A~^T A~ = s I + Rq^T Rq; its Cholesky factor from Rq
             # needs no subtraction (the Schur complement is a sum of positive terms).
@@ -188,11 +204,15 @@ class CPAModel:
             Sigma[:, 0, 0], Sigma[:, 1, 1] = i11**2 + i21**2, i22**2
             Sigma[:, 0, 1] = Sigma[:, 1, 0] = i21 * i22
             logdet_lam = 2.0 * np.log(l11 * l22)
-        else:
-            Lam = np.eye(S)[None] * s + np.einsum("rds,rdt->rst", A, A)
-            Sigma = np.linalg.inv(Lam)
-            Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, 1, 2))
-            logdet_lam = np.linalg.slogdet(Lam)[1]
+        elif V is not None:  # diagonal in the singular frame
+            lam = np.full((R, S), s)
+            lam[:, :k] += sv**2
+            Lam, Sigma = lam[:, :, None] * np.eye(S), (1.0 / lam)[:, :, None] * np.eye(S)
+            logdet_lam = np.log(lam).sum(axis=1)
+        else:  # S = 1
+            Lam = s + np.einsum("rds,rdt->rst", A, A)
+            Sigma = 1.0 / Lam
+            logdet_lam = np.log(Lam[:, 0, 0])
         # per region: |A~|_F, and the rounding factor of the expanded quadratic
         # form's sums of length D (kernels.cpu.pairs._prune_slack)
         an = np.empty((R, 2))
@@ -204,7 +224,7 @@ class CPAModel:
             Ab=np.ascontiguousarray(np.einsum("rds,rd->rs", A, b)),
             bb=np.einsum("rd,rd->r", b, b),
             Aw=np.ascontiguousarray(A), gz=gz, an=an, s2=s, centre=centre, isx=1.0 / sx,
-            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole,
+            Sigma=np.ascontiguousarray(Sigma), logdet_lam=logdet_lam, whole=whole, V=V,
             # The kernels work without the normalising constant (const = 0) and it is
             # added once to each result (log_norm): a rescaling of data, noise and
             # output layer by a power of two then changes no rounding inside them.
@@ -218,7 +238,7 @@ class CPAModel:
             params["ab1"] = np.ascontiguousarray(params["Ab"][:, 0])
             params["sig1"] = np.ascontiguousarray(Sigma[:, 0, 0])
             params["hl1"] = 0.5 * Lam[:, 0, 0]
-        elif S == 2 and not whole.all():
+        elif S == 2:
             params.update(Lt=Lt, **_whitened_boundaries(part, Lt))
             # The S = 2 kernels take their products in the orthonormal basis Q of
             # A~ = Q Rq: y' = Q^T (x~ - b~) and mu = K y', K = (s I + Rq^T Rq)^-1 Rq^T
@@ -526,6 +546,9 @@ class CPAModel:
                 lref[rows] = p["log_norm"] + REF[:, 0]
         log_p = _checked_log_prob(lref + (M + np.log(W)))
         cov = scat / W[:, None, None]
+        if p["V"] is not None:  # from the singular frame back to z = V w (one region)
+            V = p["V"][0]
+            mean, cov = mean @ V.T, V @ cov @ V.T
         i, j, t = (np.concatenate(v) if v else np.empty(0, int) for v in (kept_rows, kept_cols, kept_terms))
         # t - M is exact for the terms that matter (M + log W as one number would round at |M|)
         prob = np.exp((t - M[i]) - np.log(W[i]))
@@ -679,7 +702,20 @@ class Posterior:
             y = np.einsum("nds,nd->ns", p["Q"][regions], r)
             return np.einsum("nst,nt->ns", p["K"][regions], y), Sigma
         y = np.einsum("nds,nd->ns", p["Aw"][regions], r)
-        return np.einsum("nst,nt->ns", Sigma, y), Sigma
+        mu = np.einsum("nst,nt->ns", Sigma, y)
+        if p["V"] is not None:  # the singular frame (affine, S > 2): z = V w
+            V = p["V"][regions]
+            return np.einsum("nst,nt->ns", V, mu), V @ Sigma @ np.swapaxes(V, 1, 2)
+        return mu, Sigma
+
+    def _whole_factors(self, regions, Sigma):
+        """Factors L with L L^T = Sigma of whole-space regions' Gaussians (for sampling): in the
+        singular frame ``V sqrt(Lambda^-1)`` (a Cholesky factorisation of the rotated-back Sigma can
+        fail where Sigma is as ill-conditioned as (|A~| sigma_z)^2)."""
+        p = self.model._region_params()
+        if p["V"] is not None:
+            return p["V"][regions] * np.sqrt(np.diagonal(p["Sigma"][regions], axis1=1, axis2=2))[:, None, :]
+        return np.linalg.cholesky(Sigma)
 
     def sample(self, k, seed=None):
         """Exact draws z ~ p(z | x): a region by its probability, then the truncated Gaussian.
@@ -710,7 +746,7 @@ class Posterior:
         whole = (part.facet_ptr[1:] == part.facet_ptr[:-1])[reg]
         out = np.empty((N * k, S))
         if whole.any():
-            L = np.linalg.cholesky(Sigma[whole])
+            L = self._whole_factors(reg[whole], Sigma[whole])
             out[whole] = mu[whole] + np.einsum("nst,nt->ns", L, rng.standard_normal((int(whole.sum()), S)))
         if (~whole).any() and S == 1:  # intervals: scipy's truncnorm is exact and tail-safe
             sd = np.sqrt(Sigma[~whole, 0, 0])

@@ -161,3 +161,53 @@ def test_reference_moves_to_a_later_chunk_exactly(region_chunk):
         r = 0.03 * np.sqrt(3)
         tol = 32 * EPS * (np.abs(x).max() * r / 0.01**2 + abs(ref) + 10)
         assert abs(lp - ref) <= tol, (lp, ref, tol)
+
+
+def _ppca_posterior_mp(A, b, x, sigma_x, dps=60):
+    """Posterior covariance of an affine generator (sigma_z = 1) in ``dps`` digits:
+    ``I - A^T C^-1 A`` with ``C = sigma_x^2 I + A A^T``."""
+    import mpmath as mp
+
+    with mp.workdps(dps):
+        Am = mp.matrix(A.tolist())
+        C = Am * Am.T
+        for i in range(A.shape[0]):
+            C[i, i] += mp.mpf(float(sigma_x)) ** 2
+        cov = mp.eye(A.shape[1]) - Am.T * mp.inverse(C) * Am
+        return np.array(cov.tolist(), dtype=float)
+
+
+@pytest.mark.parametrize("S, D", [(2, 1), (3, 1), (3, 2), (4, 2), (3, 6)])
+@pytest.mark.parametrize("scale, sigma_x", [(1.0, 0.3), (150.0, 1.2e-4)])
+def test_affine_generator_of_any_latent_dim_against_mpmath(S, D, scale, sigma_x):
+    """An affine generator is PPCA: log p = log N(x; b, sigma_x^2 I + A A^T) and a Gaussian
+    posterior, in closed form (mpmath). With a steep map at small sigma_x, Lambda = I + A~^T A~
+    has condition number ~1e12: through Sigma = Lambda^-1 its rounding reached the posterior mean
+    times |A~^T x~| and log p was 57 to 1e7 nats off (S = 2, D = 1: the metamorphic harness's
+    linear-hard seed 200565; S = 3, 4). The unmapped directions (S > D) keep the prior."""
+    from oracles import linear_log_prob_mp
+
+    rng = np.random.default_rng(S * 100 + D)
+    A, b = scale * rng.normal(size=(D, S)), scale * rng.normal(size=D)
+    model = fastcpa.CPAModel(fastcpa.Generator([A], [b]), sigma_x=sigma_x)
+    X = rng.normal(size=(4, S)) @ A.T + b + sigma_x * rng.normal(size=(4, D)) * [[0.0], [1.0], [30.0], [1e3]]
+    ref = [linear_log_prob_mp(A, b, x, sigma_x) for x in X]
+    lp_ref = np.array([float(r[0]) for r in ref])
+    mean_ref = np.array([[float(m) for m in r[1]] for r in ref])
+    cov_ref = _ppca_posterior_mp(A, b, X[0], sigma_x)
+    post = model.posterior(X)
+    resid = np.sqrt(np.maximum(-2.0 * lp_ref, 1.0)) * sigma_x + sigma_x
+    tol = _allowed(X, lp_ref, sigma_x, resid) + 64 * EPS * np.abs(b).sum() * resid / sigma_x**2
+    for lp in (model.log_prob(X), post.log_prob):
+        assert np.all(np.abs(lp - lp_ref) <= tol), (np.abs(lp - lp_ref) / tol).max()
+    # the mean to the accuracy x's rounding allows (it moves by A^+ eps |x| along the mapped directions)
+    assert np.abs(post.mean - mean_ref).max() <= 1e-12 * (1.0 + np.abs(mean_ref).max())
+    np.testing.assert_allclose(post.cov, np.broadcast_to(cov_ref, post.cov.shape), rtol=1e-9, atol=1e-12)
+    st = model.sufficient_stats(X)
+    np.testing.assert_allclose(st.T1[0], post.mean.sum(0), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(st.T2[0], (post.cov + post.mean[:, :, None] * post.mean[:, None, :]).sum(0),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(st.Txz[0], X.T @ post.mean, rtol=1e-11, atol=1e-9 * np.abs(X).max())
+    # exact draws: their spread along the unmapped directions is the prior's, along A~'s the posterior's
+    Z = post.sample(4000, seed=1)[0]
+    np.testing.assert_allclose(np.cov(Z.T), cov_ref, atol=0.1)
