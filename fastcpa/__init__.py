@@ -40,12 +40,12 @@ from .gaussian import IntervalMoments, PolygonMoments, interval_moments, polygon
 from .generator import Generator
 from . import em
 from .estep import SufficientStats
-from .model import CPAModel, Posterior
+from .model import AccuracyWarning, CPAModel, Posterior
 from .partition import Partition, partition
 from ._warmup import warmup
 
 __version__ = "0.1.0.dev0"
 __all__ = [
-    "CPAModel", "Generator", "Posterior", "SufficientStats", "IntervalMoments", "PolygonMoments", "Partition",
+    "AccuracyWarning", "CPAModel", "Generator", "Posterior", "SufficientStats", "IntervalMoments", "PolygonMoments", "Partition",
     "em", "interval_moments", "polygon_moments", "partition", "warmup", "__version__",
 ]

@@ -17,7 +17,20 @@ from ._validation import as_float64, check_backend, check_chunk, check_count, ch
 from .generator import Generator
 from .partition import partition
 
-__all__ = ["CPAModel", "Posterior"]
+__all__ = ["AccuracyWarning", "CPAModel", "Posterior"]
+
+
+class AccuracyWarning(RuntimeWarning):
+    """float64 cannot determine a result to a few significant digits for these inputs.
+
+    Issued by :meth:`CPAModel.log_prob` for rows whose log-likelihood moves by more
+    than ``UNDETERMINED`` (1e-3) of ``max(1, |log p|)`` when the inputs (data,
+    weights, biases, noise scales) are perturbed by their own rounding, ``eps``
+    relative: the problem itself, not the algorithm, is that ill-conditioned
+    there (a point far from the model relative to ``sigma_x``, or a steep net
+    whose forward pass cancels near the posterior). The estimate per row is in
+    ``CPAModel.last_log_prob_uncertainty_`` (a first-order estimate at the posterior, not a bound).
+    """
 
 #: Default pruning gap (nats): pairs whose evidence bound is this far below a
 #: sample's best term are skipped; log p is then low by at most R * exp(-gap).
@@ -34,6 +47,10 @@ _REF_ROWS = 512
 _REF_SLACK = 64.0
 #: Region probabilities below this are left out of ``Posterior.region_probs``.
 MIN_REGION_PROB = 1e-15
+#: A row's log p counts as not determined by float64 (AccuracyWarning) when its
+#: rounding-implied uncertainty exceeds this fraction of max(1, |log p|).
+UNDETERMINED = 1e-3
+_EPS = 2.220446049250313e-16
 
 
 class CPAModel:
@@ -416,6 +433,15 @@ class CPAModel:
         Returns
         -------
         ndarray, shape (N,)
+
+        Warns
+        -----
+        AccuracyWarning
+            For rows whose log p float64 does not determine: perturbing the inputs by
+            their own rounding (eps relative) would move it by more than 1e-3 of
+            ``max(1, |log p|)``. ``last_log_prob_uncertainty_`` holds that estimate for
+            every row (see ``_rounding_uncertainty``); ``last_pairs_skipped_`` the pairs
+            the pruning skipped.
         """
         import numba
 
@@ -428,6 +454,7 @@ class CPAModel:
         p = self._region_params()
         N = len(X)
         out = np.empty(N)
+        spread = np.empty(N)
         skipped = np.zeros(N, np.int64)
         gap = PRUNE_GAP if prune else np.inf
         with blas_single_threaded():
@@ -479,8 +506,73 @@ class CPAModel:
                     sk[redo] = skr
                 skipped[rows] = sk
                 out[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
+                S, D = self.generator.latent_dim, self.generator.output_dim
+                mu, f, e = REF[:, 2:2 + S], REF[:, 2 + S:2 + S + D], REF[:, 2 + S + D:2 + S + 2 * D]
+                if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
+                    mu = mu @ p["V"][0].T
+                far = np.flatnonzero(top + lsum < -_REF_SLACK)
+                if far.size:
+                    # the reference's term lies far above log p (its region holds little of its
+                    # Gaussian), so its mean says little of where the posterior is: take the
+                    # posterior's mean for these (rare) rows
+                    mu, f, e = mu.copy(), f.copy(), e.copy()
+                    mu[far] = self.posterior(X[rows][far]).mean
+                    f[far] = self.generator(mu[far]) * p["isx"]
+                    e[far] = Xs[far] - f[far]
+                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows])
         self.last_pairs_skipped_ = int(skipped.sum())
-        return _checked_log_prob(out)
+        self.last_log_prob_uncertainty_ = spread
+        _checked_log_prob(out)
+        _warn_undetermined(out, spread)
+        return out
+
+    def _rounding_uncertainty(self, X, mu, f, e, log_p):
+        """Per row, a first-order estimate of how far log p moves when every input is
+        perturbed by its own rounding (``eps`` relative, worst signs), near the
+        row's posterior: at ``mu``, with the whitened fitted point ``f`` and residual ``e =
+        x / sigma - f`` there (the reference pair's, see ``kernels.cpu.pairs``)::
+
+            eps (sum_l |v_l| . (|W_l| |h_(l-1)| + |c_l|) + sum_l |b_l| . |eta_l u_l| [u_l < 0]
+                 + sum_d |e_d x_d| / sigma_d + |e|^2 + D + |mu|^2 / sigma_z^2 + S + |log p|)
+
+        ``log p ~ -|e|^2 / 2 + ...`` near the posterior, so a perturbation ``dg`` of g
+        moves it by ``e . dg / sigma``: back-propagated through the net at ``mu``
+        (pre-activations ``u_l``, outputs ``h_l``, ``h_0 = mu``), ``v_l`` is e / sigma's
+        gradient at layer l's pre-activation and ``b_l`` at its output. The terms in x,
+        sigma_x and sigma_z are the data's and the scales' own rounding. A bound through
+        ``|W_L| ... |W_1|`` instead overestimated a steep net's cancelling forward pass
+        by up to 1e7 against 50-digit evaluations of perturbed inputs."""
+        p = self._region_params()
+        g = self.generator
+        D, L = g.output_dim, g.n_layers
+        with np.errstate(over="ignore", invalid="ignore"):
+            hs, us, habs = [mu], [], np.abs(mu)
+            for W, c, eta in zip(g.weights[:-1], g.biases[:-1], g.slopes):
+                u = hs[-1] @ W.T + c
+                us.append(u)
+                hs.append(np.where(u >= 0, u, eta * u))
+                habs = (habs @ np.abs(W).T + np.abs(c)) * np.maximum(1.0, np.abs(eta))
+            gabs = L * (habs @ np.abs(g.weights[-1]).T + np.abs(g.biases[-1])) * p["isx"]
+            gmu = (hs[-1] @ g.weights[-1].T + g.biases[-1]) * p["isx"]
+            v = e * p["isx"]
+            tot = ((np.abs(e * X) * p["isx"]).sum(axis=1) + (e * e).sum(axis=1) + D + np.abs(log_p)
+                   + (mu * mu).sum(axis=1) * p["s2"] + mu.shape[1])
+            jac = np.zeros(len(X))
+            for ell in range(L - 1, -1, -1):
+                W, c = g.weights[ell], g.biases[ell]
+                jac += (np.abs(v) * (np.abs(hs[ell]) @ np.abs(W).T + np.abs(c))).sum(axis=1)
+                if ell == 0:
+                    break
+                b = v @ W
+                u, eta = us[ell - 1], g.slopes[ell - 1]
+                neg = u < 0
+                jac += (np.abs(b) * np.where(neg, np.abs(eta * u), 0.0)).sum(axis=1)
+                v = b * np.where(neg, eta, 1.0)
+            # mu off its region (the reference Gaussian's mean may lie outside it): the
+            # pattern at mu is not the region's, so the bound through |g|_abs at mu
+            own = np.all(np.abs(gmu - f) <= 16.0 * _EPS * (gabs + np.abs(f)), axis=1)
+            worst = (np.abs(e) * gabs).sum(axis=1)
+            return _EPS * (tot + np.where(own, jac, worst))
 
     # ------------------------------------------------------------------ posterior
     def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
@@ -780,6 +872,23 @@ class Posterior:
         lz = -0.5 * ((Zk**2).sum(-1) / model.sigma_z**2 + S * math.log(2 * math.pi * model.sigma_z**2))
         out = lz + lx - self.log_prob[:, None]
         return out[:, 0] if single else out
+
+
+def _warn_undetermined(log_p, spread):
+    """An :class:`AccuracyWarning` naming the rows whose log p float64 does not determine."""
+    import warnings
+
+    with np.errstate(invalid="ignore"):
+        bad = ~(spread <= UNDETERMINED * np.maximum(1.0, np.abs(log_p)))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        worst = rows[np.argmax(spread[rows] / np.maximum(1.0, np.abs(log_p[rows])))]
+        warnings.warn(
+            f"log p(x) of row(s) {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''} is not determined by float64: "
+            f"rounding the inputs (eps relative) can move it by about {spread[worst]:.3g} nats (row {worst}: "
+            f"log p = {log_p[worst]:.6g}): the model itself is that ill-conditioned there (points far from the "
+            "model relative to sigma_x, or a steep generator whose forward pass cancels near their posterior). "
+            "Per-row estimates: model.last_log_prob_uncertainty_.", AccuracyWarning, stacklevel=3)
 
 
 def _checked_log_prob(log_p):

@@ -211,3 +211,70 @@ def test_affine_generator_of_any_latent_dim_against_mpmath(S, D, scale, sigma_x)
     # exact draws: their spread along the unmapped directions is the prior's, along A~'s the posterior's
     Z = post.sample(4000, seed=1)[0]
     np.testing.assert_allclose(np.cov(Z.T), cov_ref, atol=0.1)
+
+
+def _perturbed_mp(case, x, rng, k):
+    """log p (50 digits) of ``k`` copies of an S = 1 case with every input (weights, biases,
+    slopes, x, sigma_x, sigma_z) multiplied by ``1 + eps u``, u uniform in [-1, 1]."""
+    def jig(a):
+        a = np.asarray(a, float)
+        return a * (1.0 + EPS * rng.uniform(-1, 1, size=a.shape))
+
+    out = []
+    for _ in range(k):
+        slopes = [jig(s) for s in case.slopes()]
+        out.append(float(log_prob_mp_1d([jig(W) for W in case.weights], [jig(c) for c in case.biases], slopes,
+                                        jig(x), jig(case.sigma_x), float(jig(case.sigma_z)), dps=40)[0]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("which", ["steep-far-region", pytest.param("far-off-manifold", marks=pytest.mark.slow),
+                                   "ordinary"])
+def test_uncertainty_estimate_brackets_the_spread_under_input_rounding(which):
+    """``last_log_prob_uncertainty_`` against the 50-digit log p of eps-perturbed inputs: within a
+    factor 4 of the spread those perturbations produce or above it (a first-order estimate at one
+    point of the posterior: a posterior spread over several regions moves a little more), and not
+    wildly more (summing absolute values overestimates a random spread by about the square root of
+    the number of terms)."""
+    from test_metamorphic import random_additive, random_case
+
+    if which == "steep-far-region":
+        case = random_additive(np.random.default_rng(1045), "hard")[1]
+        x = case.X[1]
+    elif which == "far-off-manifold":
+        case = random_case(np.random.default_rng(7), 1, "ordinary")
+        x = case.X[0] + 1e4 * float(np.min(case.sigma_x))
+    else:
+        case = random_case(np.random.default_rng(8), 1, "ordinary")
+        x = case.X[0]
+    model = case.model()
+    lp = model.log_prob(x[None])[0]
+    est = model.last_log_prob_uncertainty_[0]
+    ref = float(log_prob_mp_1d(case.weights, case.biases, case.slopes(), x, case.sigma_x, case.sigma_z, dps=40)[0])
+    spread = np.abs(_perturbed_mp(case, x, np.random.default_rng(0), 4) - ref).max()
+    assert abs(lp - ref) <= 8 * est, (lp, ref, est)
+    assert spread <= 4 * est, (spread, est)
+    assert est <= 1e4 * spread + 1e3 * EPS * (abs(ref) + 1.0), (spread, est)
+
+
+def test_undetermined_log_prob_warns():
+    """Points off a steep S = 2 net (weights ~5e3 per layer, four layers) where eps-perturbed
+    inputs move log p by more than 1e-3 of itself: the likelihood says so. A net's own samples
+    at ordinary scales do not."""
+    from test_metamorphic import random_case
+
+    case = random_case(np.random.default_rng(102933), 2, "hard")
+    model = case.model()
+    with pytest.warns(fastcpa.AccuracyWarning, match=r"row\(s\) \[0, 2\] is not determined by float64"):
+        lp = model.log_prob(case.X)
+    # (row 0: 15 sigma_x off, the net's slope 1e14 per unit z in its region; row 2: 1e6 sigma_x off)
+    assert np.all(model.last_log_prob_uncertainty_[[0, 2]] > 1e-3 * np.abs(lp[[0, 2]]))
+    quiet = fastcpa.CPAModel(fastcpa.Generator(*_net(np.random.default_rng(2), [2, 8, 8, 3]), activation="relu"),
+                             sigma_x=0.1)
+    X = quiet.sample(50, seed=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastcpa.AccuracyWarning)
+        quiet.log_prob(X)
+    assert quiet.last_log_prob_uncertainty_.max() < 1e-10
