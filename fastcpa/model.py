@@ -554,9 +554,13 @@ class CPAModel:
                 habs = (habs @ np.abs(W).T + np.abs(c)) * np.maximum(1.0, np.abs(eta))
             gabs = L * (habs @ np.abs(g.weights[-1]).T + np.abs(g.biases[-1])) * p["isx"]
             gmu = (hs[-1] @ g.weights[-1].T + g.biases[-1]) * p["isx"]
-            v = e * p["isx"]
-            tot = ((np.abs(e * X) * p["isx"]).sum(axis=1) + (e * e).sum(axis=1) + D + np.abs(log_p)
-                   + (mu * mu).sum(axis=1) * p["s2"] + mu.shape[1])
+            # eps taken in early (as sqrt(eps) on both factors of a square): |e|^2 of a
+            # row 1e154 sigma_x off would overflow where eps |e|^2 does not
+            h = math.sqrt(_EPS)
+            he, hm = h * e, h * mu
+            tot = ((np.abs(he) * np.abs(h * X) * p["isx"]).sum(axis=1) + (he * he).sum(axis=1)
+                   + (hm * hm).sum(axis=1) * p["s2"] + _EPS * (D + mu.shape[1] + np.abs(log_p)))
+            v = _EPS * e * p["isx"]
             jac = np.zeros(len(X))
             for ell in range(L - 1, -1, -1):
                 W, c = g.weights[ell], g.biases[ell]
@@ -571,8 +575,8 @@ class CPAModel:
             # mu off its region (the reference Gaussian's mean may lie outside it): the
             # pattern at mu is not the region's, so the bound through |g|_abs at mu
             own = np.all(np.abs(gmu - f) <= 16.0 * _EPS * (gabs + np.abs(f)), axis=1)
-            worst = (np.abs(e) * gabs).sum(axis=1)
-            return _EPS * (tot + np.where(own, jac, worst))
+            worst = (np.abs(he) * (h * gabs)).sum(axis=1)
+            return tot + np.where(own, jac, worst)
 
     # ------------------------------------------------------------------ posterior
     def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
