@@ -511,22 +511,27 @@ class CPAModel:
                 if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
                     mu = mu @ p["V"][0].T
                 far = np.flatnonzero(top + lsum < -_REF_SLACK)
+                own = np.ones(len(mu), bool)
                 if far.size:
                     # the reference's term lies far above log p (its region holds little of its
                     # Gaussian), so its mean says little of where the posterior is: take the
                     # posterior's mean for these (rare) rows
                     mu, f, e = mu.copy(), f.copy(), e.copy()
-                    mu[far] = self.posterior(X[rows][far]).mean
-                    f[far] = self.generator(mu[far]) * p["isx"]
-                    e[far] = Xs[far] - f[far]
-                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows])
+                    try:
+                        with np.errstate(all="ignore"):
+                            mu[far] = self.posterior(X[rows][far]).mean
+                        f[far] = self.generator(mu[far]) * p["isx"]
+                        e[far] = Xs[far] - f[far]
+                    except FloatingPointError:  # no posterior: the bound through |g|_abs at mu
+                        own[far] = False
+                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows], own)
         self.last_pairs_skipped_ = int(skipped.sum())
         self.last_log_prob_uncertainty_ = spread
         _checked_log_prob(out)
         _warn_undetermined(out, spread)
         return out
 
-    def _rounding_uncertainty(self, X, mu, f, e, log_p):
+    def _rounding_uncertainty(self, X, mu, f, e, log_p, own=True):
         """Per row, a first-order estimate of how far log p moves when every input is
         perturbed by its own rounding (``eps`` relative, worst signs), near the
         row's posterior: at ``mu``, with the whitened fitted point ``f`` and residual ``e =
@@ -574,7 +579,7 @@ class CPAModel:
                 v = b * np.where(neg, eta, 1.0)
             # mu off its region (the reference Gaussian's mean may lie outside it): the
             # pattern at mu is not the region's, so the bound through |g|_abs at mu
-            own = np.all(np.abs(gmu - f) <= 16.0 * _EPS * (gabs + np.abs(f)), axis=1)
+            own = own & np.all(np.abs(gmu - f) <= 16.0 * _EPS * (gabs + np.abs(f)), axis=1)
             worst = (np.abs(he) * (h * gabs)).sum(axis=1)
             return tot + np.where(own, jac, worst)
 

@@ -278,3 +278,16 @@ def test_undetermined_log_prob_warns():
         warnings.simplefilter("error", fastcpa.AccuracyWarning)
         quiet.log_prob(X)
     assert quiet.last_log_prob_uncertainty_.max() < 1e-10
+
+
+@pytest.mark.xfail(strict=True, raises=FloatingPointError, reason=(
+    "issue 12: an S = 2 region's Gaussian 1e13 times narrower one way than the other, 1e3 sigma_z from the "
+    "region: whitened, the polygon's vertices come from products that cancel (x ~ 7e13) and both section-rule "
+    "frames give a NaN / +inf log-mass, so the posterior's sum is NaN and it raises 'internal error'. log p "
+    "prunes that pair and is unaffected; a one-dimensional reduction along the thin direction would fix it."))
+def test_posterior_with_a_needle_thin_region_gaussian():
+    from test_metamorphic import random_case
+
+    case = random_case(np.random.default_rng(300012), 2, "hard")  # permutation-S2-hard seed 300012, row 1
+    post = case.model().posterior(case.X[1:2])
+    assert np.isfinite(post.log_prob).all()
