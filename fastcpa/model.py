@@ -781,7 +781,9 @@ class Posterior:
     Attributes
     ----------
     log_prob : ndarray, shape (N,)
-        log p(x) (all pairs evaluated, no pruning).
+        log p(x) (every pair evaluated; for S = 2 a region more than 40 nats below the
+        row's best term may enter by its tail bound, so it can be high by R exp(-40)
+        relative at most, as ``CPAModel.log_prob``'s pruning is low).
     mean : ndarray, shape (N, S)
     cov : ndarray, shape (N, S, S)
     region_probs : scipy.sparse.csr_array, shape (N, R)

@@ -785,11 +785,17 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
                        FU, Lt, K, Rt, const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
-    Every term is exact (accurate log-mass, relative to the row's reference);
-    the moments take the careful path only for pairs within ``gap`` nats of
-    the chunk row's best term: the others weigh less than ``exp(-gap)``
-    relative and get the edge formulas as they are (or, where those cancel
-    completely, the untruncated Gaussian's)."""
+    Every term within ``gap`` nats of the chunk row's best is exact (accurate
+    log-mass, relative to the row's reference); below that a region's mass
+    may be its tail bound ``log Q(d)``: such a term weighs less than
+    ``exp(-gap)`` relative (below ``MIN_REGION_PROB`` for the default gap)
+    and the bound keeps clear of the whitened geometry of a region far from
+    a needle-thin Gaussian, where the exact log-mass can come out NaN. The
+    row's best candidate (largest cheap ``log kappa``) is evaluated first so
+    the level is known early. The moments take the careful path only for
+    pairs within ``gap`` nats of the best term; the others get the edge
+    formulas as they are (or, where those cancel completely, the untruncated
+    Gaussian's)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -800,12 +806,20 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         sc = _scratch(cap)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
-        top = -math.inf
+        best = 0
+        lbest = -math.inf
         for r in range(R):
+            lk = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)[0]
+            if lk > lbest:
+                lbest = lk
+                best = r
+        top = -math.inf
+        for k in range(R):
+            r = _best_first(k, best)
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
             lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
-                lk += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, -math.inf, sc)
+                lk += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, top - gap - lk, sc)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
