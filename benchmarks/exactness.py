@@ -1,7 +1,7 @@
 """Exactness report: every metamorphic class of ``tests/test_metamorphic.py`` at a chosen size.
 
     python benchmarks/exactness.py                  # --cases 20 per class (about 2 minutes)
-    python benchmarks/exactness.py --cases 4200 --jobs 2   # >= 100,000 cases (24 classes x 4,200)
+    python benchmarks/exactness.py --cases 3000 --jobs 2   # >= 100,000 cases (34 classes x 3,000)
 
 ``--jobs k`` runs k worker processes, one class at a time each, with one Numba and BLAS
 thread per worker (the cases are small: threads only add overhead).
@@ -30,15 +30,17 @@ def run(classes, n_cases, seed0, jobs=1):
         for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[k] = "1"  # inherited by the workers (spawned: nothing imported yet)
         with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-            out = pool.starmap(run_one, [(name, n_cases, seed0) for name in classes], chunksize=1)
-        for r in out:
-            _report(r)
-        return out
+            # in order, each reported as soon as it and those before it are done
+            return [_report(r) for r in pool.imap(_run_one_args, [(name, n_cases, seed0) for name in classes])]
     return [_report(run_one(name, n_cases, seed0)) for name in classes]
 
 
 def _worker_init():
     sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def _run_one_args(args):
+    return run_one(*args)
 
 
 def _report(r):
@@ -99,11 +101,11 @@ def main(argv=None):
         p.error("--cases and --jobs must be at least 1")
     sys.path.insert(0, os.path.join(REPO, "tests"))
     sys.path.insert(0, HERE)
-    from test_metamorphic import HARD, ORDINARY
+    from test_metamorphic import DEEP, HARD, ORDINARY
 
     from run import environment, write_section
 
-    classes = [c for c in ORDINARY + HARD if not args.classes or c in args.classes.split(",")]
+    classes = [c for c in ORDINARY + HARD + DEEP if not args.classes or c in args.classes.split(",")]
     rows = run(classes, args.cases, args.seed, args.jobs)
     cmd = "python benchmarks/exactness.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section(args.output, render(rows, environment(), cmd.strip()), BEGIN, END)

@@ -190,7 +190,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     """
     from fastcpa.kernels.cpu.estep import region_major
 
-    from .model import _checked_log_prob
+    from .model import _assemble, _checked_log_prob
 
     X = model._check_X(X)
     N = len(X)
@@ -212,7 +212,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
             # log p(x_n) over the same GEMM chunks and row references as the
             # moments below, so each sample's weights sum to 1 to rounding
             top, lsum, REF = model._log_prob_rows(Xw, xx, Xs, gap, region_chunk, np.zeros(len(Xw), np.int64))
-            log_p[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
+            log_p[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
             floor = top + lsum - gap
             Xc = X[rows] - shift
             for rs in model._region_slices(region_chunk):

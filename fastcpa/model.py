@@ -181,6 +181,7 @@ class CPAModel:
         # each region's anchor and its whitened image, for the exact residuals:
         # not centred (a centre far from both would add its own rounding, eps |c|)
         Za, Ga = part.anchors
+        _check_representable(A, b, Ga / sx, self.sigma_z)
         s = 1.0 / self.sigma_z**2
         V = None
         if S > 2:
@@ -505,7 +506,7 @@ class CPAModel:
                     top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search=True)
                     sk[redo] = skr
                 skipped[rows] = sk
-                out[rows] = (p["log_norm"] + REF[:, 0]) + (top + lsum)
+                out[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
                 S, D = self.generator.latent_dim, self.generator.output_dim
                 mu, f, e = REF[:, 2:2 + S], REF[:, 2 + S:2 + S + D], REF[:, 2 + S + D:2 + S + 2 * D]
                 if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
@@ -645,7 +646,7 @@ class CPAModel:
                 kept_cols.append(j + rs.start)
                 kept_terms.append(terms[i, j])
                 lref[rows] = p["log_norm"] + REF[:, 0]
-        log_p = _checked_log_prob(lref + (M + np.log(W)))
+        log_p = _checked_log_prob(_assemble(0.0, lref, M + np.log(W)))
         cov = scat / W[:, None, None]
         if p["V"] is not None:  # from the singular frame back to z = V w (one region)
             V = p["V"][0]
@@ -883,6 +884,42 @@ class Posterior:
         lz = -0.5 * ((Zk**2).sum(-1) / model.sigma_z**2 + S * math.log(2 * math.pi * model.sigma_z**2))
         out = lz + lx - self.log_prob[:, None]
         return out[:, 0] if single else out
+
+
+def _check_representable(A, b, G, sigma_z):
+    """A clear error where the generator's affine pieces, whitened by sigma_x, leave float64:
+    a slope, offset or anchor value that is inf or NaN (the weights' product across layers
+    overflows), or a slope ``|A~| sigma_z`` beyond ``SCALE_RANGE``'s top, whose square (the
+    posterior precision ``I / sigma_z^2 + A~^T A~``) overflows."""
+    from ._validation import SCALE_RANGE
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(A).all() and np.isfinite(b).all() and np.isfinite(G).all()
+        slope = 0.0
+        if finite and A.size:  # max_r |A~_r|_F sigma_z, scaled so that the squares do not overflow
+            m = np.abs(A).max(axis=(1, 2))
+            m = np.where(m > 0, m, 1.0)
+            slope = float((m * np.sqrt(np.einsum("rds,rds->r", A / m[:, None, None], A / m[:, None, None]))).max())
+            slope *= sigma_z
+    if not finite:
+        raise ValueError(
+            "the generator's affine pieces overflow float64 (a region's slope or offset, the product of the "
+            "weights across layers, divided by sigma_x, is inf or NaN): exact inference needs them representable. "
+            "Rescale the weights (or the data and sigma_x) so that the generator's slopes stay far below 1e308.")
+    if not slope <= SCALE_RANGE[1]:
+        raise ValueError(
+            f"the generator is too steep for float64: a region's slope |A| sigma_z / sigma_x reaches {slope:.3g}, "
+            f"and its square (the posterior precision) overflows above {SCALE_RANGE[1]:.3g}. Rescale the weights "
+            "(or sigma_z) so that the slopes stay below that.")
+
+
+def _assemble(log_norm, lref, rel):
+    """``log p = log_norm + log kappa_ref + rel`` per row; ``-inf`` where the reference's
+    ``log kappa`` is ``-inf`` (its whitened residual's square overflows: a row ~1e154
+    sigma_x or more from the model, whose terms relative to it are then inf - inf), so
+    that such rows get :func:`_checked_log_prob`'s error, not NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.where(lref == -np.inf, -np.inf, (log_norm + lref) + rel)
 
 
 def _warn_undetermined(log_p, spread):

@@ -177,13 +177,11 @@ def test_s2_against_quadrature(seed, k):
 
 
 def _repro():
+    """The outside review's S = 2 reproducer (a 2-16-8-3 leaky-ReLU net and a point where a region's
+    mass was wrong), kept with the tests."""
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "repro", "s2_region_mass.npz")
-    for p in (path, "/work/shared/repro/s2_region_mass.npz"):
-        if os.path.exists(p):
-            return np.load(p)
-    pytest.skip("s2_region_mass.npz reproducer not present")
+    return np.load(os.path.join(os.path.dirname(__file__), "data", "s2_region_mass.npz"))
 
 
 def test_s2_region_mass_reproducer():

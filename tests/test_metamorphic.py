@@ -17,14 +17,16 @@ problem's conditioning (the project's testing rules), never a fixed absolute:
 Identities: translation of output bias and data by B; power-of-two scaling of the
 output layer, data and sigma_x (log p shifts by exactly ``-D k log 2``); latent
 rescaling (first layer / c against sigma_z * c); hidden-unit permutation; unit
-duplication with halved outgoing weights; additive S = 2 nets (block-diagonal) whose
+duplication with halved outgoing weights; rotation of the latent space and (with
+isotropic noise) of the data space; additive S = 2 nets (block-diagonal) whose
 p(x) factorises into two S = 1 models; the affine generator's closed form
 (``oracles.linear_log_prob_mp``, 40 digits).
 
 Case classes: "ordinary" (weight scale 0.3-3, sigma_x 0.01-1, points within 5 sigma_x
 of the manifold, depth <= 4) must hold; "hard" (weight scale 1e-6..1e4, sigma_x
-1e-4..1e3, up to 1e6 sigma_x off, depth up to 12, leaky slopes up to 100, PReLU) are
-expected to hold once issue 12 is fixed. Sizes: ``FASTCPA_METAMORPHIC_EXAMPLES``
+1e-4..1e3, up to 1e6 sigma_x off, depth up to 12 for S = 1, leaky slopes up to 100,
+PReLU) and "deep" (S = 2, 4-12 hidden layers of width up to 6, ordinary scales) must hold
+too. Sizes: ``FASTCPA_METAMORPHIC_EXAMPLES``
 examples per test (default 12; the ``slow`` run uses 40x that). A self-test checks
 that each identity catches a log p perturbed by 1e-8 relative.
 """
@@ -85,12 +87,18 @@ class Case:
 def random_case(rng, S=1, regime="ordinary", n_points=3, D=None, depth=None):
     """A random CPA model and points near / off its manifold (numpy rng: reproducible)."""
     hard = regime == "hard"
+    deep = regime == "deep"  # S = 2 only: 4-12 hidden layers of width <= 6 (32 units), ordinary scales
+    if deep and S != 2:
+        raise ValueError("the deep regime is for S = 2 (S = 1's other regimes reach depth 12)")
     if depth is None:
-        depth = int(rng.integers(1, 13 if hard else 5)) if S == 1 else int(rng.integers(1, 4))
-    max_w = 32 if S == 1 else 8
+        if deep:
+            depth = int(rng.integers(4, 13))
+        else:
+            depth = int(rng.integers(1, 13 if hard else 5)) if S == 1 else int(rng.integers(1, 4))
+    max_w = 32 if S == 1 else (6 if deep else 8)
     widths = [int(rng.integers(1, max_w + 1)) for _ in range(depth)]
-    if S == 2:  # keep the partition quick: at most ~16 units
-        while sum(widths) > 16:
+    if S == 2:  # keep the partition quick: at most ~16 units (32 deep)
+        while sum(widths) > (32 if deep else 16):
             widths[int(np.argmax(widths))] -= 1
     if D is None:
         D = int(rng.integers(1, 11))
@@ -309,6 +317,35 @@ def check_permutation(case, rng, log_prob=default_log_prob):
     return _errs(lp, lp2, tolerance(case, np.abs(lp), scale))
 
 
+def _random_rotation(rng, n):
+    """A random n x n rotation (orthogonal, det +1), from the QR factors of a normal matrix."""
+    Q, R = np.linalg.qr(rng.normal(size=(n, n)))
+    Q = Q * np.sign(np.diag(R))
+    if np.linalg.det(Q) < 0:
+        Q[:, 0] = -Q[:, 0]
+    return Q
+
+
+def check_rotation(case, rng, log_prob=default_log_prob):
+    """Rotations: of the latent space (first layer W_1 -> W_1 Q^T; the prior is isotropic) and, with
+    isotropic noise, of the data space (output layer and data -> Q W_L, Q c_L, Q x): unchanged.
+    S = 1 and D = 1 take the reflections -1."""
+    Ws, cs, X = list(case.weights), list(case.biases), case.X
+    Qz = _random_rotation(rng, case.S) if case.S > 1 else -np.ones((1, 1))
+    Ws[0] = Ws[0] @ Qz.T
+    if np.ndim(case.sigma_x) == 0 or np.ptp(case.sigma_x) == 0:
+        Qx = _random_rotation(rng, case.D) if case.D > 1 else -np.ones((1, 1))
+        Ws[-1], cs[-1], X = Qx @ Ws[-1], Qx @ cs[-1], X @ Qx.T
+    lp = _lp(log_prob, case)
+    lp2 = _lp(log_prob, case.replace(weights=Ws, biases=cs, X=X))
+    _, g, x = residual_scale(case)
+    # each rotated entry is a sum of D (or S) rounded products: eps sqrt(n) of the data, of g at z^,
+    # and of the first layer's pre-activations (what the forward pass carries onward)
+    n = math.sqrt(max(case.D, case.S))
+    scale = n * (x + np.maximum(len(case.weights) * _forward_abs_scale(case), g))
+    return _errs(lp, lp2, tolerance(case, np.maximum(np.abs(lp), np.abs(lp2)), scale))
+
+
 def check_duplication(case, rng, log_prob=default_log_prob):
     """Duplicating a hidden unit with its outgoing weights halved: unchanged (act is positively homogeneous)."""
     layers = _hidden_layers(case)
@@ -449,6 +486,7 @@ CHECKS = {
     "latent_rescale": check_latent_rescale,
     "permutation": check_permutation,
     "duplication": check_duplication,
+    "rotation": check_rotation,
 }
 
 
@@ -491,6 +529,7 @@ def _settings(factor=1):
 SEEDS = st.integers(0, 2**32 - 1)
 ORDINARY = [f"{k}-S{S}-ordinary" for k in CHECKS for S in (1, 2)] + ["additive-ordinary", "linear-ordinary"]
 HARD = [f"{k}-S{S}-hard" for k in CHECKS for S in (1, 2)] + ["additive-hard", "linear-hard"]
+DEEP = [f"{k}-S2-deep" for k in CHECKS]
 # classes that fail on the current code (issue 12); strict: they must flip once fixed
 _I12 = "issue 12"
 XFAIL = {
@@ -517,8 +556,15 @@ def test_hard(name, seed):
     assert_class(name, seed)
 
 
+@pytest.mark.parametrize("name", [_param(n) for n in DEEP])
+@_settings()
+@given(seed=SEEDS)
+def test_deep(name, seed):
+    assert_class(name, seed)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [_param(n) for n in ORDINARY + HARD])
+@pytest.mark.parametrize("name", [_param(n) for n in ORDINARY + HARD + DEEP])
 @_settings(40)
 @given(seed=SEEDS)
 def test_many(name, seed):

@@ -14,6 +14,14 @@ precision the table carries (or to a few ulps where the reference has 16+ digits
   Haug, "Option pricing formulas", 1998, p. 193, six decimals), as ``polygon_moments``
   on two half-planes with a correlated covariance; and the exact orthant identity
   ``P(X > 0, Y > 0) = 1/4 + asin(rho) / (2 pi)`` (Sheppard).
+* truncated-normal mean and variance (``interval_moments(...).mean`` / ``.var``): SciPy
+  ``scipy/stats/tests/test_distributions.py`` (``TestTruncnorm._truncnorm_stats_data``, mpmath,
+  and the older ``TestTruncnorm.test_moments`` tail table, good to its 7 decimals only);
+  cossio/TruncatedNormal.jl ``test/tnmean.jl``, ``test/tnvar.jl``, ``test/tnmom2.jl`` (30-50
+  digits, tails out to 1e6 standard deviations); JuliaStats/Distributions.jl
+  ``test/truncated/normal.jl``.
+* interval log mass: JuliaMath/SpecialFunctions.jl ``test/erf.jl`` (``logerf(x, y)`` and
+  ``erf(x, y)``, 27-30 digits), as ``interval_moments(x, y, 0, sqrt(1/2))``.
 """
 
 import math
@@ -96,6 +104,99 @@ QUANTLIB_BIVARIATE = [
     # quadrature, below), so the table's sixth decimal is rounded the wrong way
 
     (-0.5, 0.5, 0.0, 0.213342),
+]
+
+# SciPy scipy/stats/tests/test_distributions.py, TestTruncnorm._truncnorm_stats_data ("Generated
+# using https://gist.github.com/WarrenWeckesser/636b537ee889679227d53543d333a720", mpmath; it came
+# with scipy/scipy PR #16593, "TST: stats: replace TestTruncnorm::test_moments"): (a, b, mean,
+# variance) of N(0, 1) on [a, b], float64 reprs (16-17 digits). The table's skewness and
+# kurtosis columns are not used.
+SCIPY_TRUNCNORM_STATS = [
+    (-30.0, 30.0, 0.0, 1.0),
+    (-10.0, 10.0, 0.0, 1.0),
+    (-3.0, 3.0, 0.0, 0.9733369246625415),
+    (-2.0, 2.0, 0.0, 0.7737413035499232),
+    (0.0, np.inf, 0.7978845608028654, 0.3633802276324187),
+    (-np.inf, 0.0, -0.7978845608028654, 0.3633802276324187),
+    (-1.0, 3.0, 0.282786110727154, 0.6161417353578293),
+    (-3.0, 1.0, -0.282786110727154, 0.6161417353578293),
+    (-10.0, -9.0, -9.108456288012409, 0.011448805821636248),
+]
+
+# The table that one replaced: the same file's older TestTruncnorm.test_moments (read at the fork
+# tirthasheshpatel/scipy, commit 9da86f1c0d217f6631e96882bb8e4093b50cca98), tail rows: (a, b,
+# mean, variance). It prints 16-17 digits but SciPy checked them with assert_almost_equal, i.e.
+# to 7 decimals, and scipy/scipy#15871 found its higher moments inaccurate. Against mpmath the
+# variances are off by 5e-11 to 1.5e-7 relative ([-40, -39], [39, 40]) and the means by up to
+# 1.1e-13 ([-30, -29]): test_old_scipy_truncnorm_tail_table_against_mpmath.
+SCIPY_OLD_TRUNCNORM_TAILS = [
+    (-10.0, -9.0, -9.1084562880124764, 0.0114488058210104),
+    (-20.0, -19.0, -19.0523439459766628, 0.0027250730180314),
+    (-30.0, -29.0, -29.0344012377394698, 0.0011806603928891),
+    (-40.0, -39.0, -39.0256074199326264, 0.0006548826719649),
+    (39.0, 40.0, 39.0256074199326264, 0.0006548826719649),
+]
+
+# cossio/TruncatedNormal.jl test/tnmean.jl (commit 3c16866c), test/tnvar.jl (commit 1838a9d9) and
+# test/tnmom2.jl (the later version, `import TruncatedNormal as TruncNorm`, which adds the mu,
+# sigma rows): (lo, hi, mu, sigma, quantity, value) for N(mu, sigma^2) on [lo, hi], with quantity
+# "mean", "var" or "m2" (E[z^2 | lo <= z <= hi], tnmom2). 30-50 digits, kept as published.
+TRUNCATEDNORMAL_JL = [
+    (1e-44, 1e-43, 0.0, 1.0, "mean", 5.4999999999999999999999999999999999999999e-44),
+    (100.0, 115.0, 0.0, 1.0, "mean", 100.00999800099926070518490239457545847490332879043),
+    (-1e6, -999000.0, 0.0, 1.0, "mean", -999000.00000100100100099899498898098),
+    (1e6, np.inf, 0.0, 1.0, "mean", +1.00000000000099999999999800000e6),
+    (-np.inf, -1e6, 0.0, 1.0, "mean", -1.00000000000099999999999800000e6),
+    (0.0, 1e200, 0.0, 1.0, "mean", 0.797884560802865355879892119869),
+    (50.0, 70.0, -2.0, 3.0, "mean", 50.171943499898757645751683644632860837133138152489),
+    (-100.0, 0.0, 0.0, 2.0986317998643735, "mean", -1.6744659119217125058885983754999713622460154892645),
+    (0.0, 0.9, 0.0, 0.07132755843183151, "mean", 0.056911157632522598806524588414964004271754161737065),
+    (-100.0, 0.5, 0.0, 0.47383322897860064, "mean", -0.1267981330521791493635176736743283314399),
+    # Distributions.jl issue #827: the normal's mean 1000 standard deviations beyond the interval
+    (0.0, 1000.0, 1e6, 1.0, "mean", 999.99999899899899900100501101901899090472046236710608108591983),
+    (50.0, 70.0, 0.0, 1.0, "var", 0.0003990431868038995479099272265360593305365),
+    (1e6, np.inf, 0.0, 1.0, "var", 9.99999999994000000000050000000e-13),
+    # marked @test_broken in tnvar.jl (TruncatedNormal.jl's own result was wrong), value as published
+    (999000.0, 1e6, 0.0, 1.0, "var", 1.00200300399898194688784897455e-12),
+    (50.0, 70.0, -2.0, 3.0, "var", 0.029373438107168350377591231295634273607812172191712),
+    (-100.0, 0.0, 0.0, 2.0986317998643735, "var", 1.6004193412141677189841357987638847137391508803335),
+    (0.0, 0.9, 0.0, 0.07132755843183151, "var", 0.0018487407287725028827020557707636415445504260892486),
+    (-100.0, 100.0, 0.0, 17.185261847875548, "var", 295.333163899557735486302841237124507431445),
+    (-100.0, 0.5, 0.0, 0.47383322897860064, "var", 0.145041095812679283837328561547251019229612),
+    (-1e6, -999000.0, 0.0, 1.0, "m2", 9.9800100000199999999999799599399200002e11),
+    (1e6, np.inf, 0.0, 1.0, "m2", 1.00000000000199999999999800000e12),
+    (0.0, 20.0, 3.0, 1.5, "m2", 11.4986153820554548159603543747),
+    (10.0, 20.0, 3.0, 1.5, "m2", 106.111726253622178129044932133),
+    (-10.0, 20.0, 3.0, 1.5, "m2", 11.2499999999999997949173964131),
+]
+
+# JuliaStats/Distributions.jl test/truncated/normal.jl (commit 14c0a62d), the rows not already in
+# TruncatedNormal.jl's tests: (lo, hi, mu, sigma, quantity, value), quantity "std" the square root
+# of the variance. 50 digits.
+DISTRIBUTIONS_JL_TRUNCNORMAL = [
+    (-100.0, 0.0, 0.0, 2.0, "mean", -1.59576912160573071175978423973752747390343452465973),
+    (0.0, 1.0, 1.5, 4.1, "mean", 0.50494725270783081889610661619986770485973643194141),
+    (0.0, 1.0, 1.5, 4.1, "std", 0.28836356398830993140576947440881738258157196701554),
+]
+
+# JuliaMath/SpecialFunctions.jl test/erf.jl (commit 036808bf), "two args version": logerf(x, y) =
+# log(erf(y) - erf(x)) = log 2 + log P(x <= z <= y) for z ~ N(0, 1/2), and erf(x, y) =
+# erf(y) - erf(x). Values kept as the published decimal strings (27-30 digits).
+SPECIALFUNCTIONS_LOGERF = [
+    (-5.0, 35.0, "0.693147180559176579520017808560"),
+    (30.0, 35.0, "-903.974117110643878079600243618"),
+    (-35.0, -30.0, "-903.974117110643878079600243618"),
+    (10.0, np.inf, "-102.879889024844888574804787140"),
+    (-np.inf, np.inf, "0.693147180559945309417232121458"),
+    (-1e-6, 1e-6, "-13.0015811397694169056785314498"),
+    (-1e-30, 1e-30, "-68.2636233716261799887769930733"),
+    (1e-30, 2e-30, "-68.9567705521861252981942251947"),
+    (-2e-30, -1e-30, "-68.9567705521861252981942251947"),
+]
+SPECIALFUNCTIONS_ERF2 = [
+    (10.0, 11.0, "2.08848758232167861905709161e-45"),
+    (-1.0, 1.0, "1.68540158589942973868244127017"),
+    (1e-30, 2e-30, "1.12837916709551257389615890312e-30"),
 ]
 
 
@@ -184,3 +285,83 @@ def test_bivariate_orthant_sheppard(rho):
     # rho is rounded on input: d P / d rho = 1 / (2 pi sqrt(1 - rho^2))
     tol = 8 * EPS * exact + 2 * EPS * abs(rho) / (2 * math.pi * math.sqrt(1 - rho * rho))
     assert abs(math.exp(float(r.log_mass)) - exact) <= tol, (rho, math.exp(float(r.log_mass)), exact)
+
+
+def _moment(r, quantity):
+    mean, var = float(r.mean), float(r.var)
+    return {"mean": mean, "var": var, "std": math.sqrt(var), "m2": var + mean * mean}[quantity]
+
+
+@pytest.mark.parametrize("a,b,mean,var", SCIPY_TRUNCNORM_STATS)
+def test_truncnorm_mean_var_scipy(a, b, mean, var):
+    r = fastcpa.interval_moments(a, b)
+    # float64 reprs of mpmath values (half an ulp off at most); fastcpa's target is a few ulps.
+    # The mean is measured against |mean| + sd: it is 0 on the symmetric intervals
+    assert abs(float(r.mean) - mean) <= 8 * EPS * (abs(mean) + math.sqrt(var)), (a, b, float(r.mean), mean)
+    assert rel(float(r.var), var) <= 8 * EPS, (a, b, float(r.var), var)
+
+
+@pytest.mark.parametrize("a,b,mean,var", SCIPY_OLD_TRUNCNORM_TAILS)
+def test_truncnorm_tail_moments_old_scipy_table(a, b, mean, var):
+    r = fastcpa.interval_moments(a, b)
+    # the table's own precision: SciPy checked it with assert_almost_equal (7 decimals)
+    assert abs(float(r.mean) - mean) < 1.5e-7, (a, b, float(r.mean), mean)
+    assert abs(float(r.var) - var) < 1.5e-7, (a, b, float(r.var), var)
+
+
+def test_old_scipy_truncnorm_tail_table_against_mpmath():
+    """The old SciPy tail table is right to its 7 decimals but not to the 16-17 digits it prints:
+    50-digit mpmath puts its variances 5e-11 to 1.5e-7 off in relative terms and its means up to
+    1.1e-13; fastcpa is within a few ulps of mpmath on every row, as it is of the newer SciPy
+    table (whose [-10, -9] row agrees with mpmath)."""
+    from oracles import interval_moments_mp
+
+    worst_table_var = 0.0
+    for a, b, mean, var in SCIPY_OLD_TRUNCNORM_TAILS:
+        _, ref_mean, ref_var = (float(v) for v in interval_moments_mp(a, b, dps=50))
+        r = fastcpa.interval_moments(a, b)
+        assert rel(float(r.mean), ref_mean) <= 8 * EPS, (a, b, float(r.mean), ref_mean)
+        assert rel(float(r.var), ref_var) <= 8 * EPS, (a, b, float(r.var), ref_var)
+        assert abs(mean - ref_mean) < 1.5e-7 and abs(var - ref_var) < 1.5e-7  # good to 7 decimals
+        worst_table_var = max(worst_table_var, rel(var, ref_var))
+    assert worst_table_var > 1e-7  # [-40, -39] and [39, 40]: 0.0006548826719649 vs 0.00065488257...
+
+
+@pytest.mark.parametrize("lo,hi,mu,sigma,quantity,ref", TRUNCATEDNORMAL_JL + DISTRIBUTIONS_JL_TRUNCNORMAL)
+def test_truncnorm_moments_julia(lo, hi, mu, sigma, quantity, ref):
+    r = fastcpa.interval_moments(lo, hi, mu, sigma)
+    # 30-50 digit values, so fastcpa's few ulps. They match mpmath at the float64 inputs to
+    # 1e-16 or better; [1e-44, 1e-43] is for the decimal ends, 6.6e-17 (relative) off the floats'
+    got = _moment(r, quantity)
+    assert rel(got, ref) <= 8 * EPS, (lo, hi, mu, sigma, quantity, got, ref)
+
+
+def _log_mass_refs():
+    """(x, y, log P(x <= z <= y) for z ~ N(0, 1/2), the half-unit of the published value's last
+    digit carried into that log) from the SpecialFunctions.jl strings, in 40-digit arithmetic."""
+    import decimal
+
+    import mpmath
+
+    out = []
+    with mpmath.workdps(40):
+        for x, y, s in SPECIALFUNCTIONS_LOGERF:
+            half_unit = 0.5 * 10.0 ** decimal.Decimal(s).as_tuple().exponent
+            out.append((x, y, float(mpmath.mpf(s) - mpmath.log(2)), half_unit))
+        for x, y, s in SPECIALFUNCTIONS_ERF2:
+            half_unit = 0.5 * 10.0 ** decimal.Decimal(s).as_tuple().exponent / float(s)
+            out.append((x, y, float(mpmath.log(mpmath.mpf(s) / 2)), half_unit))
+    return out
+
+
+@pytest.mark.parametrize("x,y,ref,half_unit", _log_mass_refs())
+def test_log_mass_specialfunctions_logerf(x, y, ref, half_unit):
+    s = math.sqrt(0.5)
+    r = fastcpa.interval_moments(x, y, 0.0, s)
+    got = float(r.log_mass)
+    # conditioning: sqrt(1/2) is rounded and so is each standardised end x / s, each by half an
+    # ulp relative, and a relative change d of an end e moves log P by |e| phi(e) / P * d
+    sens = sum(abs(e) * math.exp(-0.5 * e * e - 0.5 * math.log(2 * math.pi) - got)
+               for e in (x / s, y / s) if math.isfinite(e))
+    tol = 8 * EPS * abs(ref) + sens * EPS + half_unit
+    assert abs(got - ref) <= tol, (x, y, got, ref, tol)
