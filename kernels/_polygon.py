@@ -909,21 +909,39 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
 
 
 # ----------------------------------------------------------------------------- far polygons
-def _far_edge(E, k):
+def _far_edge(E, K, k):
     """:func:`far_polygon` where the nearest point is on edge k (or the edge
-    nearer the tangent at a blunt vertex): ``Q(c)`` across it, by its Mills
-    ratio, times the standard normal's mass over the edge."""
+    nearer the tangent at a blunt vertex): the one-sided tail ``[c, inf)``
+    across it (its exact moments: mean ``c + 1/c - ...``, variance ``1/c^2 -
+    6/c^4 + ...``) times the standard normal over the edge. Consecutive edges
+    on the same line (clipping a line through the plane's ideal points puts a
+    vertex on it) are one edge here: the half-plane's own line, split at its
+    foot, would otherwise give the half of it a half-normal along the line."""
     tx = E[k, 0]
     ty = E[k, 1]
     c = E[k, 2]
     nx = -ty
     ny = tx
-    lm, ms, vs = std_interval_moments(E[k, 3], E[k, 4], E[k, 5])
-    iv = 1.0 / (c * c)
-    mx = (c + 1.0 / c) * nx + ms * tx
-    my = (c + 1.0 / c) * ny + ms * ty
-    return (-0.5 * c * c - math.log(c) - 0.5 * LOG_2PI + lm, mx, my, vs * tx * tx + iv * nx * nx,
-            vs * tx * ty + iv * nx * ny, vs * ty * ty + iv * ny * ny)
+    s1 = E[k, 3]
+    s2 = E[k, 4]
+    j = k
+    for _ in range(K - 1):  # forwards: edges starting where this run ends, on its line
+        j = j + 1 if j < K - 1 else 0
+        if j == k or not (E[j, 0] == tx and E[j, 1] == ty and E[j, 2] == c and E[j, 3] == s2):
+            break
+        s2 = E[j, 4]
+    j = k
+    for _ in range(K - 1):  # backwards
+        j = j - 1 if j > 0 else K - 1
+        if j == k or not (E[j, 0] == tx and E[j, 1] == ty and E[j, 2] == c and E[j, 4] == s1):
+            break
+        s1 = E[j, 3]
+    w = E[k, 5] if s1 == E[k, 3] and s2 == E[k, 4] else s2 - s1
+    lm, ms, vs = std_interval_moments(s1, s2, w)
+    ln, mn, vn = std_interval_moments(c, math.inf, math.inf)
+    mx = mn * nx + ms * tx
+    my = mn * ny + ms * ty
+    return (ln + lm, mx, my, vs * tx * tx + vn * nx * nx, vs * tx * ty + vn * nx * ny, vs * ty * ty + vn * ny * ny)
 
 
 def far_polygon(E, K):
@@ -963,7 +981,7 @@ def far_polygon(E, K):
             best = k
             foot = s == 0.0
     if foot:
-        return _far_edge(E, best)
+        return _far_edge(E, K, best)
     tx = E[best, 0]
     ty = E[best, 1]
     c = E[best, 2]
@@ -988,7 +1006,7 @@ def far_polygon(E, K):
     if not (al > _FAR_RATE and be > _FAR_RATE and cross > 0.0):
         # a blunt vertex: along the edge nearer the tangent the density is
         # Gaussian, not exponential; that edge's own formula serves
-        return _far_edge(E, best if s1 > 0.0 and al <= be or s2 < 0.0 and be <= al else j)
+        return _far_edge(E, K, best if s1 > 0.0 and al <= be or s2 < 0.0 and be <= al else j)
     lm = -0.5 * d2 - LOG_2PI + math.log(cross) - math.log(al) - math.log(be)
     mx = vx + e1x / al + e2x / be
     my = vy + e1y / al + e2y / be
