@@ -112,6 +112,25 @@ def test_steep_s2_net_against_quadrature():
 
 
 @pytest.mark.parametrize("S", [1, 2])
+def test_weights_times_1e8_keep_a_proper_posterior(S):
+    """Weights x1e8 per layer (slopes ~1e24 per unit z; the review: NaN posteriors at S = 2, region
+    probabilities not summing to 1): the posterior is finite, its probabilities sum to 1, and its
+    log p is log_prob's."""
+    rng = np.random.default_rng(19)
+    Ws = [rng.normal(size=(6, S)) * 1e8, rng.normal(size=(5, 6)) * 1e8, rng.normal(size=(3, 5)) * 1e8]
+    cs = [rng.normal(size=6), rng.normal(size=5), rng.normal(size=3)]
+    model = fastcpa.CPAModel(fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1), sigma_x=1.0)
+    X = np.concatenate([model.sample(3, seed=1), rng.normal(size=(2, 3))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastcpa.AccuracyWarning)
+        lp = model.log_prob(X)
+    post = model.posterior(X)
+    assert np.all(np.isfinite(post.mean)) and np.all(np.isfinite(post.cov))
+    np.testing.assert_allclose(post.region_probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(np.abs(post.log_prob - lp) <= 1e-12 * np.abs(lp) + 1e-12)
+
+
+@pytest.mark.parametrize("S", [1, 2])
 @pytest.mark.parametrize("scale", [1e100, 1e200])
 def test_overflowing_generator_is_a_clear_error(S, scale):
     """Weights x1e100 .. 1e200 per layer (the review: NaN): the slopes' squares or the slopes
