@@ -102,6 +102,12 @@ _AMP_MAX = 1e4
 # O(1/d) in log-mass at worst, far below the eps d^2 / 2 that rounding of the
 # inputs alone puts there (the edge formulas and sections lose everything).
 _FAR2 = 2.0**40
+# Beyond sqrt(_HALF_PLANE2) sd a polygon holding its nearest edge's half-plane near the
+# foot (|a| <= _HALF_A along it, b <= _HALF_B / c across) gets that half-plane's moments
+# (see _half_plane_edge): the edge formulas' covariance loses eps d^2 there.
+_HALF_PLANE2 = 2.0**20
+_HALF_A = 10.0
+_HALF_B = 45.0
 # A vertex's cone is exponential along both edges only where the density falls
 # by e^-8 within a unit step along each (far_polygon).
 _FAR_RATE = 8.0
@@ -944,6 +950,41 @@ def _far_edge(E, K, k):
     return (ln + lm, mx, my, vs * tx * tx + vn * nx * nx, vs * tx * ty + vn * nx * ny, vs * ty * ty + vn * ny * ny)
 
 
+def _half_plane_edge(P, n, E, K, d2):
+    """The edge whose foot is the polygon's nearest point, where the polygon holds the
+    rectangle ``|a| <= _HALF_A``, ``0 <= b <= _HALF_B / c`` about that foot (``a`` along the
+    edge, ``b`` inwards, ``c`` the edge's distance): outside it the edge's half-plane holds
+    less than ``e^-45`` of its mass (``2 Q(10)`` along, ``e^-45`` across), so the polygon's moments are the half-plane's to that
+    (:func:`_far_edge`: one-dimensional and exact). ``-1`` otherwise. (The edge formulas
+    take the moments about the origin, ``d`` away, and lose ``eps d^2`` in the covariance.)"""
+    for k in range(K):
+        c = E[k, 2]
+        if not (c > 0.0 and E[k, 3] <= 0.0 <= E[k, 4] and c * c <= d2 * (1.0 + 1e-12)):
+            continue
+        tx = E[k, 0]
+        ty = E[k, 1]
+        nx = -ty
+        ny = tx
+        B = _HALF_B / c
+        for j in range(n):
+            lx = P[j, 3]
+            ly = P[j, 4]
+            r = math.sqrt(lx * lx + ly * ly)
+            if not (r > 0.0):
+                continue
+            # the edge's own line (and its pieces): the rectangle lies on it
+            if abs(lx / r - nx) <= 1e-12 and abs(ly / r - ny) <= 1e-12 and abs(P[j, 5] / r + c) <= 1e-12 * c:
+                continue
+            for sa in (-_HALF_A, _HALF_A):
+                for b in (0.0, B):
+                    ux = (c + b) * nx + sa * tx
+                    uy = (c + b) * ny + sa * ty
+                    if not (lx * ux + ly * uy + P[j, 5] > 0.0):
+                        return -1
+        return k
+    return -1
+
+
 def far_polygon(E, K):
     """``(log_mass, mx, my, c00, c01, c11)`` of a polygon beyond ``_FAR2``
     (squared whitened distance): there ``|u|^2 / 2 = d^2 / 2 + p . w + |w|^2 /
@@ -1094,6 +1135,10 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
     lm, d2, kappa = fan_log_mass(E, K, arc)
     if d2 > _FAR2:
         return far_polygon(E, K)
+    if d2 > _HALF_PLANE2:
+        k = _half_plane_edge(P, n, E, K, d2)
+        if k >= 0:  # the polygon is its nearest edge's half-plane where the density is
+            return _far_edge(E, K, k)
     if (kappa <= _KAPPA_MAX or not careful) and lm > -math.inf:
         mx, my, c00, c01, c11, amp = fan_moments(E, K, lm, d2)
         if amp <= _AMP_MAX or not careful:
