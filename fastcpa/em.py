@@ -43,7 +43,15 @@ def _with_layer(gen, k, W, c):
 
 
 def _mean_log_lik(model, X):
-    return float(np.mean(model.log_prob(X)))
+    # trial steps can be far worse conditioned than the fit: their AccuracyWarnings would
+    # only be noise (a user's own log_prob of the fitted model still warns)
+    import warnings
+
+    from .model import AccuracyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AccuracyWarning)
+        return float(np.mean(model.log_prob(X)))
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
