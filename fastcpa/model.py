@@ -511,20 +511,9 @@ class CPAModel:
                 mu, f, e = REF[:, 2:2 + S], REF[:, 2 + S:2 + S + D], REF[:, 2 + S + D:2 + S + 2 * D]
                 if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
                     mu = mu @ p["V"][0].T
-                far = np.flatnonzero(top + lsum < -_REF_SLACK)
-                own = np.ones(len(mu), bool)
-                if far.size:
-                    # the reference's term lies far above log p (its region holds little of its
-                    # Gaussian), so its mean says little of where the posterior is: take the
-                    # posterior's mean for these (rare) rows
-                    mu, f, e = mu.copy(), f.copy(), e.copy()
-                    try:
-                        with np.errstate(all="ignore"):
-                            mu[far] = self.posterior(X[rows][far]).mean
-                        f[far] = self.generator(mu[far]) * p["isx"]
-                        e[far] = Xs[far] - f[far]
-                    except FloatingPointError:  # no posterior: the bound through |g|_abs at mu
-                        own[far] = False
+                # where the reference's term lies far above log p (its region holds little of
+                # its Gaussian), its mean says little of where the posterior is: the bound stays
+                own = top + lsum >= -_REF_SLACK
                 spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows], own)
         self.last_pairs_skipped_ = int(skipped.sum())
         self.last_log_prob_uncertainty_ = spread

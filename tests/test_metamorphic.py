@@ -195,15 +195,20 @@ def _residual_scale(case):
 
     The posterior can lie far out along a direction that a steep net nearly does not map
     (1e6 sigma_z out, where ``|g|_abs`` is 1e6 times its value near the origin), beyond any grid.
-    The code's posterior mean is therefore taken as a second candidate: it counts where its
+    The code's reference pairs' means are therefore taken as second candidates: one counts where its
     energy is within rounding of the grid point's (by this module's own forward pass, so a
     wrong mean cannot widen the tolerance), and the scale is then the larger of the two."""
     Z, G = _nearest_latent(case)
     r = np.linalg.norm(case.X - G, axis=1)
     F = forward_rounding_scale(case, Z)
-    try:
+    try:  # the rows' reference pairs' means (no posterior: it can take long on the hard nets)
+        model = case.model()
         with np.errstate(all="ignore"):
-            Zp = case.model().posterior(case.X).mean
+            Xw, xx, Xs = model._whiten(case.X)
+            REF = model._log_prob_rows(Xw, xx, Xs, 40.0, 1024, np.zeros(len(Xw), np.int64))[2]
+        Zp = REF[:, 2:2 + case.S]
+        if model._region_params()["V"] is not None:
+            Zp = Zp @ model._region_params()["V"][0].T
     except Exception:  # the identities report the failure themselves
         Zp = None
     if Zp is not None and np.all(np.isfinite(Zp)):
