@@ -951,10 +951,10 @@ def _warn_undetermined(log_p, spread):
 
 def _checked_log_prob(log_p):
     """``log_p``, or an error naming the rows whose log-likelihood float64 cannot hold."""
-    if np.isnan(log_p).any():
-        rows = np.flatnonzero(np.isnan(log_p))
-        raise FloatingPointError(f"internal error: log p(x) is NaN for row(s) {rows[:10].tolist()}; please report "
-                                 "this with the model and data.")
+    if np.isnan(log_p).any() or (log_p == np.inf).any():
+        rows = np.flatnonzero(~(log_p < np.inf) & ~(log_p == -np.inf))
+        raise FloatingPointError(f"internal error: log p(x) is NaN or +inf for row(s) {rows[:10].tolist()}; please "
+                                 "report this with the model and data.")
     bad = ~np.isfinite(log_p)
     if bad.any():
         rows = np.flatnonzero(bad)

@@ -622,12 +622,14 @@ def test_identities_can_fail(name):
     # log kappa_ref + (a sum ~ -1e11) keeps only eps 1e11 ~ 1e-5 absolute; 2^k scaling shows it
     pytest.param("scaling-S1-hard", 701241, marks=pytest.mark.xfail(strict=True, reason=(
         "issue 12: a reference pair far above log p (needs a rebase onto the row's best term)"))),
-    # S = 2, steep (6.7e3 per layer), a point 1e3 sigma_x off: the row's reference log kappa comes out
-    # -inf (not yet diagnosed) and log p (about -1e35, representable) is reported below the float64 range
+    # S = 2, steep (6.7e3 per layer), a point 1e3 sigma_x off: one pair's term relative to the row's
+    # reference comes out +inf (likely a region's polygon log-mass, as the needle-thin posterior case had:
+    # a "mass" above 1 from the whitened geometry); log p was +inf, reported as below the float64 range,
+    # now as an internal error
     pytest.param("scaling-S2-hard", 701704, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 12: a -inf reference log kappa on a steep S = 2 net 1e3 sigma_x off"))),
+        "issue 12: a +inf pair term on a steep S = 2 net 1e3 sigma_x off"))),
     pytest.param("translation-S2-hard", 701500, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 12: the translated case's row 0 gets a -inf reference log kappa (as 701704)"))),
+        "issue 12: the translated case's row 0 gets a +inf pair term (as 701704)"))),
 ])
 def test_cases_found_by_larger_runs(name, seed):
     assert_class(name, seed)
