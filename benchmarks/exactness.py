@@ -44,8 +44,8 @@ def _run_one_args(args):
 
 
 def _report(r):
-    print(f"{r['name']:28s} {r['passes']:6d}/{r['cases']:<6d} worst err/tol {r['worst']:.3g} (seed {r['seed']})",
-          flush=True)
+    print(f"{r['name']:28s} {r['passes']:6d}/{r['cases']:<6d} worst err/tol {r['worst']:.3g} (seed {r['seed']})"
+          + (f" failing: {r['failing'][:10]}" if r.get("failing") else ""), flush=True)
     return r
 
 
@@ -57,6 +57,7 @@ def run_one(name, n_cases, seed0):
     t0 = time.perf_counter()
     passes = fails = 0
     worst, worst_seed = 0.0, None
+    failing = []
     for k in range(n_cases):
         seed = seed0 + k
         try:
@@ -68,10 +69,11 @@ def run_one(name, n_cases, seed0):
             passes += 1
         else:
             fails += 1
+            failing.append(seed)
         if not ratio <= worst:
             worst, worst_seed = ratio, seed
     return dict(name=name, cases=n_cases, passes=passes, fails=fails, worst=worst, seed=worst_seed,
-                seconds=time.perf_counter() - t0)
+                seconds=time.perf_counter() - t0, failing=failing)
 
 
 def render(rows, env, cmd):
@@ -80,11 +82,13 @@ def render(rows, env, cmd):
              f"Command: `{cmd}` ({total:,} cases). Tolerances come from each case's conditioning "
              "(`tests/test_metamorphic.py`); a class passes when every case has err/tol <= 1. "
              "`run_class(name, seed)` reproduces a case.", "",
-             "| class | cases | pass | fail | worst err / tol | worst seed | time (s) |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
+             "| class | cases | pass | fail | worst err / tol | worst seed | failing seeds | time (s) |",
+             "|---|--:|--:|--:|--:|--:|---|--:|"]
     for r in rows:
+        failing = r.get("failing", [])
+        shown = ", ".join(map(str, failing[:10])) + (" ..." if len(failing) > 10 else "")
         lines.append(f"| {r['name']} | {r['cases']} | {r['passes']} | {r['fails']} | {r['worst']:.3g} | "
-                     f"{r['seed']} | {r['seconds']:.1f} |")
+                     f"{r['seed']} | {shown} | {r['seconds']:.1f} |")
     lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", END, ""]
     return "\n".join(lines)
 
