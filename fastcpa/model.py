@@ -655,8 +655,8 @@ class CPAModel:
                 kept_rows.append(i + rows.start)
                 kept_cols.append(j + rs.start)
                 kept_terms.append(terms[i, j])
-                lref[rows] = p["log_norm"] + REF[:, 0]
-        log_p = _checked_log_prob(_assemble(0.0, lref, M + np.log(W)))
+                lref[rows] = REF[:, 0]
+        log_p = _checked_log_prob(_assemble(p["log_norm"], lref, M + np.log(W)))
         cov = scat / W[:, None, None]
         if p["V"] is not None:  # from the singular frame back to z = V w (one region)
             V = p["V"][0]
@@ -929,7 +929,9 @@ def _assemble(log_norm, lref, rel):
     sigma_x or more from the model, whose terms relative to it are then inf - inf), so
     that such rows get :func:`_checked_log_prob`'s error, not NaN."""
     with np.errstate(invalid="ignore"):
-        return np.where(lref == -np.inf, -np.inf, (log_norm + lref) + rel)
+        # the normalising constant last: where log kappa_ref and the relative sum nearly cancel,
+        # a power-of-two rescaling (which changes only log_norm) then changes no other rounding
+        return np.where(lref == -np.inf, -np.inf, log_norm + (lref + rel))
 
 
 def _warn_undetermined(log_p, spread):
