@@ -701,6 +701,39 @@ def nearest_point(E, K):
     return d2, px, py
 
 
+def _box_clip(P, n, gx, gy, R, B1, B2):
+    """``P[0:n]`` clipped to the box of half-width R about ``(gx, gy)``, into B1; the point count."""
+    for i in range(n):
+        _copy_row(P, i, B1, i)
+    k = clip_halfplane(B1, n, 1.0, 0.0, R - gx, B2)
+    k = clip_halfplane(B2, k, -1.0, 0.0, R + gx, B1)
+    k = clip_halfplane(B1, k, 0.0, 1.0, R - gy, B2)
+    return clip_halfplane(B2, k, 0.0, -1.0, R + gy, B1)
+
+
+def _distance2(P, n, gx, gy):
+    """Squared distance from ``(gx, gy)`` to the bounded CCW polygon ``P[0:n]``
+    (finite points): 0 where it holds the point."""
+    inside = True
+    best = math.inf
+    for i in range(n):
+        q = i + 1 if i + 1 < n else 0
+        ax = P[i, 0] - gx
+        ay = P[i, 1] - gy
+        ex = P[q, 0] - P[i, 0]
+        ey = P[q, 1] - P[i, 1]
+        ee = ex * ex + ey * ey
+        t = 0.0
+        if ee > 0.0:
+            t = min(1.0, max(0.0, -(ax * ex + ay * ey) / ee))
+        dx = ax + t * ex
+        dy = ay + t * ey
+        best = min(best, dx * dx + dy * dy)
+        if ey * ax - ex * ay < 0.0:  # the point lies right of this edge: outside
+            inside = False
+    return 0.0 if inside else best
+
+
 def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     """Mass and moments by sections: exact interval moments along the x-axis
     ``(ax, ay)`` (a unit vector) and 24-point Gauss-Legendre panels across
@@ -732,13 +765,25 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     gx = G[0]
     gy = G[1]
     det = G[2]
-    R = math.sqrt(d2 + _BOX)
-    for i in range(n):
-        _copy_row(P, i, B1, i)
-    k = clip_halfplane(B1, n, 1.0, 0.0, R - gx, B2)
-    k = clip_halfplane(B2, k, -1.0, 0.0, R + gx, B1)
-    k = clip_halfplane(B1, k, 0.0, 1.0, R - gy, B2)
-    k = clip_halfplane(B2, k, 0.0, -1.0, R + gy, B1)
+    k = _box_clip(P, n, gx, gy, math.sqrt(d2 + _BOX), B1, B2)
+    # d2 came from the whitened polygon; an anchored copy can lie elsewhere by that
+    # polygon's rounding (far out, 1e3 sd and more), and the weights below are scaled
+    # by exp(d2 / 2): take the distance of the polygon integrated, where it differs
+    dd2 = _distance2(B1, k, gx, gy) if k >= 3 else math.inf
+    if not (dd2 <= d2 + _BOX):  # the nearest point is outside the box: within the nearest vertex's distance
+        rmin = math.inf
+        for i in range(n):
+            if P[i, 2] != 0.0:
+                rmin = min(rmin, math.hypot(P[i, 0] / P[i, 2] - gx, P[i, 1] / P[i, 2] - gy))
+        if rmin == math.inf:
+            return -math.inf, nan, nan, nan, nan, nan
+        k = _box_clip(P, n, gx, gy, rmin * (1.0 + 1e-9) + 1.0, B1, B2)
+        dd2 = _distance2(B1, k, gx, gy) if k >= 3 else math.inf
+        if dd2 == math.inf:
+            return -math.inf, nan, nan, nan, nan, nan
+    if abs(dd2 - d2) > 1.0:
+        d2 = dd2
+        k = _box_clip(P, n, gx, gy, math.sqrt(d2 + _BOX), B1, B2)
     tx = ay  # y-axis t, with the x-axis its left normal
     ty = -ax
     ga = gx * ax + gy * ay  # the centre in the section frame
@@ -803,6 +848,11 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     mr = 0.0  # the same for r = x - k0 y (the sheared frame)
     syr = 0.0
     srr = 0.0
+    # weights are exp(exponent - shift): 0 while the sections keep the distance
+    # sqrt(d2); where a section comes nearer (an anchored polygon whose lines were
+    # rounded by more than its distance, far out), the sums are rescaled instead
+    # of overflowing (each section's mass is at most 1, so the total stays <= 1)
+    shift = 0.0
     for p in range(m - 1):
         ya = Y[p]
         yb = Y[p + 1]
@@ -862,7 +912,17 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
                         lm = std_interval_log_mass(lo - ga, hi - ga, wd)
                         xs = sv = 0.0
                     yy = ys - gt
-                    w = _GL_V[i] * ell * _INV_SQRT_2PI * math.exp(lm - 0.5 * (yy * yy - d2))
+                    ex = lm - 0.5 * (yy * yy - d2)
+                    if ex > shift + 300.0:
+                        f = math.exp(shift - ex)
+                        tot *= f
+                        syy *= f
+                        sxy *= f
+                        sxx *= f
+                        syr *= f
+                        srr *= f
+                        shift = ex
+                    w = _GL_V[i] * ell * _INV_SQRT_2PI * math.exp(ex - shift)
                     if not (w > 0.0):
                         continue
                     new = tot + w
@@ -884,7 +944,7 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
             y = y2
     if not (tot > 0.0):
         return -math.inf, nan, nan, nan, nan, nan
-    log_mass = math.log(tot) - 0.5 * d2
+    log_mass = math.log(tot) + (shift - 0.5 * d2)
     if not want_moments:
         return log_mass, nan, nan, nan, nan, nan
     # of the two frames, the one in which the coordinates are less correlated
