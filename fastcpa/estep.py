@@ -211,7 +211,9 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
             Xw, xx, Xs = model._whiten(X[rows])
             # log p(x_n) over the same GEMM chunks and row references as the
             # moments below, so each sample's weights sum to 1 to rounding
-            top, lsum, REF = model._log_prob_rows(Xw, xx, Xs, gap, region_chunk, np.zeros(len(Xw), np.int64))
+            top, lsum, REF, _ = model._rebased(
+                lambda *a: model._log_prob_rows(*a[:3], gap, region_chunk, *a[3:]), Xw, xx, Xs,
+                np.zeros(len(Xw), np.int64), True)
             log_p[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
             floor = top + lsum - gap
             Xc = X[rows] - shift

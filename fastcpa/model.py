@@ -367,19 +367,47 @@ class CPAModel:
                 posterior_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), terms, means, covs)
                 yield rows, rs, terms, means, covs, REF
 
-    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True):
+    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True, REF=None):
         """log p of one block of whitened rows over the generic chunk kernels,
-        relative to the rows' references: ``(top, log_sum, REF)`` with ``log_p
-        = REF[:, 0] + top + log_sum`` (``search``: see :meth:`_new_reference`)."""
+        relative to the rows' references: ``(top, log_sum, REF, arg)`` with
+        ``log_p = REF[:, 0] + top + log_sum`` and ``arg`` each row's largest
+        term's pair (``search``: see :meth:`_new_reference`; ``REF`` given:
+        those references)."""
         log_prob_chunk, _, _, region_args = self._pair_kernels()
         n = len(Xw)
-        REF = self._new_reference(Xw, xx, Xs, region_chunk, search)
+        if REF is None:
+            REF = self._new_reference(Xw, xx, Xs, region_chunk, search)
         run_max = np.full(n, -np.inf)
         run_sum = np.zeros(n)
+        arg = np.zeros((n, 2 + self.generator.latent_dim))
         for rs in self._region_slices(region_chunk):
             XA, Xb = self._products(Xw, rs)
-            log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped)
-        return run_max, np.log(run_sum), REF
+            log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg)
+        return run_max, np.log(run_sum), REF, arg
+
+    def _rebased(self, rows_log_prob, Xw, xx, Xs, skipped, search):
+        """``rows_log_prob(Xw, xx, Xs, skipped, search, REF)`` -> ``(top, log_sum,
+        REF, arg)``, with the rows whose largest term came out far above their
+        reference done again with that term's pair as the reference.
+
+        A reference is chosen by bounds (the first region chunk's, or all of
+        them with ``search``) before the terms are known: where the bound
+        misleads (a later chunk's best term; a generator whose values are so
+        large that the cheap and the exact ``log kappa`` differ by more than
+        their rounding bound says), ``log p = log kappa_ref + top`` would be a
+        difference of large numbers and keep only ``eps |log kappa_ref|``."""
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        top, lsum, REF, arg = rows_log_prob(Xw, xx, Xs, skipped, search, None)
+        redo = np.flatnonzero(top > _REF_SLACK)
+        if redo.size:
+            REF2 = np.full((redo.size, REF.shape[1]), np.nan)
+            pairs.set_references(Xs[redo], p["Aw"], p["gz"], arg[redo], p["s2"], p["logdet_lam"], p["const"], REF2)
+            skr = np.zeros(redo.size, np.int64)
+            top[redo], lsum[redo], REF[redo], arg[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search, REF2)
+            skipped[redo] = skr
+        return top, lsum, REF, arg
 
     def _pair_kernels(self):
         """The (log_prob, posterior, E-step) chunk kernels for this latent
@@ -467,44 +495,38 @@ class CPAModel:
                 blocks = [(rs, np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])))
                           for (rs,) in blocks]
 
-                def rows_log_prob(Xw, xx, Xs, skipped, search):
+                def rows_log_prob(Xw, xx, Xs, skipped, search, REF):
                     n = len(Xw)
-                    REF = self._new_reference(Xw, xx, Xs, width, search)
+                    if REF is None:
+                        REF = self._new_reference(Xw, xx, Xs, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
+                    arg = np.zeros((n, 3))
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
                     for rs, G in blocks:
                         pairs.log_prob_block_1d(Xw, Xs, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
                                                 p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
                                                 p["Aw"][rs], p["gz"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
-                                                run_sum, skipped, block)
-                    return run_max, np.log(run_sum), REF
+                                                run_sum, skipped, block, rs.start, arg)
+                    return run_max, np.log(run_sum), REF, arg
 
                 # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
                 D = self.generator.output_dim
-                chunks, step = len(blocks), int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
+                step = int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
-                def rows_log_prob(Xw, xx, Xs, skipped, search):
-                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search)
+                def rows_log_prob(Xw, xx, Xs, skipped, search, REF):
+                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF)
 
-                chunks, step = len(self._region_slices(region_chunk)), sample_chunk
+                step = sample_chunk
             for a in range(0, N, step):
                 rows = slice(a, min(N, a + step))
                 Xw, xx, Xs = self._whiten(X[rows])
                 sk = np.zeros(len(Xw), np.int64)
                 # the kernels take each row's reference in the first region chunk and move
                 # it onto a later chunk's best term when that lies far above everything
-                # before; a row whose best term still came out far above its reference
-                # (a later best the chunk's cheap bounds did not single out) is done
-                # again with the best reference over all chunks (its terms would carry
-                # eps |log kappa_ref|)
-                top, lsum, REF = rows_log_prob(Xw, xx, Xs, sk, search=False)
-                redo = np.flatnonzero(top > _REF_SLACK) if chunks > 1 else np.zeros(0, np.int64)
-                if redo.size:
-                    sk[redo] = 0
-                    skr = np.zeros(redo.size, np.int64)
-                    top[redo], lsum[redo], REF[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search=True)
-                    sk[redo] = skr
+                # before; a row whose largest term still came out far above its reference
+                # is done again with that term as the reference (see _rebased)
+                top, lsum, REF, _ = self._rebased(rows_log_prob, Xw, xx, Xs, sk, False)
                 skipped[rows] = sk
                 out[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
                 S, D = self.generator.latent_dim, self.generator.output_dim

@@ -251,6 +251,18 @@ def _add_term(term, m, s):
 
 
 @jit
+def _note_top(term, m, arg, i, r, mu):
+    """Record pair (i, r) (region r, mean mu) in ``arg[i] = (term, r, mu)``
+    when its term is the row's largest so far: the caller rebases a row whose
+    largest term lies far above its reference (``CPAModel.log_prob``)."""
+    if term > m:
+        arg[i, 0] = term
+        arg[i, 1] = r
+        for q in range(mu.shape[0]):
+            arg[i, 2 + q] = mu[q]
+
+
+@jit
 def _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, i, r0, y, mu,
                     best):
     """Fold this chunk's pairs of row i into its best candidate reference
@@ -332,7 +344,7 @@ def set_references(Xs, Aw, gz, best, s2, logdet_lam, const, REF):
 
 @jit(parallel=True)
 def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, gap,
-                   run_max, run_sum, n_skipped):
+                   run_max, run_sum, n_skipped, r0, arg):
     """Fold one (samples x regions) chunk into each sample's running
     logsumexp (relative to its reference), for any S whose regions are
     whole-space or (S = 1) intervals.
@@ -340,7 +352,8 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
     Serves affine generators (one whole-space region) and the E-step's own
     likelihood pass; the S = 1 and S = 2 models' ``log_prob`` have their own
     kernels. ``run_max``, ``run_sum`` (per sample) and ``REF`` carry the
-    state across region chunks.
+    state across region chunks; ``arg`` the largest term's pair
+    (:func:`_note_top`; ``r0`` the chunk's first region).
     """
     n, R = Xb.shape
     S = Ab.shape[1]
@@ -357,15 +370,16 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
             if lk + err - lref < m - gap:
                 skipped += 1
                 continue
-            rel = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
-            m, s = _add_term(rel + _region_log_mass(mu, Sigma, r, lo, hi, whole), m, s)
+            term = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF) + _region_log_mass(mu, Sigma, r, lo, hi, whole)
+            _note_top(term, m, arg, i, r0 + r, mu)
+            m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
 
 
 @jit(parallel=True)
 def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, Aw, gz, an, s2, REF, gap,
-                      run_max, run_sum, n_skipped, block):
+                      run_max, run_sum, n_skipped, block, r0, arg):
     """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
     takes ``block`` rows of ``Xw`` at a time and forms their products with the
     region chunk itself, ``Xw[rows] @ G`` with ``G = [A~ | b~]`` (D, 2 R),
@@ -378,7 +392,8 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
     the posterior variance ``Sigma = 1 / Lambda`` and ``hl = Lambda / 2`` (the
     tail bound needs no division or square root). The first pass also forms
     each pair's upper bound ``log kappa + log Q(d)``, so the second visits the
-    best bound first and passes over the negligible pairs with one compare."""
+    best bound first and passes over the negligible pairs with one compare.
+    ``r0``, ``arg``: as in :func:`log_prob_chunk`."""
     n = Xw.shape[0]
     R = ab.shape[0]
     for bk in prange((n + block - 1) // block):
@@ -466,6 +481,8 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
                     lm = 0.0
                 else:
                     lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(sig[r]))
+                mu[0] = mus[r]
+                _note_top(rel + lm, m, arg, i, r0 + r, mu)
                 m, s = _add_term(rel + lm, m, s)
             run_max[i], run_sum[i] = m, s
             n_skipped[i] += skipped
@@ -684,7 +701,7 @@ _LM0 = np.empty((0, 4))
 
 @jit(parallel=True)
 def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                      FU, Lt, K, Rt, const, gap, run_max, run_sum, n_skipped):
+                      FU, Lt, K, Rt, const, gap, run_max, run_sum, n_skipped, r0, arg):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers."""
@@ -733,6 +750,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             else:
                 # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
                 lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, m - _NEGLIGIBLE - rel, sc)
+            _note_top(rel + lm, m, arg, i, r0 + r, mu)
             m, s = _add_term(rel + lm, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
