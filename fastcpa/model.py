@@ -349,17 +349,18 @@ class CPAModel:
         XA = (Xw @ p["PA_T"][:, rs.start * S:rs.stop * S]).reshape(len(Xw), rs.stop - rs.start, S)
         return XA, np.ascontiguousarray(Xw @ p["Pb_T"][:, rs])
 
-    def _pair_moments(self, X, sample_chunk, region_chunk):
+    def _pair_moments(self, X, sample_chunk, region_chunk, refs=None):
         """Yield ``(rows, regions, terms, means, covs, REF)`` per chunk: every
         pair's term ``log kappa + log Phi`` relative to its row's reference
-        ``REF[:, 0]`` (``REF`` is shared by a block of rows) and its region's
-        truncated posterior mean and covariance."""
+        ``REF[:, 0]`` (``REF`` is shared by a block of rows; ``refs``: given
+        references for all rows) and its region's truncated posterior mean
+        and covariance."""
         _, posterior_chunk, _, region_args = self._pair_kernels()
         S = self.generator.latent_dim
         for a in range(0, len(X), sample_chunk):
             rows = slice(a, min(len(X), a + sample_chunk))
             Xw, xx, Xs = self._whiten(X[rows])
-            REF = self._new_reference(Xw, xx, Xs, region_chunk)
+            REF = self._new_reference(Xw, xx, Xs, region_chunk) if refs is None else refs[rows].copy()
             for rs in self._region_slices(region_chunk):
                 XA, Xb = self._products(Xw, rs)
                 n, rc = Xb.shape
@@ -550,7 +551,8 @@ class CPAModel:
         x / sigma - f`` there (the reference pair's, see ``kernels.cpu.pairs``).
 
         ``log p ~ -|e|^2 / 2 + ...`` near the posterior, so a perturbation ``dg`` of g
-        moves it by ``e . dg / sigma``. First, for every row, the bound through the
+        moves it by ``e . dg / sigma + |dg / sigma|^2 / 2``; the second-order term is
+        bounded through ``|dg_d| <= eps (|x_d| + |g|_abs(mu)_d)`` throughout. First, for every row, the bound through the
         forward pass in absolute values, ``|g|_abs(mu) = M |mu| + m`` (``M``, ``m``
         precomputed: ``|W_L| diag(max(1, |eta|)) ... |W_1|`` times L, and the biases'
         share)::
@@ -587,17 +589,27 @@ class CPAModel:
             tot = ((np.abs(he) * np.abs(h * X) * p["isx"]).sum(axis=1) + (he * he).sum(axis=1)
                    + (hm * hm).sum(axis=1) * p["s2"] + _EPS * (D + mu.shape[1] + np.abs(log_p)))
             bound = (np.abs(he) * (h * gabs)).sum(axis=1)
-            out[:] = tot + bound
+            # second order, |dg|^2 / 2: it dominates where the residual is smaller than
+            # g's own rounding (a row whose e came out exactly 0 on a net with values
+            # of 1e23 is not determined to 1e-15)
+            xs = np.abs(X) * p["isx"]
+            dg = _EPS * (xs + gabs)
+            second = 0.5 * (dg * dg).sum(axis=1)
+            out[:] = tot + second + bound
             rows = np.flatnonzero(~(out <= 1e-9 * np.maximum(1.0, np.abs(log_p))) & np.broadcast_to(own, out.shape))
             if rows.size == 0:
                 return out
             mu, e = mu[rows], e[rows]
             hs, us = [mu], []
+            a = np.abs(mu)  # the forward pass in absolute values along mu's own pattern
             for W, c, eta in zip(g.weights[:-1], g.biases[:-1], g.slopes):
                 u = hs[-1] @ W.T + c
                 us.append(u)
                 hs.append(np.where(u >= 0, u, eta * u))
+                a = (a @ np.abs(W).T + np.abs(c)) * np.where(u >= 0, 1.0, np.abs(eta))
             gmu = (hs[-1] @ g.weights[-1].T + g.biases[-1]) * p["isx"]
+            # each layer's rounding reaches g through at most that pass: |dg| <= L eps a_L
+            dg = _EPS * (xs[rows] + L * (a @ np.abs(g.weights[-1]).T + np.abs(g.biases[-1])) * p["isx"])
             v = _EPS * e * p["isx"]
             jac = np.zeros(len(rows))
             for ell in range(L - 1, -1, -1):
@@ -613,8 +625,54 @@ class CPAModel:
             # mu off its region (the reference Gaussian's mean may lie outside it): the
             # pattern at mu is not the region's, and the bound stays
             same = np.all(np.abs(gmu - f[rows]) <= 16.0 * _EPS * (gabs[rows] + np.abs(f[rows])), axis=1)
-            out[rows] = np.where(same, tot[rows] + jac, out[rows])
+            out[rows] = np.where(same, tot[rows] + jac + 0.5 * (dg * dg).sum(axis=1), out[rows])
             return out
+
+    def _posterior_rows(self, X, sample_chunk, region_chunk, refs=None):
+        """The posterior pass of :meth:`posterior` over rows X (``refs``: see
+        :meth:`_pair_moments`): per row the running log-weight max M (relative
+        to its reference, whose log kappa is in lref), the weight sum W, mean
+        and scatter, and the (row, region, term) candidates for the region
+        probabilities."""
+        N, S = len(X), self.generator.latent_dim
+        # running mixture state per row: log-weight max M (relative to the row's
+        # reference, log kappa_ref in lref), weight sum W, mean, scatter
+        M = np.full(N, -np.inf)
+        W = np.zeros(N)
+        lref = np.empty(N)
+        mean = np.zeros((N, S))
+        scat = np.zeros((N, S, S))
+        kept_rows, kept_cols, kept_terms = [], [], []
+        for rows, rs, terms, means, covs, REF in self._pair_moments(X, sample_chunk, region_chunk, refs):
+            cm = terms.max(axis=1)
+            w = np.exp(terms - cm[:, None])
+            cw = w.sum(axis=1)
+            cmean = np.einsum("nr,nrs->ns", w, means) / cw[:, None]
+            d = means - cmean[:, None, :]
+            cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
+            # merge (chunk weight cw at scale cm) into the running state (W at scale M)
+            newM = np.maximum(M[rows], cm)
+            a_ = W[rows] * np.exp(M[rows] - newM)
+            a_[W[rows] == 0] = 0.0
+            c = cw * np.exp(cm - newM)
+            tot = a_ + c
+            delta = cmean - mean[rows]
+            frac = (c / tot)[:, None]
+            scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
+                          + cscat * np.exp(cm - newM)[:, None, None]
+                          + (a_ * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
+            mean[rows] = mean[rows] + frac * delta
+            M[rows], W[rows] = newM, tot
+            # region-probability candidates: anything within reach of the final threshold
+            keep = terms >= (newM[:, None] + math.log(MIN_REGION_PROB))
+            i, j = np.nonzero(keep)
+            kept_rows.append(i + rows.start)
+            kept_cols.append(j + rs.start)
+            kept_terms.append(terms[i, j])
+            lref[rows] = REF[:, 0]
+        return M, W, lref, mean, scat, tuple(
+            np.concatenate(v) if v else np.empty(0, dt) for v, dt in
+            zip((kept_rows, kept_cols, kept_terms), (np.int64, np.int64, float)))
 
     # ------------------------------------------------------------------ posterior
     def posterior(self, X, *, sample_chunk=256, region_chunk=1024, backend="auto"):
@@ -642,48 +700,30 @@ class CPAModel:
         p = self._region_params()
         N, S = len(X), self.generator.latent_dim
         R = len(p["bb"])
-        # running mixture state per row: log-weight max M (relative to the row's
-        # reference, log kappa_ref in lref), weight sum W, mean, scatter
-        M = np.full(N, -np.inf)
-        W = np.zeros(N)
-        lref = np.empty(N)
-        mean = np.zeros((N, S))
-        scat = np.zeros((N, S, S))
-        kept_rows, kept_cols, kept_terms = [], [], []
         with blas_single_threaded():  # no spinning BLAS workers between the kernels
-            for rows, rs, terms, means, covs, REF in self._pair_moments(X, sample_chunk, region_chunk):
-                cm = terms.max(axis=1)
-                w = np.exp(terms - cm[:, None])
-                cw = w.sum(axis=1)
-                cmean = np.einsum("nr,nrs->ns", w, means) / cw[:, None]
-                d = means - cmean[:, None, :]
-                cscat = np.einsum("nr,nrst->nst", w, covs + d[..., :, None] * d[..., None, :])
-                # merge (chunk weight cw at scale cm) into the running state (W at scale M)
-                newM = np.maximum(M[rows], cm)
-                a_ = W[rows] * np.exp(M[rows] - newM)
-                a_[W[rows] == 0] = 0.0
-                c = cw * np.exp(cm - newM)
-                tot = a_ + c
-                delta = cmean - mean[rows]
-                frac = (c / tot)[:, None]
-                scat[rows] = (scat[rows] * np.exp(M[rows] - newM)[:, None, None] * (W[rows] > 0)[:, None, None]
-                              + cscat * np.exp(cm - newM)[:, None, None]
-                              + (a_ * c / tot)[:, None, None] * delta[:, :, None] * delta[:, None, :])
-                mean[rows] = mean[rows] + frac * delta
-                M[rows], W[rows] = newM, tot
-                # region-probability candidates: anything within reach of the final threshold
-                keep = terms >= (newM[:, None] + math.log(MIN_REGION_PROB))
-                i, j = np.nonzero(keep)
-                kept_rows.append(i + rows.start)
-                kept_cols.append(j + rs.start)
-                kept_terms.append(terms[i, j])
-                lref[rows] = REF[:, 0]
+            M, W, lref, mean, scat, kept = self._posterior_rows(X, sample_chunk, region_chunk)
+            # a row whose largest term lies far above its reference: again, with that
+            # term's pair as the reference (as log_prob does; see _rebased)
+            redo = np.flatnonzero(M > _REF_SLACK)
+            if redo.size:
+                from fastcpa.kernels.cpu import pairs
+
+                Xw, xx, Xs = self._whiten(X[redo])
+                arg = self._log_prob_rows(Xw, xx, Xs, PRUNE_GAP, region_chunk, np.zeros(redo.size, np.int64))[3]
+                REF2 = np.full((redo.size, pairs.reference_width(S, self.generator.output_dim)), np.nan)
+                pairs.set_references(Xs, p["Aw"], p["gz"], arg, p["s2"], p["logdet_lam"], p["const"], REF2)
+                M[redo], W[redo], lref[redo], mean[redo], scat[redo], k2 = self._posterior_rows(
+                    X[redo], sample_chunk, region_chunk, REF2)
+                again = np.zeros(N, bool)
+                again[redo] = True
+                first = ~again[kept[0]]
+                kept = tuple(np.concatenate([v[first], w]) for v, w in zip(kept, (redo[k2[0]], k2[1], k2[2])))
         log_p = _checked_log_prob(_assemble(p["log_norm"], lref, M + np.log(W)))
         cov = scat / W[:, None, None]
         if p["V"] is not None:  # from the singular frame back to z = V w (one region)
             V = p["V"][0]
             mean, cov = mean @ V.T, V @ cov @ V.T
-        i, j, t = (np.concatenate(v) if v else np.empty(0, int) for v in (kept_rows, kept_cols, kept_terms))
+        i, j, t = kept
         # t - M is exact for the terms that matter (M + log W as one number would round at |M|)
         prob = np.exp((t - M[i]) - np.log(W[i]))
         sel = prob >= MIN_REGION_PROB

@@ -637,3 +637,27 @@ def test_identities_can_fail(name):
 ])
 def test_cases_found_by_larger_runs(name, seed):
     assert_class(name, seed)
+
+
+def test_undetermined_rows_say_so_and_paths_agree_within_it():
+    """The 12-layer net of latent_rescale-S1-hard 701241 (g ~ 2e23, sigma_x 547): g's values in
+    the regions' maps and at their anchors are different roundings (65536 apart, whitened), so
+    log kappa is undetermined by ~1e10 nats, although rows 0 and 1 have a residual of exactly 0
+    at their reference (the first-order estimate alone said 4e-15). Every row must warn, and
+    log_prob, posterior and the E-step may differ only within the stated uncertainty; row 2, whose
+    largest term lay 5.6e10 nats above the first reference, agrees once rebased."""
+    rng = np.random.default_rng(701241)
+    case = random_case(rng, 1, "hard")
+    model = case.model()
+    with pytest.warns(fastcpa.AccuracyWarning):
+        lp = model.log_prob(case.X)
+    spread = model.last_log_prob_uncertainty_
+    assert np.all(spread > 1e6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastcpa.AccuracyWarning)
+        post = model.posterior(case.X)
+        stats = model.sufficient_stats(case.X)
+    assert np.all(np.abs(post.log_prob - lp) <= spread)
+    assert abs(stats.log_likelihood - lp.sum()) <= spread.sum()
+    assert abs(post.log_prob[2] - lp[2]) <= 1e-12 * abs(lp[2])
+    assert np.allclose(post.region_probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
