@@ -478,7 +478,10 @@ def _partition_1d(gen):
     partition: ``W^l`` times the slope change of ``h^(l-1)``. That change is
     sparse (a few columns of W^l) at boundaries made by layer l-1 and dense
     at older ones, which go through one GEMM. The output maps A, b follow by
-    the same rule and a prefix sum, so no per-region dense map is formed.
+    the same rule and a prefix sum, so no per-region dense map is formed; where
+    ``regions x parameters`` is within ``_ANCHOR_FLOPS``, each region's map is
+    then taken from its own pattern instead (the prefix sum carries eps times
+    the largest slope met on the way into every later region).
     """
     from fastcpa.kernels.cpu.regions import add_sparse_columns, sweep_intervals
 
@@ -530,6 +533,15 @@ def _partition_1d(gen):
     offset[last[has_hi]] = hi[has_hi]
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
+    if len(lo) * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
+        # The prefix sums above carry eps times the largest slope met on the way: a
+        # flat region beside steep ones got |A| ~ 8 where its map is exactly 0 (all
+        # first-layer units off), and at sigma_x 0.05 that moved log p by 90%. Where
+        # affordable, each region's map comes from its own pattern, as products.
+        iv = geometry["intervals"]
+        Z = np.clip(0.0, iv[:, :1], iv[:, 1:])
+        G, A = _piece_forward(gen, Z, intervals=iv, slopes=True)
+        b = G - A[:, :, 0] * Z
     return Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
 
 
@@ -555,31 +567,36 @@ def _region_anchors(part):
     else:  # one region: the whole space
         Z = np.zeros((R, S))
     if R * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
-        G = _piece_forward(part, Z)
+        G = _piece_forward(gen, Z, intervals=part.intervals if S == 1 else None,
+                           code_bits=part.code_bits if S != 1 else None)
     else:  # too many for the forward pass: the maps themselves (b's rounding stays)
         G = np.einsum("rds,rs->rd", part.A, Z) + part.b
     return np.ascontiguousarray(Z), np.ascontiguousarray(G)
 
 
-def _piece_forward(part, Z):
-    """``g_r(Z[r])``: the forward pass with each region's own on/off pattern.
+def _piece_forward(gen, Z, intervals=None, code_bits=None, slopes=False):
+    """``g_r(Z[r])``: the forward pass with each region's own on/off pattern
+    (and with ``slopes``, the region's map ``A[r]`` too: the pattern's products,
+    carried as a tangent in the same pass).
 
     An anchor on (or, by the rounding of a breakpoint or vertex, just past) a
     region's boundary would otherwise be evaluated on the neighbouring piece,
     off this region's map by the slope jump times that rounding. The pattern
-    is the S = 2 region's code, or (S = 1, whose codes are not kept) the signs
-    at a point inside the interval, carried along in the same pass."""
-    gen = part.generator
+    is the S = 2 region's code (``code_bits(rows)``), or (S = 1, whose codes are
+    not kept) the signs at a point inside the interval (``intervals``), carried
+    along in the same pass."""
     R = len(Z)
     out = np.empty((R, gen.output_dim))
+    A = np.empty((R, gen.output_dim, Z.shape[1])) if slopes else None
     step = max(1, (1 << 22) // max(gen.n_units, max(W.shape[0] for W in gen.weights)))
     for a in range(0, R, step):
         rows = np.arange(a, min(R, a + step))
-        if part.latent_dim == 1:
-            h_in, bits = _interval_points(part.intervals[rows]), None
+        if intervals is not None:
+            h_in, bits = _interval_points(intervals[rows]), None
         else:
-            h_in, bits = None, part.code_bits(rows) if gen.n_units else None
+            h_in, bits = None, code_bits(rows) if gen.n_units else None
         h, k = Z[rows], 0
+        t = np.broadcast_to(np.eye(Z.shape[1]), (len(rows), Z.shape[1], Z.shape[1])) if slopes else None
         for W, c, eta in zip(gen.weights[:-1], gen.biases[:-1], gen.slopes):
             u = h @ W.T + c
             w = W.shape[0]
@@ -590,9 +607,14 @@ def _piece_forward(part, Z):
             else:
                 on = bits[:, k:k + w] | (eta == 1.0)
             h = np.where(on, u, eta * u)
+            if slopes:  # (rows, S, w): d h / d z
+                t = t @ W.T
+                t = np.where(on[:, None, :], t, eta * t)
             k += w
         out[rows] = h @ gen.weights[-1].T + gen.biases[-1]
-    return out
+        if slopes:
+            A[rows] = (t @ gen.weights[-1].T).transpose(0, 2, 1)
+    return (out, A) if slopes else out
 
 
 def _interval_points(intervals):

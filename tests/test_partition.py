@@ -284,5 +284,35 @@ def test_anchor_just_past_a_breakpoint_stays_on_its_own_piece():
     r = int(part.locate([[2.0]])[0])  # the region right of 1.5, where the steep unit is on
     assert part.intervals[r, 0] == 1.5
     z = np.nextafter(1.5, 0.0)
-    G = _piece_forward(part, np.full((part.n_regions, 1), z))
+    G = _piece_forward(gen, np.full((part.n_regions, 1), z), intervals=part.intervals)
     assert G[r, 0] == z - 0.25 and gen([[z]])[0, 0] == z
+
+
+def test_s1_region_maps_are_products_not_prefix_sums():
+    """A region where every first-layer unit is off has the map 0 exactly, beside
+    regions of slope ~1e16: a prefix sum of slope changes across the breakpoints
+    left eps times the largest slope met (|A| ~ 8), which at small sigma_x moved
+    log p by 90% (permutation-S1-hard 802078). Every region's map must equal the
+    product over its own pattern, here computed in exact rational arithmetic."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(5)
+    W0 = -np.abs(rng.normal(size=(6, 1))) * 1e3
+    c0 = rng.uniform(-1e3, 1e3, size=6)
+    Ws = [W0, rng.normal(size=(20, 6)) * 2e3, rng.normal(size=(4, 20)) * 2e3, rng.normal(size=(3, 4)) * 2e3]
+    cs = [c0, rng.normal(size=20) * 1e6, rng.normal(size=4), rng.normal(size=3)]
+    gen = fastcpa.Generator(Ws, cs, activation="relu")
+    part = fastcpa.partition(gen)
+    last = int(np.argmax(part.intervals[:, 0]))  # z beyond every first-layer kink: all units off
+    assert np.all(part.A[last] == 0.0)
+    for r in range(part.n_regions):
+        lo, hi = part.intervals[r]
+        z = lo + 0.5 * (hi - lo) if np.isfinite(lo) and np.isfinite(hi) else (lo + 1 if np.isfinite(lo) else hi - 1)
+        h, t = [Fraction(float(z))], [Fraction(1)]
+        for W, c in zip(Ws[:-1], cs[:-1]):
+            u = [sum(Fraction(float(W[i, j])) * h[j] for j in range(len(h))) + Fraction(float(c[i])) for i in range(len(W))]
+            du = [sum(Fraction(float(W[i, j])) * t[j] for j in range(len(t))) for i in range(len(W))]
+            h = [v if v >= 0 else Fraction(0) for v in u]
+            t = [d if v >= 0 else Fraction(0) for v, d in zip(u, du)]
+        A = np.array([float(sum(Fraction(float(Ws[-1][i, j])) * t[j] for j in range(len(t)))) for i in range(3)])
+        np.testing.assert_allclose(part.A[r, :, 0], A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
