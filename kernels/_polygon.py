@@ -882,7 +882,7 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
             if x1 > x0:  # the near end recedes: the rate is set at the panel's far side
                 ell = min(yb - y, max(6.0 / (abs(yc) + x1 * slope + slope + 3.0), span / _MAX_SECTION_PANELS))
             y2 = y + ell
-            if yb - y2 < 1e-12 * ell:
+            if yb - y2 < 1e-12 * ell or not (y2 > y):  # (a step below half an ulp of y: to the end)
                 y2 = yb
                 ell = yb - y
             yc2 = y2 - gt

@@ -670,6 +670,23 @@ def test_cases_found_by_larger_runs(name, seed):
     assert_class(name, seed)
 
 
+def test_section_rule_steps_past_an_ulp():
+    """S = 2 hard case 1001954 (found when the harness began to take posterior means): a panel
+    between two section breakpoints one ulp apart (at 711 whitened sd) got a step of 1e-14, below
+    half an ulp, and the section rule never advanced: posterior() hung. It must finish and agree
+    with log_prob within the stated uncertainty."""
+    rng = np.random.default_rng(1001954)
+    case = random_case(rng, 2, "hard")
+    model = case.model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastcpa.AccuracyWarning)
+        lp = model.log_prob(case.X)
+        post = model.posterior(case.X)
+    assert np.all(np.abs(post.log_prob - lp) <= np.maximum(model.last_log_prob_uncertainty_, 1e-12 * np.abs(lp)))
+    assert np.allclose(post.region_probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(np.isfinite(post.mean)) and np.all(np.isfinite(post.cov))
+
+
 def test_undetermined_rows_say_so_and_paths_agree_within_it():
     """The 12-layer net of latent_rescale-S1-hard 701241 (g ~ 2e23, sigma_x 547): g's values in
     the regions' maps and at their anchors are different roundings (65536 apart, whitened), so
