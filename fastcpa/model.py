@@ -397,18 +397,24 @@ class CPAModel:
         large that the cheap and the exact ``log kappa`` differ by more than
         their rounding bound says), ``log p = log kappa_ref + top`` would be a
         difference of large numbers and keep only ``eps |log kappa_ref|``."""
-        from fastcpa.kernels.cpu import pairs
-
-        p = self._region_params()
         top, lsum, REF, arg = rows_log_prob(Xw, xx, Xs, skipped, search, None)
         redo = np.flatnonzero(top > _REF_SLACK)
         if redo.size:
-            REF2 = np.full((redo.size, REF.shape[1]), np.nan)
-            pairs.set_references(Xs[redo], p["Aw"], p["gz"], arg[redo], p["s2"], p["logdet_lam"], p["const"], REF2)
+            REF2 = self._references_at(Xs[redo], arg[redo])
             skr = np.zeros(redo.size, np.int64)
             top[redo], lsum[redo], REF[redo], arg[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search, REF2)
             skipped[redo] = skr
         return top, lsum, REF, arg
+
+    def _references_at(self, Xs, arg):
+        """References for rows ``Xs`` (whitened only) at the pairs ``arg`` (rows
+        ``(term, region, mu)``, as the log_prob kernels record their largest terms)."""
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        REF = np.full((len(Xs), pairs.reference_width(self.generator.latent_dim, self.generator.output_dim)), np.nan)
+        pairs.set_references(Xs, p["Aw"], p["gz"], arg, p["s2"], p["logdet_lam"], p["const"], REF)
+        return REF
 
     def _pair_kernels(self):
         """The (log_prob, posterior, E-step) chunk kernels for this latent
@@ -698,20 +704,16 @@ class CPAModel:
             return Posterior(self, X, np.zeros(0), np.zeros((0, S)), np.zeros((0, S, S)),
                              scipy.sparse.csr_array((0, R)))
         p = self._region_params()
-        N, S = len(X), self.generator.latent_dim
-        R = len(p["bb"])
+        N, R = len(X), len(p["bb"])
         with blas_single_threaded():  # no spinning BLAS workers between the kernels
             M, W, lref, mean, scat, kept = self._posterior_rows(X, sample_chunk, region_chunk)
             # a row whose largest term lies far above its reference: again, with that
             # term's pair as the reference (as log_prob does; see _rebased)
             redo = np.flatnonzero(M > _REF_SLACK)
             if redo.size:
-                from fastcpa.kernels.cpu import pairs
-
                 Xw, xx, Xs = self._whiten(X[redo])
                 arg = self._log_prob_rows(Xw, xx, Xs, PRUNE_GAP, region_chunk, np.zeros(redo.size, np.int64))[3]
-                REF2 = np.full((redo.size, pairs.reference_width(S, self.generator.output_dim)), np.nan)
-                pairs.set_references(Xs, p["Aw"], p["gz"], arg, p["s2"], p["logdet_lam"], p["const"], REF2)
+                REF2 = self._references_at(Xs, arg)
                 M[redo], W[redo], lref[redo], mean[redo], scat[redo], k2 = self._posterior_rows(
                     X[redo], sample_chunk, region_chunk, REF2)
                 again = np.zeros(N, bool)
