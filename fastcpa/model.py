@@ -315,7 +315,8 @@ class CPAModel:
         REF = np.full((n, pairs.reference_width(S, D)), np.nan)
         slices = self._region_slices(region_chunk)
         if search and len(slices) > 1:
-            best = np.full((n, 2 + S), -np.inf)
+            best = np.full((n, 3 + S), -np.inf)
+            best[:, -1] = 0.0
             for a in range(0, n, _REF_ROWS):  # (rows x regions) products of bounded size
                 rows = slice(a, min(n, a + _REF_ROWS))
                 for rs in slices:
@@ -380,7 +381,7 @@ class CPAModel:
             REF = self._new_reference(Xw, xx, Xs, region_chunk, search)
         run_max = np.full(n, -np.inf)
         run_sum = np.zeros(n)
-        arg = np.zeros((n, 2 + self.generator.latent_dim))
+        arg = np.zeros((n, 3 + self.generator.latent_dim))
         for rs in self._region_slices(region_chunk):
             XA, Xb = self._products(Xw, rs)
             log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg)
@@ -507,7 +508,7 @@ class CPAModel:
                     if REF is None:
                         REF = self._new_reference(Xw, xx, Xs, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
-                    arg = np.zeros((n, 3))
+                    arg = np.zeros((n, 4))
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
                     for rs, G in blocks:
@@ -543,16 +544,36 @@ class CPAModel:
                 # where the reference's term lies far above log p (its region holds little of
                 # its Gaussian), its mean says little of where the posterior is: the bound stays
                 own = top + lsum >= -_REF_SLACK
-                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows], own)
+                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows], own, REF[:, -1] == 1.0)
         self.last_pairs_skipped_ = int(skipped.sum())
         self.last_log_prob_uncertainty_ = spread
         _checked_log_prob(out)
         _warn_undetermined(out, spread)
         return out
 
-    def _rounding_uncertainty(self, X, mu, f, e, log_p, own=True):
-        """Per row, a first-order estimate of how far log p moves when every input is
-        perturbed by its own rounding (``eps`` relative, worst signs), near the
+    def _rounding_uncertainty(self, X, mu, f, e, log_p, own=True, at=None):
+        """Per row, an estimate of how far log p moves when every input is perturbed by
+        its own rounding (``eps`` relative, worst signs), near the row's posterior: g's
+        rounding at the reference point ``mu`` (:meth:`_point_uncertainty`), and for rows
+        ``at`` (the reference point is a far polygon's nearest point: the posterior sits
+        on boundaries, see ``kernels.cpu.pairs._polygon_term_2d``) the bound for every
+        activation pattern there and the boundaries' own rounding
+        (:meth:`_boundary_uncertainty`)."""
+        if at is None or not np.any(at):
+            return self._point_uncertainty(X, mu, f, e, log_p, own)
+        # on a boundary the neighbouring regions' maps (whose terms may take over once the
+        # inputs move) are as near as the reference's: the bound through the forward pass in
+        # absolute values holds for every activation pattern at mu; back-propagation along
+        # one pattern does not (a point 1e6 sigma_x off a net of weights 5e3, all units off
+        # in the reference region: 0.03 nats by that pattern, 5e12 under eps perturbations)
+        out = self._point_uncertainty(X, mu, f, e, log_p, np.broadcast_to(own, at.shape) & ~at)
+        b = np.flatnonzero(at)
+        out[b] += self._boundary_uncertainty(mu[b], e[b])
+        return out
+
+    def _point_uncertainty(self, X, mu, f, e, log_p, own=True):
+        """:meth:`_rounding_uncertainty` from g's rounding at a point: a first-order
+        estimate of how far log p moves when every input is perturbed by its own rounding (``eps`` relative, worst signs), near the
         row's posterior: at ``mu``, with the whitened fitted point ``f`` and residual ``e =
         x / sigma - f`` there (the reference pair's, see ``kernels.cpu.pairs``).
 
@@ -632,7 +653,55 @@ class CPAModel:
             # pattern at mu is not the region's, and the bound stays
             same = np.all(np.abs(gmu - f[rows]) <= 16.0 * _EPS * (gabs[rows] + np.abs(f[rows])), axis=1)
             out[rows] = np.where(same, tot[rows] + jac + 0.5 * (dg * dg).sum(axis=1), out[rows])
-            return out
+        return out
+
+    def _boundary_uncertainty(self, z, e):
+        """Rows whose posterior sits on region boundaries at ``z`` (a far polygon's nearest
+        point), with the whitened residual ``e`` there: how far log p moves as the
+        boundaries move by their own rounding.
+
+        The term's energy ``E`` is taken at ``z``, its maximum over the region, which the
+        region's facets through ``z`` hold there: ``grad E = sum_j lambda_j grad u_j``
+        over those units' pre-activations ``u_j`` (zero at ``z``), and moving facet j to
+        ``u_j = delta_j`` moves the maximum by ``lambda_j delta_j``. With ``|delta_j| <= L
+        eps a_j`` (``a_j`` the forward pass in absolute values up to the unit), the
+        estimate is ``sum_j |lambda_j| L eps a_j``. A far polygon's energy has a large
+        gradient (``d`` whitened sd times the posterior's precision), so this can dominate
+        everything else. The facets through ``z`` are the units with ``|u_j| <= 1024 L eps
+        a_j`` (the nearest one if none is that near)."""
+        g = self.generator
+        p = self._region_params()
+        L = g.n_layers
+        n, S = z.shape
+        h, a = z, np.abs(z)
+        T = np.broadcast_to(np.eye(S), (n, S, S))  # d h / d z, (n, width, S)
+        us, abs_u, grads = [], [], []
+        for W, c, eta in zip(g.weights[:-1], g.biases[:-1], g.slopes):
+            u = h @ W.T + c
+            au = a @ np.abs(W).T + np.abs(c)
+            J = np.einsum("hk,nks->nhs", W, T)
+            us.append(u)
+            abs_u.append(au)
+            grads.append(J)
+            q = np.where(u >= 0, 1.0, eta)
+            h, a, T = q * u, np.abs(q) * au, q[:, :, None] * J
+        A = np.einsum("dk,nks->nds", g.weights[-1], T) * p["isx"][:, None]  # whitened Jacobian of g
+        gradE = np.einsum("nds,nd->ns", A, e) - p["s2"] * z
+        U, AU, G = np.concatenate(us, axis=1), np.concatenate(abs_u, axis=1), np.concatenate(grads, axis=1)
+        delta = L * _EPS * AU
+        out = np.zeros(n)
+        for i in range(n):
+            norm = np.sqrt((G[i] * G[i]).sum(axis=1))
+            ok = norm > 0
+            act = np.flatnonzero(ok & (np.abs(U[i]) <= 1024.0 * delta[i]))
+            if act.size == 0 and ok.any():
+                dist = np.where(ok, np.abs(U[i]) / np.where(ok, norm, 1.0), np.inf)
+                act = np.array([int(np.argmin(dist))])
+            if act.size == 0:
+                continue
+            lam = np.linalg.lstsq(G[i, act].T, gradE[i], rcond=None)[0]
+            out[i] = float(np.abs(lam) @ delta[i, act])
+        return out
 
     def _posterior_rows(self, X, sample_chunk, region_chunk, refs=None):
         """The posterior pass of :meth:`posterior` over rows X (``refs``: see

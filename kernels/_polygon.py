@@ -72,6 +72,7 @@ import numpy as np
 
 from ._geometry import crossing_point, foot_of_line, line_value
 from ._interval import std_interval_log_mass, std_interval_moments, std_interval_offset_moments
+from ._normal import mills_ratio
 from ._owens_t import (
     _GL8_U, _GL8_V, _GL10_U, _GL10_V, _GL12_U, _GL12_V, _GL16_U, _GL16_V, _GL_U, _GL_V, owens_j_band,
     owens_t_scaled, owens_t_scaled_pair)
@@ -975,19 +976,14 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
 
 
 # ----------------------------------------------------------------------------- far polygons
-def _far_edge(E, K, k):
-    """:func:`far_polygon` where the nearest point is on edge k (or the edge
-    nearer the tangent at a blunt vertex): the one-sided tail ``[c, inf)``
-    across it (its exact moments: mean ``c + 1/c - ...``, variance ``1/c^2 -
-    6/c^4 + ...``) times the standard normal over the edge. Consecutive edges
-    on the same line (clipping a line through the plane's ideal points puts a
-    vertex on it) are one edge here: the half-plane's own line, split at its
-    foot, would otherwise give the half of it a half-normal along the line."""
+def _merged_edge(E, K, k):
+    """``(s1, s2, w)`` of edge k with the consecutive edges on its line joined
+    to it (clipping a line through the plane's ideal points puts a vertex on
+    it): the half-plane's own line, split at its foot, would otherwise give
+    the half of it a half-normal along the line."""
     tx = E[k, 0]
     ty = E[k, 1]
     c = E[k, 2]
-    nx = -ty
-    ny = tx
     s1 = E[k, 3]
     s2 = E[k, 4]
     j = k
@@ -1003,8 +999,22 @@ def _far_edge(E, K, k):
             break
         s1 = E[j, 3]
     w = E[k, 5] if s1 == E[k, 3] and s2 == E[k, 4] else s2 - s1
+    return s1, s2, w
+
+
+def _far_edge(E, K, k):
+    """:func:`far_polygon` where the nearest point is on edge k (or the edge
+    nearer the tangent at a blunt vertex): the one-sided tail ``[c, inf)``
+    across it (its exact moments: mean ``c + 1/c - ...``, variance ``1/c^2 -
+    6/c^4 + ...``) times the standard normal over the edge (joined with its
+    collinear neighbours, :func:`_merged_edge`)."""
+    tx = E[k, 0]
+    ty = E[k, 1]
+    nx = -ty
+    ny = tx
+    s1, s2, w = _merged_edge(E, K, k)
     lm, ms, vs = std_interval_moments(s1, s2, w)
-    ln, mn, vn = std_interval_moments(c, math.inf, math.inf)
+    ln, mn, vn = std_interval_moments(E[k, 2], math.inf, math.inf)
     mx = mn * nx + ms * tx
     my = mn * ny + ms * ty
     return (ln + lm, mx, my, vs * tx * tx + vn * nx * nx, vs * tx * ty + vn * nx * ny, vs * ty * ty + vn * ny * ny)
@@ -1045,24 +1055,15 @@ def _half_plane_edge(P, n, E, K, d2):
     return -1
 
 
-def far_polygon(E, K):
-    """``(log_mass, mx, my, c00, c01, c11)`` of a polygon beyond ``_FAR2``
-    (squared whitened distance): there ``|u|^2 / 2 = d^2 / 2 + p . w + |w|^2 /
-    2`` about the nearest point ``p`` (``w`` the offset from it, of size
-    ``1/d``): dropping ``|w|^2 / 2`` errs by ``O(1/d^2)``, and the other edges
-    cut in only within ``O(1/d)`` of the nearest point's neighbourhood, both
-    far below the ``eps d^2 / 2`` that the inputs' rounding puts into the
-    log-mass. So the density is exponential off the nearest point:
-
-    * on an edge (foot inside it, line at distance ``c = d``): ``v ~ Exp(c)``
-      across the edge and the standard normal along it, truncated to the
-      edge: mass ``exp(-c^2/2) / (c sqrt(2 pi)) (Phi(s2) - Phi(s1))``;
-    * at a vertex ``p`` with edges leaving along ``e1``, ``e2``: ``w = a e1 +
-      b e2`` with ``a ~ Exp(p . e1)``, ``b ~ Exp(p . e2)`` independent: mass
-      ``exp(-d^2/2) |e1 x e2| / (2 pi (p . e1)(p . e2))``.
-
-    (The section rule and the edge formulas cannot serve there: their terms
-    carry ``eps d^2`` of rounding in the exponent.)"""
+def _far_feature(E, K):
+    """Where a far polygon's mass sits (:func:`far_polygon`): ``(k, d2, vx,
+    vy, e1x, e1y, e2x, e2y, al, be, cross, k1, k2)``. ``k >= 0``: the nearest point
+    is the foot of edge k, or a blunt vertex along whose edge k (the one
+    nearer the tangent) the density is Gaussian, not exponential: that edge's
+    own formula serves (the other entries unused). ``k = -1``: the vertex
+    ``v`` (squared distance ``d2``), with edges leaving along ``e1``, ``e2``
+    at rates ``al = v . e1``, ``be = v . e2`` (both beyond ``_FAR_RATE``),
+    on edges ``k1`` and ``k2``."""
     best = 0
     d2 = math.inf
     foot = False
@@ -1082,7 +1083,7 @@ def far_polygon(E, K):
             best = k
             foot = s == 0.0
     if foot:
-        return _far_edge(E, K, best)
+        return best, d2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, best, -1
     tx = E[best, 0]
     ty = E[best, 1]
     c = E[best, 2]
@@ -1104,16 +1105,82 @@ def far_polygon(E, K):
     al = vx * e1x + vy * e1y
     be = vx * e2x + vy * e2y
     cross = abs(e1x * e2y - e1y * e2x)
-    if not (al > _FAR_RATE and be > _FAR_RATE and cross > 0.0):
-        # a blunt vertex: along the edge nearer the tangent the density is
-        # Gaussian, not exponential; that edge's own formula serves
-        return _far_edge(E, K, best if s1 > 0.0 and al <= be or s2 < 0.0 and be <= al else j)
+    if not (al > _FAR_RATE and be > _FAR_RATE and cross > 0.0):  # blunt: the edge nearer the tangent
+        k = best if s1 > 0.0 and al <= be or s2 < 0.0 and be <= al else j
+        return k, d2, vx, vy, e1x, e1y, e2x, e2y, al, be, cross, k, -1
+    return -1, d2, vx, vy, e1x, e1y, e2x, e2y, al, be, cross, best, j
+
+
+def far_polygon(E, K):
+    """``(log_mass, mx, my, c00, c01, c11)`` of a polygon beyond ``_FAR2``
+    (squared whitened distance): there ``|u|^2 / 2 = d^2 / 2 + p . w + |w|^2 /
+    2`` about the nearest point ``p`` (``w`` the offset from it, of size
+    ``1/d``): dropping ``|w|^2 / 2`` errs by ``O(1/d^2)``, and the other edges
+    cut in only within ``O(1/d)`` of the nearest point's neighbourhood, both
+    far below the ``eps d^2 / 2`` that the inputs' rounding puts into the
+    log-mass. So the density is exponential off the nearest point:
+
+    * on an edge (foot inside it, line at distance ``c = d``): ``v ~ Exp(c)``
+      across the edge and the standard normal along it, truncated to the
+      edge: mass ``exp(-c^2/2) / (c sqrt(2 pi)) (Phi(s2) - Phi(s1))``;
+    * at a vertex ``p`` with edges leaving along ``e1``, ``e2``: ``w = a e1 +
+      b e2`` with ``a ~ Exp(p . e1)``, ``b ~ Exp(p . e2)`` independent: mass
+      ``exp(-d^2/2) |e1 x e2| / (2 pi (p . e1)(p . e2))``.
+
+    (The section rule and the edge formulas cannot serve there: their terms
+    carry ``eps d^2`` of rounding in the exponent.)"""
+    k, d2, vx, vy, e1x, e1y, e2x, e2y, al, be, cross, _, _ = _far_feature(E, K)
+    if k >= 0:
+        return _far_edge(E, K, k)
     lm = -0.5 * d2 - LOG_2PI + math.log(cross) - math.log(al) - math.log(be)
     mx = vx + e1x / al + e2x / be
     my = vy + e1y / al + e2y / be
     a2 = 1.0 / (al * al)
     b2 = 1.0 / (be * be)
     return lm, mx, my, a2 * e1x * e1x + b2 * e2x * e2x, a2 * e1x * e1y + b2 * e2x * e2y, a2 * e1y * e1y + b2 * e2y * e2y
+
+
+def far_log_mass_at(E, K):
+    """``(log_mass + d^2 / 2, px, py, k1, k2)`` of a polygon beyond ``_FAR2``
+    (:func:`far_polygon`): its log-mass relative to the density at its
+    nearest point ``p``, and ``p``. A caller that knows the exponent in
+    another frame evaluates it at ``p`` there: ``-d^2/2`` taken in the
+    whitened frame carries ``d`` times the rounding of the frame's offset
+    (the Gaussian's mean, far from the polygon and possibly far from the
+    origin), while the relative part only needs ``p`` and the edges'
+    directions to relative accuracy. At a blunt vertex ``|s| <= _FAR_RATE``
+    along the edge that serves, so adding ``s^2 / 2`` back is exact to a few
+    ulps of 32. ``k1``, ``k2``: the edges (rows of ``E``) through ``p`` that
+    fix it, ``k2 = -1`` where one does (a foot, or a blunt vertex, where the
+    exponent's slope along the edge is at most ``_FAR_RATE``)."""
+    k, d2, vx, vy, e1x, e1y, e2x, e2y, al, be, cross, k1, k2 = _far_feature(E, K)
+    if k < 0:
+        return -LOG_2PI + math.log(cross) - math.log(al) - math.log(be), vx, vy, k1, k2
+    tx = E[k, 0]
+    ty = E[k, 1]
+    c = E[k, 2]
+    s1, s2, w = _merged_edge(E, K, k)
+    s = 0.0
+    if s1 > 0.0:
+        s = s1
+    elif s2 < 0.0:
+        s = s2
+    # Q(c) = phi(c) R(c): log Q(c) + c^2 / 2 = log R(c) - log sqrt(2 pi)
+    rel = math.log(mills_ratio(c)) - 0.5 * LOG_2PI + (std_interval_log_mass(s1, s2, w) + 0.5 * s * s)
+    return rel, c * -ty + s * tx, c * tx + s * ty, k, -1
+
+
+def far_distance2(E, K):
+    """Squared distance of a polygon from the origin when the origin lies
+    outside it (0 otherwise), as :func:`std_polygon_log_mass` compares it with
+    ``_FAR2``."""
+    d2 = math.inf
+    outside = False
+    for k in range(K):
+        if E[k, 2] > 0.0:
+            outside = True
+        d2 = min(d2, _edge_distance2(E[k, 2], E[k, 3], E[k, 4]))
+    return d2 if outside else 0.0
 
 
 # ----------------------------------------------------------------------------- entry points

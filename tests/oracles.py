@@ -1263,3 +1263,115 @@ def linear_log_prob_mp(A, b, x, sigma_x, sigma_z=1.0, dps=40):
         sol = mp.lu_solve(Cm, r)
         mean = [sz2 * mp.fsum(Am[i, s] * sol[i] for i in range(D)) for s in range(S)]
         return +log_p, [+m for m in mean]
+
+
+def _mp_forward(Wm, cm, em, z):
+    """g(z) of a CPA MLP at a point z (list of mpf) in mpmath."""
+    h = list(z)
+    for W, c, eta in zip(Wm[:-1], cm[:-1], em):
+        u = [mp.fsum(w * v for w, v in zip(row, h)) + ci for row, ci in zip(W, c)]
+        h = [ui if ui >= 0 else e * ui for ui, e in zip(u, eta)]
+    return [mp.fsum(w * v for w, v in zip(row, h)) + ci for row, ci in zip(Wm[-1], cm[-1])]
+
+
+def far_vertex_log_prob_mp(weights, biases, slopes, part, x, sigma_x, sigma_z=1.0, dps=40, level=60.0):
+    """``log p(x)`` of an S = 2 CPA model whose posterior sits at one vertex of
+    the partition, far out in every region's Gaussian (a point far off the
+    manifold of a steep net), in mpmath.
+
+    Each region's energy ``E(z) = -|x - g(z)|^2 / (2 sigma_x^2) - |z|^2 / (2
+    sigma_z^2)`` is maximised over its polygon (the partition's facets, taken
+    as exact lines; its map ``A``, with the offset from ``g`` itself at a
+    point of the region); the regions within ``level`` nats of the best must
+    all peak at one vertex ``v`` (else ``ValueError``: not this oracle's
+    case). There ``E(v)`` comes from the net's own forward pass, and each
+    region r meeting at ``v`` adds the integral of ``exp`` of its energy's
+    linearisation over its cone at ``v``: ``|e1 x e2| / ((-grad . e1)(-grad .
+    e2))``, ``e1``, ``e2`` the cone's unit edges. Dropped: the quadratic part
+    over the cone's scale ``1 / |grad|`` (relative ``|A / sigma|^2 / |grad|^2``),
+    regions peaking elsewhere (below ``level``), and the facets' rounding as
+    lines (``|grad| eps |v|``).
+    """
+    with mp.workdps(dps):
+        Wm = [[[_mpf(v) for v in row] for row in W] for W in weights]
+        cm = [[_mpf(v) for v in c] for c in biases]
+        em = [[_mpf(v) for v in e] for e in slopes]
+        D = len(x)
+        sx = [_mpf(v) for v in _np.broadcast_to(sigma_x, (D,))]
+        xm = [_mpf(v) for v in x]
+        sz = _mpf(sigma_z)
+
+        def energy(gz, z):
+            return (-mp.fsum(((xi - gi) / s) ** 2 for xi, gi, s in zip(xm, gz, sx)) / 2
+                    - (z[0] ** 2 + z[1] ** 2) / (2 * sz * sz))
+
+        peaks = []
+        for r in range(part.n_regions):
+            fs = slice(part.facet_ptr[r], part.facet_ptr[r + 1])
+            N = [[_mpf(a), _mpf(b)] for a, b in part.facet_normal[fs]]
+            O = [_mpf(o) for o in part.facet_offset[fs]]
+            A = [[_mpf(a) for a in row] for row in part.A[r]]
+            verts = part.polygon(r)[0]
+            z0 = [_mpf(verts[0, 0]), _mpf(verts[0, 1])]
+            g0 = _mp_forward(Wm, cm, em, z0)
+
+            def E(z):
+                gz = [gi + A[d][0] * (z[0] - z0[0]) + A[d][1] * (z[1] - z0[1]) for d, gi in enumerate(g0)]
+                return energy(gz, z)
+
+            def inside(z):
+                return all(n[0] * z[0] + n[1] * z[1] + o >= -mp.mpf(10) ** (8 - dps) * (1 + abs(z[0]) + abs(z[1]))
+                           for n, o in zip(N, O))
+
+            cands = []
+            for k in range(len(O)):
+                for k2 in range(k + 1, len(O)):
+                    det = N[k][0] * N[k2][1] - N[k][1] * N[k2][0]
+                    if det == 0:
+                        continue
+                    v = [(-O[k] * N[k2][1] + O[k2] * N[k][1]) / det, (-N[k][0] * O[k2] + N[k2][0] * O[k]) / det]
+                    if inside(v):
+                        cands.append((E(v), v, (k, k2)))
+            # an edge or the interior holding the peak instead: not this oracle's case, unless far below
+            for k in range(len(O)):
+                n, o = N[k], O[k]
+                t = [-n[1], n[0]]
+                p = [-o * n[0], -o * n[1]]
+                # maximise E along the line: quadratic in the parameter s
+                e0, e1, e2 = E(p), E([p[0] + t[0], p[1] + t[1]]), E([p[0] - t[0], p[1] - t[1]])
+                a2 = (e1 + e2 - 2 * e0) / 2
+                s = -(e1 - e2) / (4 * a2) if a2 < 0 else None
+                if s is not None:
+                    q = [p[0] + s * t[0], p[1] + s * t[1]]
+                    if inside(q):
+                        cands.append((E(q), q, (k,)))
+            if not cands:
+                continue
+            best = max(cands, key=lambda c: c[0])
+            peaks.append((best[0], r, best[1], best[2], N, A))
+        top = max(p[0] for p in peaks)
+        near = [p for p in peaks if p[0] > top - level]
+        v = near[0][2]
+        for p in near:
+            if len(p[3]) != 2 or max(abs(p[2][0] - v[0]), abs(p[2][1] - v[1])) > mp.mpf(10) ** (10 - dps) * (1 + abs(v[0])):
+                raise ValueError("the posterior does not sit at one vertex")
+        gv = _mp_forward(Wm, cm, em, v)
+        Ev = energy(gv, v)
+        res = [(xi - gi) / (s * s) for xi, gi, s in zip(xm, gv, sx)]
+        logs = []
+        for _, r, _, (k1, k2), N, A in near:
+            grad = [mp.fsum(A[d][t] * res[d] for d in range(D)) - v[t] / (sz * sz) for t in range(2)]
+
+            def edge(ka, kb):  # along facet ka's line, into facet kb's half-plane
+                t = [-N[ka][1], N[ka][0]]
+                return t if t[0] * N[kb][0] + t[1] * N[kb][1] > 0 else [-t[0], -t[1]]
+
+            e1, e2 = edge(k1, k2), edge(k2, k1)
+            r1 = -(grad[0] * e1[0] + grad[1] * e1[1])
+            r2 = -(grad[0] * e2[0] + grad[1] * e2[1])
+            if not (r1 > 0 and r2 > 0):
+                raise ValueError("a region's energy rises along its cone at the vertex")
+            logs.append(mp.log(abs(e1[0] * e2[1] - e1[1] * e2[0]) / (r1 * r2)))
+        m = max(logs)
+        C = -mp.fsum(mp.log(mp.sqrt(2 * mp.pi) * s) for s in sx) - mp.log(2 * mp.pi * sz * sz)
+        return float(C + Ev + m + mp.log(mp.fsum(mp.exp(l - m) for l in logs)))

@@ -300,3 +300,36 @@ def test_posterior_with_a_needle_thin_region_gaussian():
     assert np.all(np.isfinite(post.log_prob)) and np.all(np.isfinite(post.mean)) and np.all(np.isfinite(post.cov))
     assert np.allclose(post.region_probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     assert np.all(np.abs(post.log_prob - lp) <= 1e-12 * np.abs(lp) + 1e-12)
+
+
+def test_far_polygon_term_at_its_nearest_point_against_mpmath():
+    """duplication-S2-hard seed 1001666, row 0: a point 1e7 off an S = 2 net whose posterior sits
+    on a vertex where four regions meet, each region's Gaussian peaking 4.8e7 whitened sd away
+    (log p = -1.29e15). The term was the peak minus d^2 / 2, two numbers of the term's size, the
+    peak's fitted point extrapolated far from the region and d rounded with the whitened offset of
+    that peak: 15 nats (53 eps |log p|) off, and duplicating a unit moved it by 10.5. The term's
+    energy is now taken at the polygon's nearest point. Oracle: the net's own forward pass at the
+    vertex and the cones' integrals there, in mpmath (``far_vertex_log_prob_mp``); log_prob,
+    posterior and the E-step must agree with it to a few eps |log p|."""
+    import warnings
+
+    from oracles import far_vertex_log_prob_mp
+    from test_metamorphic import random_case
+
+    case = random_case(np.random.default_rng(1001666), 2, "hard")
+    model = case.model()
+    x = case.X[:1]
+    truth = far_vertex_log_prob_mp(case.weights, case.biases, case.slopes(), model.partition, x[0], case.sigma_x,
+                                   case.sigma_z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastcpa.AccuracyWarning)
+        lp = model.log_prob(x)[0]
+        post = model.posterior(x)
+        stats = model.sufficient_stats(x)
+    tol = 4 * EPS * abs(truth)
+    assert abs(lp - truth) <= tol, (lp - truth) / (EPS * abs(truth))
+    assert abs(post.log_prob[0] - truth) <= tol
+    assert abs(stats.log_likelihood - truth) <= tol
+    # the posterior is at the vertex: the uncertainty estimate is taken there, not at a peak 4.8e7 sd out
+    assert model.last_log_prob_uncertainty_[0] <= 16 * EPS * abs(truth)
+    assert np.allclose(post.region_probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)

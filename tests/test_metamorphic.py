@@ -665,13 +665,10 @@ def test_identities_can_fail(name):
     # where the posterior lies at |z| ~ 600 (35x more): 3.7x over. The posterior mean is now a candidate
     ("permutation-S2-hard", 901735),
     ("rotation-S2-hard", 901735),
-    # found by the run at --seed 1000000, not yet fixed: a point 1e7 off an S = 2 net whose posterior sits
-    # on a vertex (sd 6e-9) of a region whose Gaussian peaks 4.8e7 sd away: log p = -1.29e15 as a peak
-    # (-1.4e14) plus a far polygon's log-mass (-1.15e15); duplicating a unit moved it by 10.5 nats (36 eps
-    # |log p|; the tolerance allows 32, the code's own estimate says 23 nats). Evaluating the energy at
-    # the nearest point directly, instead of peak - d^2 / 2, would avoid the two large roundings
-    pytest.param("duplication-S2-hard", 1001666, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 12: far-polygon term as peak - d^2/2 rounds at 36 eps |log p|"))),
+    # found by the run at --seed 1000000: a point 1e7 off an S = 2 net whose posterior sits on a
+    # vertex of regions whose Gaussians peak 4.8e7 sd away; the far polygons' terms were the peak
+    # minus d^2 / 2 and moved 36 eps |log p| when a unit was duplicated (tests/test_conditioning.py)
+    ("duplication-S2-hard", 1001666),
 ])
 def test_cases_found_by_larger_runs(name, seed):
     assert_class(name, seed)

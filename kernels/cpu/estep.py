@@ -34,8 +34,8 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa,
-                    _polygon_log_mass_2d, _scratch, _truncate, _truncate_2d)
+from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _polygon_term_2d,
+                    _rel_log_kappa, _scratch, _truncate, _truncate_2d)
 from ._jit import jit
 
 # regions interleaved over at most this many parallel blocks
@@ -119,6 +119,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
         m = np.empty(2)
         C = np.empty((2, 2))
         sc = _scratch(cap)
+        zs = np.empty(3)
         for r in range(blk, R, nb):
             for i in range(n):
                 Wt[r, i] = 0.0
@@ -128,10 +129,10 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                 if lk + err - REF[i, _REF_LK] < floor[i]:
                     continue
                 lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
-                lm = 0.0
-                if not whole[r]:  # the log-mass first (a bound where it is below the floor)
-                    lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor[i] - lk, sc)
-                    if lk + lm < floor[i]:
+                if not whole[r]:  # the term first (its mass a bound where it is below the floor)
+                    lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
+                                          floor[i], sc, zs)
+                    if lk < floor[i]:
                         continue
                 _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
-                _accumulate(math.exp((lk + lm - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+                _accumulate(math.exp((lk - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)

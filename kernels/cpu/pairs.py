@@ -76,11 +76,17 @@ whole_plane = _pg.whole_plane
 clip_halfplane = _pg.clip_halfplane
 offset_at = _pg.offset_at
 log_tail_bound = _pg.log_tail_bound
+far_log_mass_at = _pg.far_log_mass_at
+far_distance2 = _pg.far_distance2
+_FAR2 = _polygon._FAR2
 
 
 # float64 unit roundoff
 _EPS = 1.1102230246251565e-16
-# A row's reference pair: REF[i] = (log kappa_ref, logdet_ref, mu_ref (S), f_ref (D), e_ref (D)); NaN first.
+# A row's reference pair: REF[i] = (log kappa_ref, logdet_ref, mu_ref (S), f_ref (D), e_ref (D), at); NaN
+# first. ``at`` is 1 where mu_ref is not the region's Gaussian mean but a far polygon's nearest point
+# (a boundary point, where the term's energy is taken: _polygon_term_2d), else 0. Candidate and
+# largest-term rows (``best``, ``arg``) are (value, region, point (S), at).
 _REF_LK = 0
 _REF_LD = 1
 _REF_MU = 2
@@ -88,7 +94,7 @@ _REF_MU = 2
 
 def reference_width(S, D):
     """Columns of the per-row reference array ``REF`` (see :func:`_set_reference`)."""
-    return 2 + S + 2 * D
+    return 3 + S + 2 * D
 
 
 @jit
@@ -178,6 +184,7 @@ def _set_reference(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const, REF):
         q += v * v
     REF[i, _REF_LD] = logdet_lam[r]
     REF[i, _REF_LK] = (const - 0.5 * logdet_lam[r]) - q
+    REF[i, REF.shape[1] - 1] = 0.0  # (a caller taking a boundary point marks it)
 
 
 @jit
@@ -251,15 +258,17 @@ def _add_term(term, m, s):
 
 
 @jit
-def _note_top(term, m, arg, i, r, mu):
-    """Record pair (i, r) (region r, mean mu) in ``arg[i] = (term, r, mu)``
-    when its term is the row's largest so far: the caller rebases a row whose
-    largest term lies far above its reference (``CPAModel.log_prob``)."""
+def _note_top(term, m, arg, i, r, mu, at):
+    """Record pair (i, r) (region r, the point ``mu`` where its energy was
+    taken, ``at``: 1 for a far polygon's nearest point) in ``arg[i] = (term,
+    r, mu, at)`` when its term is the row's largest so far: the caller rebases
+    a row whose largest term lies far above its reference (``CPAModel.log_prob``)."""
     if term > m:
         arg[i, 0] = term
         arg[i, 1] = r
         for q in range(mu.shape[0]):
             arg[i, 2 + q] = mu[q]
+        arg[i, 2 + mu.shape[0]] = at
 
 
 @jit
@@ -294,20 +303,21 @@ def _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, 
     """Give row i a reference (its best candidate in this chunk) if it has none."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
-    best = np.full(2 + mu.shape[0], -math.inf)
+    best = np.full(3 + mu.shape[0], -math.inf)
+    best[-1] = 0.0
     _best_candidate(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, i, 0, y, mu,
                     best)
     if not (best[0] > -math.inf):  # no finite candidate: any pair will do
         _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, 0, y, mu)
         best[1] = 0.0
-        best[2:] = mu
-    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
+        best[2:-1] = mu
+    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:-1], s2, logdet_lam, const, REF)
 
 
 @jit(parallel=True)
 def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, r0, best):
     """Each row's best candidate reference so far (:func:`_best_candidate`,
-    regions ``r0 + r`` of this chunk; ``best`` (n, 2 + S), bound ``-inf``
+    regions ``r0 + r`` of this chunk; ``best`` (n, 3 + S), bound ``-inf``
     first): the pass that picks the rows' references when the regions come
     in several chunks."""
     n, R = Xb.shape
@@ -338,8 +348,10 @@ def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, wh
 @jit(parallel=True)
 def set_references(Xs, Aw, gz, best, s2, logdet_lam, const, REF):
     """Make each row's best candidate (:func:`best_pairs_chunk`) its reference."""
+    S = Aw.shape[2]
     for i in prange(Xs.shape[0]):
-        _set_reference(Xs, i, Aw, gz, int(best[i, 1]), best[i, 2:], s2, logdet_lam, const, REF)
+        _set_reference(Xs, i, Aw, gz, int(best[i, 1]), best[i, 2:2 + S], s2, logdet_lam, const, REF)
+        REF[i, REF.shape[1] - 1] = best[i, 2 + S]
 
 
 @jit(parallel=True)
@@ -371,7 +383,7 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                 skipped += 1
                 continue
             term = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF) + _region_log_mass(mu, Sigma, r, lo, hi, whole)
-            _note_top(term, m, arg, i, r0 + r, mu)
+            _note_top(term, m, arg, i, r0 + r, mu, 0.0)
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
@@ -482,7 +494,7 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
                 else:
                     lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(sig[r]))
                 mu[0] = mus[r]
-                _note_top(rel + lm, m, arg, i, r0 + r, mu)
+                _note_top(rel + lm, m, arg, i, r0 + r, mu, 0.0)
                 m, s = _add_term(rel + lm, m, s)
             run_max[i], run_sum[i] = m, s
             n_skipped[i] += skipped
@@ -573,6 +585,7 @@ def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, who
             lk = _exact_log_kappa(Xs, i, Aw, gz, r, mu, s2, logdet_lam, const)
             if not (lk > best[0]):
                 continue
+        nv = ke = 0
         if not whole[r]:
             nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
             ke = edge_table(W, nv, E)[0] if nv > 0 else 0
@@ -583,6 +596,13 @@ def _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, who
             best[1] = r0 + r
             best[2] = mu[0]
             best[3] = mu[1]
+            best[4] = 0.0
+            if ke > 0 and far_distance2(E, ke) > _FAR2:
+                # the reference at the far polygon's nearest point, where its term's
+                # energy is taken (_polygon_term_2d), not at a peak far outside it
+                _, px, py, k1, k2 = far_log_mass_at(E, ke)
+                _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, best[2:4])
+                best[4] = 1.0
 
 
 @jit
@@ -591,14 +611,16 @@ def _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, w
     """:func:`_ensure_reference` for S = 2."""
     if REF[i, _REF_LK] == REF[i, _REF_LK]:
         return
-    best = np.full(4, -math.inf)
+    best = np.full(5, -math.inf)
+    best[4] = 0.0
     _best_candidate_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, i, 0, y, mu,
                        best, W, E)
     if not (best[0] > -math.inf):  # no finite candidate: any pair will do
         _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, 0, y, mu)
         best[1] = 0.0
-        best[2:] = mu
-    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:], s2, logdet_lam, const, REF)
+        best[2:4] = mu
+    _set_reference(Xs, i, Aw, gz, int(best[1]), best[2:4], s2, logdet_lam, const, REF)
+    REF[i, REF.shape[1] - 1] = best[4]
 
 
 @jit
@@ -682,7 +704,8 @@ def _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc):
 def _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor, sc):
     """log N(mu, Sigma_r)-mass of S = 2 region r (``floor``: see
     ``std_polygon_log_mass``); the section rule, where it serves, integrates
-    the region anchored on itself (:func:`_anchored_region`)."""
+    the region anchored on itself (:func:`_anchored_region`). Whitens the
+    polygon into ``sc[0]`` (:func:`_polygon_term_2d` reads it)."""
     W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
     lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, -1, _G0, _LM0, 0)
@@ -692,6 +715,85 @@ def _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor, sc):
     if nA < 0:
         return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, nv, _G0, _LM0, 0)
     return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, A, nA, sc[9], sc[8], nl)
+
+
+@jit
+def _edge_line(W, nv, E, k):
+    """The row of the whitened polygon ``W[0:nv]`` whose line gave edge ``k``
+    of its edge table (``edge_table``'s own arithmetic, compared exactly);
+    -1 if none."""
+    for j in range(nv):
+        lx = W[j, 3]
+        ly = W[j, 4]
+        q = math.sqrt(lx * lx + ly * ly)
+        if q > 0.0 and ly / q == E[k, 0] and -lx / q == E[k, 1] and -W[j, 5] / q == E[k, 2]:
+            return j
+    return -1
+
+
+@jit
+def _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs):
+    """The whitened point ``(px, py)`` of region r's polygon (the frame of
+    :func:`_whiten_polygon` about ``mu``) in z, into ``zs``, then moved onto
+    the region's facet lines through it (edges ``k1`` and, ``k2 >= 0``, ``k2``
+    of the edge table ``E``): ``mu + M u`` carries the rounding of ``mu``,
+    which may lie far from the polygon; each line's value there comes from
+    exact products (``offset_at``), so the point ends within the rounding of
+    its own coordinates of the lines."""
+    l11 = Lt[r, 0]
+    l21 = Lt[r, 1]
+    l22 = Lt[r, 2]
+    zs[0] = mu[0] + (px / l11 - l21 * py / (l11 * l22))
+    zs[1] = mu[1] + py / l22
+    j1 = _edge_line(W, nv, E, k1)
+    j2 = _edge_line(W, nv, E, k2) if k2 >= 0 else -1
+    if j1 < 0:
+        return
+    a1 = LN[ptr[r] + j1, 0]
+    b1 = LN[ptr[r] + j1, 1]
+    f1 = offset_at(LN[ptr[r] + j1, 2], a1, zs[0], b1, zs[1])
+    if j2 < 0:  # onto the line (unit normal): the exponent's slope along it is small or 0
+        zs[0] -= f1 * a1
+        zs[1] -= f1 * b1
+        return
+    a2 = LN[ptr[r] + j2, 0]
+    b2 = LN[ptr[r] + j2, 1]
+    f2 = offset_at(LN[ptr[r] + j2, 2], a2, zs[0], b2, zs[1])
+    det = a1 * b2 - a2 * b1
+    if det != 0.0:  # onto both: the vertex
+        zs[0] -= (f1 * b2 - f2 * b1) / det
+        zs[1] -= (a1 * f2 - a2 * f1) / det
+
+
+@jit
+def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs):
+    """Pair (i, r)'s term ``log kappa_r - log kappa_ref + log Phi_r`` from its
+    relative ``log kappa`` ``rel`` (taken at ``mu``), for a region with a
+    boundary; a term whose mass lies below ``floor`` may be its bound.
+    ``zs`` gets the point whose energy the term took, and ``zs[2]`` 1 where
+    that is a far polygon's nearest point (else 0).
+
+    A polygon beyond ``_FAR2`` whitened sd from ``mu`` holds its mass within
+    ``1/d`` of its nearest point ``p``: its term is the energy at ``p``
+    itself (:func:`_rel_log_kappa` there, a residual next to the region) plus
+    the log-mass relative to the density at ``p`` (``far_log_mass_at``). The
+    peak at ``mu`` minus ``d^2 / 2`` would subtract two numbers of the size of
+    the term, each rounded in its own way (``mu``'s fitted point extrapolated
+    far from the region; ``d`` from the whitening of ``mu`` itself)."""
+    lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor - rel, sc)
+    W, E = sc[0], sc[1]
+    nv = ptr[r + 1] - ptr[r]
+    # (a far polygon's log-mass is below -d^2 / 2: no edge table for the others)
+    K = edge_table(W, nv, E)[0] if floor - rel < lm < 1.0 - 0.5 * _FAR2 else 0
+    if K > 0 and far_distance2(E, K) > _FAR2:
+        lr, px, py, k1, k2 = far_log_mass_at(E, K)
+        _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs)
+        zs[2] = 1.0
+        return _rel_log_kappa(Aw, gz, r, zs[:2], s2, logdet_lam, i, REF) + lr
+    zs[0] = mu[0]
+    zs[1] = mu[1]
+    zs[2] = 0.0
+    return rel + lm
 
 
 # the section rule in the whitened frame itself (no anchor, no input normals)
@@ -715,6 +817,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         lk = np.empty(R)
         er = np.empty(R)
         sc = _scratch(cap)
+        zs = np.empty(3)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
@@ -727,11 +830,16 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         m, s = run_max[i], run_sum[i]
         if m > -math.inf and lk[best] + er[best] - lref > m + _REBASE:  # as in log_prob_block_1d
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, best, y, mu)
-            nb = _exact_log_kappa(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const)
+            nb = _rel_log_kappa(Aw, gz, best, mu, s2, logdet_lam, i, REF)
+            zs[0] = mu[0]
+            zs[1] = mu[1]
+            zs[2] = 0.0
             if not whole[best]:
-                nb += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, best, mu, -math.inf, sc)
-            if nb - lref > m + _REBASE:
-                _set_reference(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const, REF)
+                nb = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, best, mu, nb,
+                                      -math.inf, sc, zs)
+            if nb > m + _REBASE:
+                _set_reference(Xs, i, Aw, gz, best, zs[:2], s2, logdet_lam, const, REF)
+                REF[i, REF.shape[1] - 1] = zs[2]
                 m -= REF[i, _REF_LK] - lref
                 lref = REF[i, _REF_LK]
         skipped = 0
@@ -745,13 +853,15 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
                 rel = lk[r] - lref
             else:
                 rel = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
-            if whole[r]:
-                lm = 0.0
-            else:
-                # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
-                lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, m - _NEGLIGIBLE - rel, sc)
-            _note_top(rel + lm, m, arg, i, r0 + r, mu)
-            m, s = _add_term(rel + lm, m, s)
+            term = rel
+            zs[0] = mu[0]
+            zs[1] = mu[1]
+            zs[2] = 0.0
+            if not whole[r]:  # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
+                term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel,
+                                        m - _NEGLIGIBLE, sc, zs)
+            _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
+            m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
 
@@ -822,6 +932,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         y = np.empty(2)
         mu = np.empty(2)
         sc = _scratch(cap)
+        zs = np.empty(3)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         best = 0
@@ -837,7 +948,8 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
             _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
             lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
-                lk += _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, top - gap - lk, sc)
+                lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
+                                      top - gap, sc, zs)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
