@@ -1,0 +1,197 @@
+"""Exact EM at the sizes researchers use: time per iteration and gain, this tree beside a baseline, in one run.
+
+    python benchmarks/em_speed.py --baseline 2fdf56b          # every case, both versions
+    python benchmarks/em_speed.py --cases S1-256x3 --iters 2  # one case, this tree only
+
+Each version runs in its own Python process with its own source tree first on
+``sys.path`` (the baseline from a ``git worktree`` of the given revision, made
+under the system's temporary folder and removed afterwards), on the same data,
+from the same starting generator, one version after the other on the same
+machine, so the ratios are like for like.
+
+Cases (``CASES``): the new user's torch generator ``Linear(2,64) - LeakyReLU(0.2)
+- Linear(64,64) - ReLU - Linear(64,10)`` and the S = 1 nets ``[1, 256, 256, 256,
+64]`` and ``[1, 1024, 1024, 1024, 64]`` (leaky ReLU, slope 0.01), each with
+torch's default ``nn.Linear`` init (``benchmarks/_cases.py``; seed 0 for the
+fit's start, seed 1 for the generator that draws the N samples, with sigma_x
+= 0.1); the fit starts at sigma_x = 0.3. Measured: ``CPAModel.fit(X,
+n_iter=k, tol=-inf)``, the wall time of every iteration (the callback's
+ticks; the first partition is computed before the clock starts), the mean
+log-likelihood after each, and one ``sufficient_stats(X)`` (the E-step) as
+(sample, region) pairs per second. The table goes into
+``benchmarks/RESULTS.md`` between ``<!-- em-speed:begin -->`` and
+``<!-- em-speed:end -->``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BEGIN, END = "<!-- em-speed:begin -->", "<!-- em-speed:end -->"
+# name: (layer sizes, activations, negative slopes, N, EM iterations timed)
+CASES = {
+    "torch-S2": ((2, 64, 64, 10), ("leaky_relu", "relu"), (0.2, 0.0), 1000, 2),
+    "S1-256x3": ((1, 256, 256, 256, 64), "leaky_relu", 0.01, 1000, 3),
+    "S1-1024x3": ((1, 1024, 1024, 1024, 64), "leaky_relu", 0.01, 1000, 2),
+}
+#: The issue's targets, seconds per EM iteration on a 2-core machine.
+TARGET_S = {"torch-S2": 5.0, "S1-256x3": 1.0, "S1-1024x3": 10.0}
+
+
+def _generator(sizes, acts, slopes, seed):
+    import fastcpa
+    from _cases import init_params
+
+    weights, biases = init_params(sizes, seed)
+    return fastcpa.Generator(weights, biases, activation=list(acts) if isinstance(acts, tuple) else acts,
+                             slope=list(slopes) if isinstance(slopes, tuple) else slopes)
+
+
+def measure(name, iters=None):
+    """One case with whatever ``fastcpa`` this process imports: a dict of timings."""
+    import fastcpa
+
+    sizes, acts, slopes, n, k = CASES[name]
+    k = iters or k
+    X = fastcpa.CPAModel(_generator(sizes, acts, slopes, seed=1), sigma_x=0.1).sample(n, seed=2)
+    model = fastcpa.CPAModel(_generator(sizes, acts, slopes, seed=0), sigma_x=0.3)
+    R = model.partition.n_regions
+    t0 = time.perf_counter()
+    model.sufficient_stats(X)
+    estep = time.perf_counter() - t0
+    times, last = [], [0.0]
+
+    def tick(i, ll, fit):
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    fit = fastcpa.CPAModel(model.generator, sigma_x=0.3)
+    fit.partition
+    last[0] = time.perf_counter()
+    fit.fit(X, n_iter=k, tol=-float("inf"), progress=False, callback=tick)
+    h = fit.history_
+    return dict(case=name, regions=R, n=n, estep_s=estep, pairs_per_s=n * R / estep, iter_s=times,
+                history=[float(v) for v in h], backtracks=[int(b) for b in fit.backtracks_])
+
+
+def _worker(args):
+    # the version under test must be the one on sys.path[0], not an installed (editable) copy
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, args.tree)
+    sys.path.insert(1, HERE)
+    import fastcpa
+    import fastcpa.kernels
+
+    for mod in (fastcpa, fastcpa.kernels):
+        if not os.path.abspath(mod.__file__).startswith(os.path.abspath(args.tree) + os.sep):
+            raise SystemExit(f"{mod.__name__} was imported from {mod.__file__}, not from {args.tree}")
+    fastcpa.warmup()
+    out = [measure(name, args.iters) for name in args.cases]
+    with open(args.json, "w") as fh:
+        json.dump(out, fh)
+
+
+def _run_version(tree, cases, iters):
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        path = fh.name
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--tree", tree, "--json", path, "--cases", *cases]
+    if iters:
+        cmd += ["--iters", str(iters)]
+    subprocess.run(cmd, check=True)
+    with open(path) as fh:
+        rows = json.load(fh)
+    os.unlink(path)
+    return rows
+
+
+def _baseline_tree(rev):
+    where = tempfile.mkdtemp(prefix="fastcpa-baseline-")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", where, rev], check=True,
+                   stdout=subprocess.DEVNULL)
+    sha = subprocess.run(["git", "-C", where, "rev-parse", "--short=12", "HEAD"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    return where, sha
+
+
+def render(rows, base, base_sha, env, cmd):
+    def cell(r):
+        t = statistics.median(r["iter_s"])
+        gain = (r["history"][-1] - r["history"][0]) / len(r["iter_s"])
+        return f"{t:.2f} s", f"{gain:.3f}", f"{r['pairs_per_s']:.3g}"
+
+    lines = [BEGIN, "## Exact EM at researchers' sizes: time per iteration, this tree beside a baseline", "",
+             f"Written by `{cmd}` (`benchmarks/em_speed.py`: cases, data and start as documented there; both "
+             "versions on this machine in one run, one after the other).", ""]
+    head = "| case | regions R | N | target |"
+    rule = "|---|--:|--:|--:|"
+    if base:
+        head += f" baseline {base_sha}: s / iteration | gain / iteration | E-step pairs/s |"
+        rule += "--:|--:|--:|"
+    head += " this tree: s / iteration | gain / iteration | E-step pairs/s |"
+    rule += "--:|--:|--:|"
+    if base:
+        head += " speed-up |"
+        rule += "--:|"
+    lines += [head, rule]
+    for i, r in enumerate(rows):
+        line = f"| {r['case']} | {r['regions']:,} | {r['n']:,} | <= {TARGET_S[r['case']]:g} s |"
+        if base:
+            line += " {} | {} | {} |".format(*cell(base[i]))
+        line += " {} | {} | {} |".format(*cell(r))
+        if base:
+            line += f" {statistics.median(base[i]['iter_s']) / statistics.median(r['iter_s']):.1f}x |"
+        lines.append(line)
+    lines += ["", "Seconds per iteration: the median over the timed iterations of `fit(X, n_iter=k, tol=-inf)`. "
+              "Gain: mean log-likelihood (nats per sample) gained per iteration over them. E-step: one "
+              "`sufficient_stats(X)` at the start, N x R / its time.", "",
+              "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--iters", type=int, help="EM iterations timed per case (default: the case's own)")
+    ap.add_argument("--baseline", metavar="REV", help="a git revision to run beside this tree")
+    ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", default=ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        ap.error(f"--iters must be at least 1, got {args.iters}")
+    if args.worker:
+        return _worker(args)
+    base, base_sha = None, None
+    if args.baseline:
+        tree, base_sha = _baseline_tree(args.baseline)
+        try:
+            base = _run_version(tree, args.cases, args.iters)
+        finally:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=False)
+            shutil.rmtree(tree, ignore_errors=True)
+        for r in base:
+            print("baseline", json.dumps(r), flush=True)
+    rows = _run_version(ROOT, args.cases, args.iters)
+    for r in rows:
+        print("this tree", json.dumps(r), flush=True)
+    sys.path.insert(0, HERE)
+    from run import environment, write_section
+
+    cmd = "python benchmarks/em_speed.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    write_section(args.output, render(rows, base, base_sha, environment(), cmd), BEGIN, END)
+    print("wrote", args.output)
+
+
+if __name__ == "__main__":
+    main()
