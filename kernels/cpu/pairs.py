@@ -788,14 +788,23 @@ def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, 
     # (a far polygon's log-mass is below -d^2 / 2: no edge table for the others)
     K = edge_table(W, nv, E)[0] if floor - rel < lm < 1.0 - 0.5 * _FAR2 else 0
     if K > 0 and far_distance2(E, K) > _FAR2:
-        lr, px, py, k1, k2 = far_log_mass_at(E, K)
-        _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs)
-        zs[2] = 1.0
-        return _rel_log_kappa(Aw, gz, r, zs[:2], s2, logdet_lam, i, REF) + lr
+        return _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K, zs)
     zs[0] = mu[0]
     zs[1] = mu[1]
     zs[2] = 0.0
     return rel + lm
+
+
+@jit
+def _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K, zs):
+    """The term of pair (i, r) whose polygon (whitened ``W[0:nv]``, edge table
+    ``E[0:K]``) lies beyond ``_FAR2``: the energy at its nearest point, put
+    in ``zs`` (marked ``zs[2] = 1``), plus the log-mass relative to the
+    density there (:func:`_polygon_term_2d`)."""
+    lr, px, py, k1, k2 = far_log_mass_at(E, K)
+    _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs)
+    zs[2] = 1.0
+    return _rel_log_kappa(Aw, gz, r, zs[:2], s2, logdet_lam, i, REF) + lr
 
 
 # the section rule in the whitened frame itself (no anchor, no input normals)
@@ -987,14 +996,11 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
     if K > 0 and rel + log_tail_bound(E, K) < floor:
         return -math.inf
     lm = _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, True, sc, mean, cov)
+    if K > 0 and lm < 1.0 - 0.5 * _FAR2 and far_distance2(E, K) > _FAR2:
+        return _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K, zs)
     zs[0] = mu[0]
     zs[1] = mu[1]
     zs[2] = 0.0
-    if K > 0 and lm < 1.0 - 0.5 * _FAR2 and far_distance2(E, K) > _FAR2:
-        lr, px, py, k1, k2 = far_log_mass_at(E, K)
-        _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs)
-        zs[2] = 1.0
-        return _rel_log_kappa(Aw, gz, r, zs[:2], s2, logdet_lam, i, REF) + lr
     return rel + lm
 
 
