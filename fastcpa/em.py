@@ -55,7 +55,7 @@ def _mean_log_lik(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False):
+        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -104,14 +104,21 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         also one line per block update (each hidden layer, the output layer
         and noise). Where logging is not configured (no handler on the way
         to the root logger), the lines go to stderr for the duration of the
-        fit. Independent of ``progress``.
+        fit. Independent of ``progress``. After the first iteration, a line
+        gives its time and an estimate for the remaining iterations (at
+        ``verbose >= 1``; the progress bar shows its own rate).
+    max_time : float, optional
+        A wall-clock budget in seconds: no iteration starts once the fit has
+        run this long, so it ends within one iteration's time of the budget
+        (``stopped_by_time_`` says whether it did). Default: no budget.
 
     Returns
     -------
     CPAModel
         ``model`` itself, with ``generator`` and ``sigma_x`` fitted,
         ``history_`` (mean exact log-likelihood: at the start, then after
-        each iteration) and ``backtracks_`` (per iteration).
+        each iteration), ``backtracks_`` (per iteration), ``fit_time_``
+        (seconds per iteration) and ``stopped_by_time_``.
 
     Raises
     ------
@@ -162,6 +169,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     if cg_maxiter is not None:
         cg_maxiter = check_count(cg_maxiter, "cg_maxiter", minimum=1)
     lr = check_real(lr, "lr", low=0.0, low_inclusive=False)
+    if max_time is not None:
+        max_time = check_real(max_time, "max_time", low=0.0, low_inclusive=False, allow_inf=True)
     X = model._check_X(X)
     if len(X) == 0:
         raise ValueError("fit needs at least one sample; X has 0 rows.")
@@ -180,6 +189,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     adam = _Adam(cur, lr, sig_floor) if method == "gradient" else None
     name = "EM" if adam is None else "Adam"
     it, n_back = 0, 0
+    times, by_time = [], False
+    t_start = time.perf_counter()
     best = (cur, ll)  # the last accepted (model, likelihood), stored by one assignment: Ctrl-C-safe
     with _verbose_logging(level):
         if progress:
@@ -234,9 +245,14 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                 gain = ll - history[-1]
                 history.append(ll)
                 backtracks.append(n_back)
+                times.append(time.perf_counter() - t_it)
                 if level >= 1:
                     _log.info("%s iteration %d: mean log-likelihood %.8g (%+.3g), %d halvings, %d regions, %.3g s",
-                              name, it, ll, gain, n_back, cur.partition.n_regions, time.perf_counter() - t_it)
+                              name, it, ll, gain, n_back, cur.partition.n_regions, times[-1])
+                    if it == 1 and n_iter > 1:
+                        _log.info("  %.3g s per iteration: about %s for the other %d (n_iter=%d%s)", times[0],
+                                  _duration(times[0] * (n_iter - 1)), n_iter - 1, n_iter,
+                                  "" if max_time is None else f", max_time={max_time:g} s")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loglik=f"{ll:.6g}", regions=cur.partition.n_regions)
@@ -244,13 +260,19 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                 stop = callback is not None and bool(callback(it, ll, cur))
                 if stop or gain < tol:
                     break
+                if max_time is not None and it < n_iter and time.perf_counter() - t_start >= max_time:
+                    by_time = True
+                    if level >= 1:
+                        _log.info("%s: stopped after %d iterations, %.3g s (max_time=%g s)", name, it,
+                                  time.perf_counter() - t_start, max_time)
+                    break
         except KeyboardInterrupt:
             cur, ll = best
             if len(history) == it:  # interrupted inside iteration `it`: keep its accepted updates
                 if ll > history[-1]:
                     history.append(ll)
                     backtracks.append(n_back)
-            _write_back(model, cur, history, backtracks, interrupted=True)
+            _write_back(model, cur, history, backtracks, times, interrupted=True)
             _log.warning("fit interrupted (KeyboardInterrupt) in iteration %d of %d; the model keeps the last "
                          "accepted parameters: mean log-likelihood %.8g after %d completed iterations",
                          it, int(n_iter), ll, len(history) - 1)
@@ -258,16 +280,27 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         finally:
             if bar is not None:
                 bar.close()
-    _write_back(model, cur, history, backtracks, interrupted=False)
+    _write_back(model, cur, history, backtracks, times, interrupted=False, by_time=by_time)
     return model
 
 
-def _write_back(model, cur, history, backtracks, *, interrupted):
+def _duration(seconds):
+    """A duration for a log line: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _write_back(model, cur, history, backtracks, times, *, interrupted, by_time=False):
     model.generator, model.sigma_x = cur.generator, cur.sigma_x
     model._partition, model._params = cur._partition, cur._params
     model.history_ = np.array(history)
     model.backtracks_ = np.array(backtracks, dtype=int)
+    model.fit_time_ = np.array(times)
     model.interrupted_ = interrupted
+    model.stopped_by_time_ = by_time
 
 
 @contextlib.contextmanager

@@ -803,14 +803,17 @@ class CPAModel:
 
     # ------------------------------------------------------------------ EM
     def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False):
+            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
         """Fit the generator and noise to X by exact, monotone EM (in place).
 
         See :func:`fastcpa.em.fit` for the parameters (``verbose=True``
         logs a line per iteration; Ctrl-C keeps the fit so far, then
         re-raises). After the call, ``history_`` holds the mean exact
         log-likelihood at the start and after every iteration (never
-        decreasing) and ``backtracks_`` the step halvings each iteration needed.
+        decreasing), ``backtracks_`` the step halvings each iteration needed,
+        ``fit_time_`` each iteration's seconds and ``stopped_by_time_``
+        whether ``max_time`` (a wall-clock budget in seconds, checked
+        between iterations) ended it.
 
         Returns
         -------
@@ -833,7 +836,7 @@ class CPAModel:
 
         return fit(self, X, n_iter=n_iter, tol=tol, diagonal=diagonal, layers=layers, ridge=ridge,
                    max_backtracks=max_backtracks, cg_maxiter=cg_maxiter, progress=progress, method=method,
-                   lr=lr, callback=callback, verbose=verbose)
+                   lr=lr, callback=callback, verbose=verbose, max_time=max_time)
 
     # ------------------------------------------------------------------ E-step
     def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):

@@ -975,6 +975,67 @@ def section_rule(P, n, d2, ax, ay, want_moments, B1, B2, V, Y, G, LM, nl):
     return log_mass, ux, uy, c00, c01, c11
 
 
+# ----------------------------------------------------------------------------- small polygons
+def small_polygon_moments(P, n, U, V):
+    """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) over the bounded
+    polygon ``P[0:n]`` (every point finite), by a product Gauss-Legendre rule
+    (nodes ``U``, weights ``V`` on [0, 1]) on the fan of triangles from its
+    first vertex ``p``: in triangle ``(p, p + a, p + b)``, ``w = s (a + t (b -
+    a))`` with ``dA = |a x b| s ds dt``, and the density relative to its value
+    at ``p`` is ``exp(-(p . w + |w|^2 / 2))``.
+
+    Serves small polygons, where that exponent varies little over the
+    polygon and so is a low-degree polynomial to machine precision: the
+    weights are positive, nothing cancels, and the scatter is gathered about
+    ``p`` one node at a time (so a polygon far from the origin keeps its
+    spread). The caller bounds the variation (``nu = |p| diam + diam^2 /
+    2``) and picks the rule (:func:`small_polygon_rule`)."""
+    nan = math.nan
+    if n < 3:
+        return -math.inf, nan, nan, nan, nan, nan
+    px = P[0, 0]
+    py = P[0, 1]
+    tot = 0.0
+    mx = 0.0
+    my = 0.0
+    sxx = 0.0
+    sxy = 0.0
+    syy = 0.0
+    for k in range(1, n - 1):
+        ax = P[k, 0] - px
+        ay = P[k, 1] - py
+        bx = P[k + 1, 0] - px
+        by = P[k + 1, 1] - py
+        area = ax * by - ay * bx  # twice the triangle's area (CCW: positive)
+        if not (area > 0.0):
+            continue
+        dx = bx - ax
+        dy = by - ay
+        for j in range(len(U)):
+            cx = ax + U[j] * dx
+            cy = ay + U[j] * dy
+            pc = px * cx + py * cy
+            cc = cx * cx + cy * cy
+            for i in range(len(U)):
+                sv = U[i]
+                w = V[i] * V[j] * sv * area * math.exp(-sv * (pc + 0.5 * sv * cc))
+                new = tot + w
+                r = w / new
+                ex = sv * cx - mx
+                ey = sv * cy - my
+                c = tot * r
+                sxx += c * ex * ex
+                sxy += c * ex * ey
+                syy += c * ey * ey
+                mx += r * ex
+                my += r * ey
+                tot = new
+    if not (tot > 0.0):
+        return -math.inf, nan, nan, nan, nan, nan
+    log_mass = math.log(tot) - 0.5 * (px * px + py * py) - LOG_2PI
+    return log_mass, px + mx, py + my, sxx / tot, sxy / tot, syy / tot
+
+
 # ----------------------------------------------------------------------------- far polygons
 def _merged_edge(E, K, k):
     """``(s1, s2, w)`` of edge k with the consecutive edges on its line joined

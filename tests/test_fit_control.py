@@ -45,6 +45,10 @@ def test_verbose_logs_one_line_per_iteration(rng, caplog, method):
     caplog.set_level(logging.INFO, logger="fastcpa")
     model = small_model(rng).fit(X, n_iter=3, tol=-np.inf, method=method, progress=False, verbose=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "fastcpa"]
+    # after the first iteration, its time and an estimate for the other two
+    est = re.fullmatch(r"  (\S+) s per iteration: about (\S+) s for the other 2 \(n_iter=3\)", lines.pop(1))
+    assert est and float(est.group(1)) == pytest.approx(model.fit_time_[0], rel=1e-2)
+    assert float(est.group(2)) == pytest.approx(2 * model.fit_time_[0], rel=1e-2)
     assert len(lines) == 3, lines
     for i, line in enumerate(lines, 1):
         m = re.search(r"iteration (\d+): mean log-likelihood (\S+) \((\S+)\), (\d+) halvings, (\d+) regions, (\S+) s",
@@ -63,8 +67,8 @@ def test_verbose_2_adds_a_line_per_block(rng, caplog):
     caplog.set_level(logging.INFO, logger="fastcpa")
     small_model(rng).fit(wave(rng, 60), n_iter=2, tol=-np.inf, progress=False, verbose=2)
     lines = [r.getMessage() for r in caplog.records if r.name == "fastcpa"]
-    # per iteration: the hidden layer, the output layer and noise, the summary
-    assert len(lines) == 6 and sum("iteration" in s for s in lines) == 2, lines
+    # per iteration: the hidden layer, the output layer and noise, the summary; and the estimate
+    assert len(lines) == 7 and sum("iteration" in s for s in lines) == 3, lines
     assert sum("layer 0" in s for s in lines) == 2 and sum("output layer" in s for s in lines) == 2
 
 
@@ -195,3 +199,26 @@ def test_degenerate_data_fits_above_the_floor(rng, method, case):
         assert sx**2 >= floor.mean() * (1 - 1e-12)
     assert np.all(np.diff(model.history_) >= 0)
     assert model.log_prob(X).mean() == pytest.approx(model.history_[-1], rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- time budget
+def test_max_time_stops_between_iterations(rng, caplog):
+    """A budget already spent after the first iteration stops the fit there (it is checked
+    between iterations); a generous one lets every iteration run. ``fit_time_`` holds each
+    iteration's seconds, and the history stays the exact likelihood of what was kept."""
+    X = wave(rng, 60)
+    caplog.set_level(logging.INFO, logger="fastcpa")
+    model = small_model(rng).fit(X, n_iter=5, tol=-np.inf, progress=False, verbose=True, max_time=1e-9)
+    assert model.stopped_by_time_ and len(model.history_) == 2 and len(model.fit_time_) == 1
+    assert model.fit_time_[0] > 0
+    assert model.history_[-1] == pytest.approx(model.log_prob(X).mean(), rel=1e-12)
+    assert any("max_time=1e-09 s" in r.getMessage() and "stopped after 1 iterations" in r.getMessage()
+               for r in caplog.records)
+    free = small_model(rng).fit(X, n_iter=3, tol=-np.inf, progress=False, max_time=1e6)
+    assert not free.stopped_by_time_ and len(free.history_) == 4 and len(free.fit_time_) == 3
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "10"])
+def test_max_time_must_be_positive(rng, bad):
+    with pytest.raises((ValueError, TypeError), match="max_time"):
+        small_model(rng).fit(wave(rng, 20), n_iter=2, progress=False, max_time=bad)

@@ -34,8 +34,8 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _polygon_term_2d,
-                    _rel_log_kappa, _scratch, _truncate, _truncate_2d)
+from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
+                    _term_and_moments_2d, _truncate, _truncate_2d)
 from ._jit import jit
 
 # regions interleaved over at most this many parallel blocks
@@ -105,9 +105,9 @@ def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
 @jit(parallel=True)
 def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                    FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
-    """:func:`estep_chunk` for S = 2: each pair's log-mass as ``log_prob``
-    forms it (cut short by the polygon's tail bound below the floor), then,
-    for the pairs that are kept, the polygon moments on the accurate path."""
+    """:func:`estep_chunk` for S = 2: each pair's term and polygon moments
+    on the accurate path in one pass (``_term_and_moments_2d``; cut short by
+    the polygon's tail bound below the floor)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -129,10 +129,11 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                 if lk + err - REF[i, _REF_LK] < floor[i]:
                     continue
                 lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
-                if not whole[r]:  # the term first (its mass a bound where it is below the floor)
-                    lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
-                                          floor[i], sc, zs)
+                if whole[r]:
+                    _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
+                else:  # term and moments in one pass (none where the tail bound is below the floor)
+                    lk = _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r,
+                                              mu, lk, floor[i], sc, zs, m, C)
                     if lk < floor[i]:
                         continue
-                _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
                 _accumulate(math.exp((lk - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
