@@ -989,7 +989,7 @@ def small_polygon_moments(P, n, U, V):
     weights are positive, nothing cancels, and the scatter is gathered about
     ``p`` one node at a time (so a polygon far from the origin keeps its
     spread). The caller bounds the variation (``nu = |p| diam + diam^2 /
-    2``) and picks the rule (:func:`small_polygon_rule`)."""
+    2``) and picks the rule (``kernels.cpu.pairs._small_rule``)."""
     nan = math.nan
     if n < 3:
         return -math.inf, nan, nan, nan, nan, nan
