@@ -2,6 +2,7 @@
 
     python benchmarks/em_speed.py --baseline 2fdf56b          # every case, both versions
     python benchmarks/em_speed.py --cases S1-256x3 --iters 2  # one case, this tree only
+    python benchmarks/em_speed.py --cases torch-S2 --n 200 --iters 1 --baseline 414f8be  # smaller N
 
 Each version runs in its own Python process with its own source tree first on
 ``sys.path`` (the baseline from a ``git worktree`` of the given revision, made
@@ -55,12 +56,13 @@ def _generator(sizes, acts, slopes, seed):
                              slope=list(slopes) if isinstance(slopes, tuple) else slopes)
 
 
-def measure(name, iters=None):
+def measure(name, iters=None, n=None):
     """One case with whatever ``fastcpa`` this process imports: a dict of timings."""
     import fastcpa
 
-    sizes, acts, slopes, n, k = CASES[name]
+    sizes, acts, slopes, n0, k = CASES[name]
     k = iters or k
+    n = n or n0
     X = fastcpa.CPAModel(_generator(sizes, acts, slopes, seed=1), sigma_x=0.1).sample(n, seed=2)
     model = fastcpa.CPAModel(_generator(sizes, acts, slopes, seed=0), sigma_x=0.3)
     R = model.partition.n_regions
@@ -95,17 +97,19 @@ def _worker(args):
         if not os.path.abspath(mod.__file__).startswith(os.path.abspath(args.tree) + os.sep):
             raise SystemExit(f"{mod.__name__} was imported from {mod.__file__}, not from {args.tree}")
     fastcpa.warmup()
-    out = [measure(name, args.iters) for name in args.cases]
+    out = [measure(name, args.iters, args.n) for name in args.cases]
     with open(args.json, "w") as fh:
         json.dump(out, fh)
 
 
-def _run_version(tree, cases, iters):
+def _run_version(tree, cases, iters, n):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         path = fh.name
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--tree", tree, "--json", path, "--cases", *cases]
     if iters:
         cmd += ["--iters", str(iters)]
+    if n:
+        cmd += ["--n", str(n)]
     subprocess.run(cmd, check=True)
     with open(path) as fh:
         rows = json.load(fh)
@@ -143,7 +147,7 @@ def render(rows, base, base_sha, env, cmd):
         rule += "--:|"
     lines += [head, rule]
     for i, r in enumerate(rows):
-        line = f"| {r['case']} | {r['regions']:,} | {r['n']:,} | <= {TARGET_S[r['case']]:g} s |"
+        line = f"| {r['case']} | {r['regions']:,} | {r['n']:,} | <= {TARGET_S[r['case']]:g} s at N = {CASES[r['case']][3]:,} |"
         if base:
             line += " {} | {} | {} |".format(*cell(base[i]))
         line += " {} | {} | {} |".format(*cell(r))
@@ -161,6 +165,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     ap.add_argument("--iters", type=int, help="EM iterations timed per case (default: the case's own)")
+    ap.add_argument("--n", type=int, help="samples per case (default: the case's own N)")
     ap.add_argument("--baseline", metavar="REV", help="a git revision to run beside this tree")
     ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -169,19 +174,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.iters is not None and args.iters < 1:
         ap.error(f"--iters must be at least 1, got {args.iters}")
+    if args.n is not None and args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
     if args.worker:
         return _worker(args)
     base, base_sha = None, None
     if args.baseline:
         tree, base_sha = _baseline_tree(args.baseline)
         try:
-            base = _run_version(tree, args.cases, args.iters)
+            base = _run_version(tree, args.cases, args.iters, args.n)
         finally:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=False)
             shutil.rmtree(tree, ignore_errors=True)
         for r in base:
             print("baseline", json.dumps(r), flush=True)
-    rows = _run_version(ROOT, args.cases, args.iters)
+    rows = _run_version(ROOT, args.cases, args.iters, args.n)
     for r in rows:
         print("this tree", json.dumps(r), flush=True)
     sys.path.insert(0, HERE)

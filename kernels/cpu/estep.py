@@ -105,9 +105,10 @@ def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
 @jit(parallel=True)
 def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
                    FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
-    """:func:`estep_chunk` for S = 2: each pair's term and polygon moments
-    on the accurate path in one pass (``_term_and_moments_2d``; cut short by
-    the polygon's tail bound below the floor)."""
+    """:func:`estep_chunk` for S = 2: each pair's term as ``log_prob`` forms
+    it (cut short by the polygon's tail bound below the floor), then, for the
+    pairs that are kept, the polygon moments on the accurate path
+    (``_term_and_moments_2d``)."""
     n, R = Xb.shape
     cap = 8
     for r in range(R):
@@ -131,7 +132,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                 lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
                 if whole[r]:
                     _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
-                else:  # term and moments in one pass (none where the tail bound is below the floor)
+                else:  # the term, and the moments where it is at or above the floor
                     lk = _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r,
                                               mu, lk, floor[i], sc, zs, m, C)
                     if lk < floor[i]:
