@@ -257,7 +257,7 @@ class CPAModel:
             params["sig1"] = np.ascontiguousarray(Sigma[:, 0, 0])
             params["hl1"] = 0.5 * Lam[:, 0, 0]
         elif S == 2:
-            params.update(Lt=Lt, **_whitened_boundaries(part, Lt))
+            params.update(Lt=Lt, **_whitened_boundaries(part, Lt), **_series_tables(part, Lt))
             # The S = 2 kernels take their products in the orthonormal basis Q of
             # A~ = Q Rq: y' = Q^T (x~ - b~) and mu = K y', K = (s I + Rq^T Rq)^-1 Rq^T
             # (from the QR factors of [Rq; sqrt(s) I]), whose norm is at most
@@ -434,7 +434,7 @@ class CPAModel:
                 ptr = p["ptr"][rs.start:rs.stop + 1]
                 fptr = p["fptr"][rs.start:rs.stop + 1]
                 return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], fptr, p["FN"], p["FO"], p["FU"],
-                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["const"])
+                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["SC"][rs], p["SM"][rs], p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
@@ -1141,6 +1141,18 @@ def _whitened_boundaries(part, Lt):
     FU[:, 1] = (FN[:, 1] - Lt[freg, 1] * FN[:, 0] / Lt[freg, 0]) / Lt[freg, 2]
     return {"ptr": np.ascontiguousarray(ptr), "PW": PW, "LN": LN, "fptr": np.ascontiguousarray(part.facet_ptr),
             "FN": FN, "FO": np.ascontiguousarray(part.facet_offset), "FU": FU}
+
+
+def _series_tables(part, Lt):
+    """Each S = 2 region's moment-series table (``kernels.cpu.pairs.series_tables``):
+    ``SC`` (R, 14) and ``SM`` (R, table size)."""
+    from fastcpa.kernels.cpu.pairs import SERIES_SIZE, series_tables
+
+    R = part.n_regions
+    SC = np.empty((R, 14))
+    SM = np.empty((R, SERIES_SIZE))
+    series_tables(np.ascontiguousarray(part.boundary_ptr), np.ascontiguousarray(part.boundary), Lt, SC, SM)
+    return {"SC": SC, "SM": SM}
 
 
 def _padded_facets(part):

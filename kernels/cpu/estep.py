@@ -34,7 +34,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_REF_LK, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
+from .pairs import (_REF_LK, SERIES_N, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
                     _term_and_moments_2d, _truncate, _truncate_2d)
 from ._jit import jit
 
@@ -104,7 +104,7 @@ def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
 
 @jit(parallel=True)
 def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                   FU, Lt, K, Rt, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
+                   FU, Lt, K, Rt, SC, SM, const, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """:func:`estep_chunk` for S = 2: each pair's term as ``log_prob`` forms
     it (cut short by the polygon's tail bound below the floor), then, for the
     pairs that are kept, the polygon moments on the accurate path
@@ -121,6 +121,8 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
         C = np.empty((2, 2))
         sc = _scratch(cap)
         zs = np.empty(3)
+        ser = np.empty(8)
+        pw = np.empty((2, SERIES_N + 1))
         for r in range(blk, R, nb):
             for i in range(n):
                 Wt[r, i] = 0.0
@@ -134,7 +136,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                     _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
                 else:  # the term, and the moments where it is at or above the floor
                     lk = _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r,
-                                              mu, lk, floor[i], sc, zs, m, C)
+                                              mu, lk, floor[i], sc, zs, SC, SM, ser, pw, m, C)
                     if lk < floor[i]:
                         continue
                 _accumulate(math.exp((lk - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)

@@ -61,7 +61,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .. import _interval, _polygon
+from .. import _interval, _polygon, _polygon_series
 from .._owens_t import _GL8_U, _GL8_V, _GL10_U, _GL10_V
 from ._jit import jit, scalars
 
@@ -78,6 +78,15 @@ clip_halfplane = _pg.clip_halfplane
 offset_at = _pg.offset_at
 log_tail_bound = _pg.log_tail_bound
 small_polygon_moments = _pg.small_polygon_moments
+_ps = scalars(_polygon_series)
+series_table = _ps.series_table
+series_degree = _ps.series_degree
+series_error = _ps.series_error
+series_eval = _ps.series_eval
+SERIES_N = _polygon_series.SERIES_N
+SERIES_SIZE = _polygon_series.SERIES_SIZE
+SERIES_H = _polygon_series.SERIES_H
+LOG_2PI_PS = _polygon_series._LOG_2PI
 far_log_mass_at = _pg.far_log_mass_at
 far_distance2 = _pg.far_distance2
 _FAR2 = _polygon._FAR2
@@ -767,8 +776,119 @@ def _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs):
         zs[1] -= (a1 * f2 - a2 * f1) / det
 
 
+# The moment series (kernels._polygon_series) serves a pair where its proven error is
+# below these: the mass relative to itself, the covariance relative to its smaller
+# eigenvalue (the E-step's moments are asked for to 1e-10: a bound, the errors measured are ~1e-14).
+SERIES_MASS_TOL = 1e-12
+SERIES_COV_TOL = 1e-10
+
+
+@jit(parallel=True)
+def series_tables(ptr, B, Lt, SC, SM):
+    """Each region's moment-series table (``kernels._polygon_series.series_table``)
+    from the boundary points ``B`` (rows ``(x, y, w)``, ``w = 0`` for ideal
+    points) and the factors ``Lt``: ``SM[r]``, and ``SC[r]`` = the centroid (2),
+    the frame's map ``R`` and its inverse (4 each, row major), ``h`` (``inf``
+    where the rule does not serve: an unbounded or large polygon), ``h1``,
+    ``h2``, ``teps``."""
+    R = len(ptr) - 1
+    nb = min(R, 64)
+    for blk in prange(nb):
+        J = np.empty(SERIES_N + 1)
+        P1 = np.empty(SERIES_N + 1)
+        P2 = np.empty(SERIES_N + 1)
+        acc = np.empty(SERIES_SIZE)
+        out = np.empty(11)
+        for r in range(blk, R, nb):
+            a, b = ptr[r], ptr[r + 1]
+            bounded = b > a
+            for v in range(a, b):
+                if B[v, 2] != 1.0:
+                    bounded = False
+            for k in range(14):
+                SC[r, k] = 0.0
+            SC[r, 10] = math.inf
+            if bounded:
+                h1, h2, h, teps = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r], J, P1, P2, acc,
+                                               out)
+                for k in range(10):
+                    SC[r, k] = out[k]
+                SC[r, 10] = h
+                SC[r, 11] = h1
+                SC[r, 12] = h2
+                SC[r, 13] = teps
+
+
 @jit
-def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs):
+def _series_term(SC, SM, r, mu, grad, ser, pw):
+    """log N(mu, Sigma_r)-mass of region r by the moment series, or NaN where
+    its error bound (the series' own, ``series_error``, plus the rounding of
+    ``g`` and ``|g|^2 / 2``, times ``|d log Phi / d g| <= h + |g|``) exceeds
+    ``SERIES_MASS_TOL``. ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
+    truncated mean and covariance in z in ``ser[1:6]`` (mean, then cov 00, 01, 11)
+    where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
+    eigenvalue, else ``ser[0] = 2``. ``pw``: scratch (2, SERIES_N + 1)."""
+    ser[0] = 0.0
+    h = SC[r, 10]
+    h1 = SC[r, 11]
+    h2 = SC[r, 12]
+    d1 = mu[0] - SC[r, 0]
+    d2 = mu[1] - SC[r, 1]
+    a1 = SC[r, 2] * d1
+    b1 = SC[r, 3] * d2
+    a2 = SC[r, 4] * d1
+    b2 = SC[r, 5] * d2
+    g1 = a1 + b1
+    g2 = a2 + b2
+    rho = abs(g1) * h1 + abs(g2) * h2
+    K = series_degree(rho, h)
+    if K < 0:
+        return math.nan
+    err = series_error(rho, h, K, SC[r, 13])
+    gn = math.hypot(g1, g2)
+    frame = (h + gn) * 3.0 * _EPS * (abs(a1) + abs(b1) + abs(a2) + abs(b2)) + 2.0 * _EPS * gn * gn
+    if not (err + frame <= SERIES_MASS_TOL):
+        return math.nan
+    F, F1, F2, F11, F12, F22 = series_eval(SM[r], g1, g2, K, grad, pw[0], pw[1])
+    if not (F > 0.0):
+        return math.nan
+    ser[0] = 1.0
+    if grad:
+        m1 = F1 / F
+        m2 = F2 / F
+        c00 = F11 / F - m1 * m1
+        c01 = F12 / F - m1 * m2
+        c11 = F22 / F - m2 * m2
+        # |error of C_jk| <= e h_j h_k (E[u u^T] within 2 err, E[u] within 2 err, the
+        # difference's rounding 4 eps, in units of h_j h_k), so relative to C itself at
+        # most 2 e max(h_j^2 / C_jj) / (1 - |correlation|)
+        e = 7.0 * (err + _EPS)
+        ok = c00 > 0.0 and c11 > 0.0
+        if ok:
+            corr = abs(c01) / math.sqrt(c00 * c11)
+            ok = 2.0 * e * max(h1 * h1 / c00, h2 * h2 / c11) <= SERIES_COV_TOL * (1.0 - corr)
+        if not ok:
+            ser[0] = 2.0
+        else:  # z = c + R^-1 u
+            i11 = SC[r, 6]
+            i12 = SC[r, 7]
+            i21 = SC[r, 8]
+            i22 = SC[r, 9]
+            ser[1] = SC[r, 0] + (i11 * m1 + i12 * m2)
+            ser[2] = SC[r, 1] + (i21 * m1 + i22 * m2)
+            t11 = i11 * c00 + i12 * c01
+            t12 = i11 * c01 + i12 * c11
+            t21 = i21 * c00 + i22 * c01
+            t22 = i21 * c01 + i22 * c11
+            ser[3] = t11 * i11 + t12 * i12
+            ser[4] = 0.5 * ((t11 * i21 + t12 * i22) + (t21 * i11 + t22 * i12))
+            ser[5] = t21 * i21 + t22 * i22
+    return math.log(F) - 0.5 * (g1 * g1 + g2 * g2) - LOG_2PI_PS
+
+
+@jit
+def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs, SC,
+                     SM, grad, ser, pw):
     """Pair (i, r)'s term ``log kappa_r - log kappa_ref + log Phi_r`` from its
     relative ``log kappa`` ``rel`` (taken at ``mu``), for a region with a
     boundary; a term whose mass lies below ``floor`` may be its bound.
@@ -781,7 +901,20 @@ def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, 
     the log-mass relative to the density at ``p`` (``far_log_mass_at``). The
     peak at ``mu`` minus ``d^2 / 2`` would subtract two numbers of the size of
     the term, each rounded in its own way (``mu``'s fitted point extrapolated
-    far from the region; ``d`` from the whitening of ``mu`` itself)."""
+    far from the region; ``d`` from the whitening of ``mu`` itself).
+
+    A polygon small next to its Gaussian (region table ``SC``, ``SM``) takes the
+    moment series where its error bound allows (:func:`_series_term`; ``ser[0]``
+    says so, and with ``grad`` holds the moments); the polygon is then not
+    whitened into ``sc[0]``."""
+    if SC[r, 10] <= SERIES_H:
+        lm = _series_term(SC, SM, r, mu, grad, ser, pw)
+        if lm == lm:
+            zs[0] = mu[0]
+            zs[1] = mu[1]
+            zs[2] = 0.0
+            return rel + lm
+    ser[0] = 0.0
     lm = _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor - rel, sc)
     W, E = sc[0], sc[1]
     nv = ptr[r + 1] - ptr[r]
@@ -814,7 +947,7 @@ _LM0 = np.empty((0, 4))
 
 @jit(parallel=True)
 def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                      FU, Lt, K, Rt, const, gap, run_max, run_sum, n_skipped, r0, arg):
+                      FU, Lt, K, Rt, SC, SM, const, gap, run_max, run_sum, n_skipped, r0, arg):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers."""
@@ -829,6 +962,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         er = np.empty(R)
         sc = _scratch(cap)
         zs = np.empty(3)
+        ser = np.empty(8)
+        pw = np.empty((2, SERIES_N + 1))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
@@ -847,7 +982,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[2] = 0.0
             if not whole[best]:
                 nb = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, best, mu, nb,
-                                      -math.inf, sc, zs)
+                                      -math.inf, sc, zs, SC, SM, False, ser, pw)
             if nb > m + _REBASE:
                 _set_reference(Xs, i, Aw, gz, best, zs[:2], s2, logdet_lam, const, REF)
                 REF[i, REF.shape[1] - 1] = zs[2]
@@ -870,7 +1005,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[2] = 0.0
             if not whole[r]:  # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
                 term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel,
-                                        m - _NEGLIGIBLE, sc, zs)
+                                        m - _NEGLIGIBLE, sc, zs, SC, SM, False, ser, pw)
             _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
@@ -985,25 +1120,37 @@ def _small_rule(W, nv, mu, Lt, r):
 
 @jit
 def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
-                         mean, cov):
+                         SC, SM, ser, pw, mean, cov):
     """Pair (i, r) of a region with a boundary: its term exactly as
     ``log_prob`` forms it (:func:`_polygon_term_2d`; ``rel`` its relative
     ``log kappa`` at ``mu``), and, where that is at or above ``floor``, the
-    truncated mean and covariance in z on the accurate path from the same
+    truncated mean and covariance in z: from the moment series where the term
+    came from it and their bound allows, else on the accurate path from the
     whitened polygon (:func:`_truncate_whitened_2d`). The same term, to the
     bit, keeps each sample's E-step weights summing to 1 with ``log_prob``'s
     likelihood: the moments' own log-mass differs by its rounding, which far
     out (``eps d^2``) is not small. Returns the term (below ``floor`` it may
     be a bound, and the moments are not computed)."""
-    term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs)
-    if term >= floor:  # (the polygon is still whitened in sc[0])
-        _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, sc, mean, cov)
+    term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
+                            SC, SM, True, ser, pw)
+    if term >= floor:
+        if ser[0] == 1.0:
+            mean[0] = ser[1]
+            mean[1] = ser[2]
+            cov[0, 0] = ser[3]
+            cov[0, 1] = ser[4]
+            cov[1, 0] = ser[4]
+            cov[1, 1] = ser[5]
+        else:
+            if ser[0] == 2.0:  # the series gave the term only: the polygon is not whitened yet
+                _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
+            _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, sc, mean, cov)
     return term
 
 
 @jit(parallel=True)
 def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                       FU, Lt, K, Rt, const, terms, means, covs, gap=40.0):
+                       FU, Lt, K, Rt, SC, SM, const, terms, means, covs, gap=40.0):
     """:func:`posterior_chunk` for S = 2 (polygon moments, mapped back to z).
 
     Every term within ``gap`` nats of the chunk row's best is exact (accurate
@@ -1026,6 +1173,8 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         mu = np.empty(2)
         sc = _scratch(cap)
         zs = np.empty(3)
+        ser = np.empty(8)
+        pw = np.empty((2, SERIES_N + 1))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         best = 0
@@ -1042,7 +1191,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
             lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
                 lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
-                                      top - gap, sc, zs)
+                                      top - gap, sc, zs, SC, SM, False, ser, pw)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):

@@ -1,0 +1,309 @@
+"""Gaussian mass and moments over a small polygon by its moment series (docs/mathematics.md, section 6).
+
+A region's polygon ``P`` and its posterior precision ``Lambda = L L^T`` do not
+depend on the sample; only the posterior mean ``mu`` does. About the
+polygon's area centroid ``c``, with ``u = L^T (z - c)`` and ``g = L^T (mu - c)``::
+
+    Phi(mu) = N(mu, Lambda^-1)-mass of P = exp(-|g|^2 / 2) F(g) / (2 pi)
+    F(g)    = int_P' exp(g . u) psi(u) du,       psi(u) = exp(-|u|^2 / 2)
+            = sum_{a, b} M_ab g1^a g2^b / (a! b!),   M_ab = int_P' u1^a u2^b psi(u) du
+
+(``P'`` the polygon in the ``u`` frame). The coefficients ``M_ab`` are the
+polygon's Gaussian-weighted monomial moments: each region computes them once
+(:func:`series_table`, by an exact radial integral and Gauss-Legendre along
+the edges), and each (sample, region) pair evaluates a polynomial
+(:func:`series_eval`) where the edge formulas spend special functions. The
+truncated moments follow from F's derivatives: ``E[u] = grad F / F`` and
+``E[u u^T] = hess F / F``.
+
+Error bound (every quantity below is computed per pair; the rule serves only
+where the sum is small). The frame is turned onto the polygon's principal axes
+(:func:`series_table`); ``h = max |u|``, ``h1 = max |u1|``, ``h2 = max |u2|`` over
+``P'`` and ``rho = |g1| h1 + |g2| h2 >= max |g . u|``.
+
+* Truncation. ``|e^t - T_m(t)| <= |t|^{m+1} e^{max(t, 0)} / (m+1)!``
+  (``T_m`` the degree-m Taylor polynomial), and ``int e^{max(g.u, 0)} psi <=
+  int_{g.u > 0} e^{g.u} psi + int psi <= (1 + A) F``: the first part is at most F,
+  and by Grunbaum's theorem any line through the centroid of a convex polygon
+  leaves at least 4/9 of its area on each side, so ``F >= int_{g.u >= 0} psi >=
+  (4/9) e^{-h^2/2} area >= int psi / A``, ``A = (9/4) e^{h^2/2}``. So F truncated
+  at degree ``K + 2`` errs by at most ``(1 + A) rho^{K+3} / (K+3)!`` of itself;
+  grad F (degree ``K + 1``) by ``h`` times the same with ``K + 2``, hess F (degree
+  ``K``) by ``h^2`` times it with ``K + 1``. ``K`` is the smallest degree that
+  puts the largest of these below ``2^-53``.
+* Rounding. Every ``|S_ab g^a g^b|`` sums to at most ``int e^{|g1 u1| + |g2 u2|}
+  psi <= e^rho A F`` (and, weighted by ``u_j`` or ``u_j u_k``, at most ``h_j`` or
+  ``h_j h_k`` times that); the degree groups are summed apart (``K + 3`` of them, at
+  most ``K + 3`` terms each), so the evaluation errs by ``(2K + 8) u e^rho A``
+  relative; the table's entries carry ``(3N + 9 + n_t + n_v) u h1^a h2^b area`` each
+  (powers, the radial integral, ``n_t`` nodes per triangle, ``n_v`` triangles),
+  which the series sums to ``(3N + 9 + n_t + n_v) u e^rho A e^{h^2/2}`` relative.
+
+:func:`series_error` returns the sum (``u = 2^-53``), and callers accept the
+rule where it is small enough: the mass to ``1e-12`` relative, the covariance
+to ``1e-11`` of its smaller eigenvalue (errors ``h^2`` times a few of that sum).
+"""
+
+import math
+
+import numpy as np
+
+#: The Hessian's largest truncation degree; the table holds degrees up to SERIES_N.
+SERIES_K = 32
+SERIES_N = SERIES_K + 2
+SERIES_SIZE = (SERIES_N + 1) * (SERIES_N + 2) // 2
+#: Largest whitened radius (about the centroid) of a polygon the rule serves.
+SERIES_H = 1.0
+_U = 1.1102230246251565e-16
+_LOG_2PI = 1.8378770664093453
+_TRUNC = 2.0**-53
+# Gauss-Legendre along each edge: the integrand is a polynomial of degree n <= N
+# times J_n(|d(t)|^2), whose series in q = |d|^2 (terms (q/2)^j / j!) adds degree 2j.
+# 2 n_t - 1 >= N + 2 j covers every term with (h^2/2)^j / j! above 1e-20 for
+# h <= 0.155 (20 nodes), 0.47 (24) and 1.29 (32); GL's positive weights bound the
+# rest by twice its size.
+_GLE = [np.polynomial.legendre.leggauss(m) for m in (20, 24, 32)]
+_T20 = tuple(float(v) for v in 0.5 * (_GLE[0][0] + 1.0))
+_W20 = tuple(float(v) for v in 0.5 * _GLE[0][1])
+_T24 = tuple(float(v) for v in 0.5 * (_GLE[1][0] + 1.0))
+_W24 = tuple(float(v) for v in 0.5 * _GLE[1][1])
+_T32 = tuple(float(v) for v in 0.5 * (_GLE[2][0] + 1.0))
+_W32 = tuple(float(v) for v in 0.5 * _GLE[2][1])
+del _GLE
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(SERIES_N + 1))
+
+
+def _radial_moments(q, J):
+    """``J[n] = int_0^1 s^(n+1) exp(-q s^2 / 2) ds`` for ``n = 0..SERIES_N`` (``0 <= q <= 2``):
+    the top two by their alternating series (terms falling at least by ``q / 2``),
+    the rest by ``J[n-2] = (exp(-q/2) + q J[n]) / n`` (all terms positive)."""
+    x = -0.5 * q
+    for n in range(SERIES_N - 1, SERIES_N + 1):
+        term = 1.0
+        tot = 1.0 / (n + 2)
+        for j in range(1, 24):
+            term *= x / j
+            tot += term / (n + 2 + 2 * j)
+        J[n] = tot
+    e = math.exp(x)
+    for n in range(SERIES_N, 1, -1):
+        J[n - 2] = (e + q * J[n]) / n
+
+
+def _edge_moments(px, py, qx, qy, T, W, J, P1, P2, acc):
+    """Add triangle (0, p, q)'s ``int u1^a u2^b psi`` (index ``n (n+1) / 2 + b``,
+    ``n = a + b``) to ``acc``: ``u = s (p + t (q - p))``, ``du = (p x q) s ds dt``."""
+    area2 = px * qy - py * qx
+    if not (area2 > 0.0):
+        return
+    ex = qx - px
+    ey = qy - py
+    for j in range(len(T)):
+        dx = px + T[j] * ex
+        dy = py + T[j] * ey
+        _radial_moments(dx * dx + dy * dy, J)
+        P1[0] = 1.0
+        P2[0] = 1.0
+        for k in range(1, SERIES_N + 1):
+            P1[k] = P1[k - 1] * dx
+            P2[k] = P2[k - 1] * dy
+        w = W[j] * area2
+        i = 0
+        for n in range(SERIES_N + 1):
+            wn = w * J[n]
+            for b in range(n + 1):
+                acc[i] += wn * (P1[n - b] * P2[b])
+                i += 1
+
+
+def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
+    """Region table of the moment series for the bounded convex polygon ``P[0:nv]``
+    (z coordinates, counter-clockwise) under the precision factor ``L^T = [[l11, l21],
+    [0, l22]]``.
+
+    The frame is ``u = Q L^T (z - c)``: about the area centroid ``c``, whitened,
+    and turned (``Q``) onto the whitened polygon's principal axes, so that a thin
+    polygon's narrow extent ``h2`` bounds what its covariance's thin direction
+    sees. Fills ``S[i] = M_ab / (a! b!)`` (``i = n (n+1) / 2 + b``, ``n = a + b
+    <= SERIES_N``) and ``out[0:11]``: ``c`` (2), the map ``R = Q L^T`` (4, row
+    major), its inverse (4), then ``h``; returns ``(h1, h2, h, teps)``: the
+    largest ``|u1|``, ``|u2|`` and ``|u|`` over the polygon (``h = inf`` where
+    the rule does not serve: fewer than three points, no area, or ``h >
+    SERIES_H``) and the table's rounding factor ``teps`` (module docstring; it
+    includes the whitened polygon's own rounding, ``4 u h perimeter / area``).
+    ``J``, ``P1``, ``P2``: scratch of ``SERIES_N + 1``; ``acc``: of ``SERIES_SIZE``."""
+    inf = math.inf
+    if nv < 3:
+        return 0.0, 0.0, inf, 0.0
+    ox = P[0, 0]
+    oy = P[0, 1]
+    a2 = 0.0
+    cx = 0.0
+    cy = 0.0
+    for k in range(1, nv - 1):  # the fan from the first vertex, relative to it
+        ax = P[k, 0] - ox
+        ay = P[k, 1] - oy
+        bx = P[k + 1, 0] - ox
+        by = P[k + 1, 1] - oy
+        cr = ax * by - ay * bx
+        a2 += cr
+        cx += cr * (ax + bx)
+        cy += cr * (ay + by)
+    if not (a2 > 0.0):
+        return 0.0, 0.0, inf, 0.0
+    cx /= 3.0 * a2
+    cy /= 3.0 * a2
+    # the whitened polygon's second moments of area about its centroid (fan from it)
+    ixx = 0.0
+    ixy = 0.0
+    iyy = 0.0
+    per = 0.0
+    area2 = 0.0
+    for k in range(nv):
+        q = k + 1 if k + 1 < nv else 0
+        dx = (P[k, 0] - ox) - cx
+        dy = (P[k, 1] - oy) - cy
+        ex = (P[q, 0] - ox) - cx
+        ey = (P[q, 1] - oy) - cy
+        px = l11 * dx + l21 * dy
+        py = l22 * dy
+        qx = l11 * ex + l21 * ey
+        qy = l22 * ey
+        cr = px * qy - py * qx
+        area2 += cr
+        ixx += cr * (px * px + px * qx + qx * qx)
+        iyy += cr * (py * py + py * qy + qy * qy)
+        ixy += cr * (2.0 * px * py + px * qy + qx * py + 2.0 * qx * qy)
+        per += math.hypot(qx - px, qy - py)
+    th = 0.5 * math.atan2(ixy, ixx - iyy)  # ixy carries twice the product moment's weight
+    cs = math.cos(th)
+    sn = math.sin(th)
+    r11 = cs * l11
+    r12 = cs * l21 + sn * l22
+    r21 = -sn * l11
+    r22 = cs * l22 - sn * l21
+    h1 = 0.0
+    h2 = 0.0
+    h = 0.0
+    for k in range(nv):
+        dx = (P[k, 0] - ox) - cx
+        dy = (P[k, 1] - oy) - cy
+        u1 = r11 * dx + r12 * dy
+        u2 = r21 * dx + r22 * dy
+        h1 = max(h1, abs(u1))
+        h2 = max(h2, abs(u2))
+        h = max(h, math.hypot(u1, u2))
+    out[0] = ox + cx
+    out[1] = oy + cy
+    out[2] = r11
+    out[3] = r12
+    out[4] = r21
+    out[5] = r22
+    # R^-1 = L^-T Q^T
+    out[6] = cs / l11 - sn * l21 / (l11 * l22)
+    out[7] = -sn / l11 - cs * l21 / (l11 * l22)
+    out[8] = sn / l22
+    out[9] = cs / l22
+    out[10] = h
+    if not (h <= SERIES_H and area2 > 0.0):
+        return h1, h2, inf, 0.0
+    for i in range(SERIES_SIZE):
+        S[i] = 0.0
+    nt = 20 if h <= 0.155 else (24 if h <= 0.47 else 32)
+    for k in range(nv):
+        q = k + 1 if k + 1 < nv else 0
+        dx = (P[k, 0] - ox) - cx
+        dy = (P[k, 1] - oy) - cy
+        ex = (P[q, 0] - ox) - cx
+        ey = (P[q, 1] - oy) - cy
+        px = r11 * dx + r12 * dy
+        py = r21 * dx + r22 * dy
+        qx = r11 * ex + r12 * ey
+        qy = r21 * ex + r22 * ey
+        for i in range(SERIES_SIZE):
+            acc[i] = 0.0
+        if nt == 20:
+            _edge_moments(px, py, qx, qy, _T20, _W20, J, P1, P2, acc)
+        elif nt == 24:
+            _edge_moments(px, py, qx, qy, _T24, _W24, J, P1, P2, acc)
+        else:
+            _edge_moments(px, py, qx, qy, _T32, _W32, J, P1, P2, acc)
+        for i in range(SERIES_SIZE):
+            S[i] += acc[i]
+    i = 0
+    for n in range(SERIES_N + 1):
+        for b in range(n + 1):
+            S[i] *= _INV_FACT[n - b] * _INV_FACT[b]
+            i += 1
+    return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U + 8.0 * _U * h * per / area2
+
+
+def series_degree(rho, h):
+    """The smallest Hessian degree K whose truncation bound (module docstring) is
+    below 2^-53, or -1 beyond ``SERIES_K``."""
+    # relative to F, the derivatives' bounds over h and h^2 are (1 + A) rho^{m+1} / (m+1)!
+    # for m = K + 2, K + 1, K: the largest is the Hessian's (rho < K + 2 once it is small)
+    t = 1.0 + 2.25 * math.exp(0.5 * h * h)
+    for K in range(SERIES_K + 1):
+        t *= rho / (K + 1)
+        if t <= _TRUNC:
+            return K
+    return -1
+
+
+def series_error(rho, h, K, teps):
+    """Relative error bound of F (and, times ``h`` and ``h^2``, of its
+    derivatives) for Hessian degree ``K``: truncation plus rounding."""
+    a = 2.25 * math.exp(0.5 * h * h + rho)
+    return _TRUNC + (2 * K + 8) * _U * a + teps * a * math.exp(0.5 * h * h)
+
+
+def series_eval(S, g1, g2, K, grad, P1, P2):
+    """``(F, F1, F2, F11, F12, F22)``: the series of F (degree ``K + 2``) and of its
+    derivatives (degrees ``K + 1`` and ``K``) at ``g``, from region table ``S``
+    (``grad`` false: F alone, the rest 0). Each degree is summed apart
+    (the rounding bound of :func:`series_error`)."""
+    P1[0] = 1.0
+    P2[0] = 1.0
+    for k in range(1, K + 3):
+        P1[k] = P1[k - 1] * g1
+        P2[k] = P2[k - 1] * g2
+    F = 0.0
+    F1 = 0.0
+    F2 = 0.0
+    F11 = 0.0
+    F12 = 0.0
+    F22 = 0.0
+    for n in range(K + 3):
+        i0 = n * (n + 1) // 2
+        f = 0.0
+        for b in range(n + 1):
+            f += S[i0 + b] * (P1[n - b] * P2[b])
+        F += f
+    if grad:
+        for n in range(K + 2):
+            i1 = (n + 1) * (n + 2) // 2
+            f1 = 0.0
+            f2 = 0.0
+            for b in range(n + 1):
+                a = n - b
+                m = P1[a] * P2[b]
+                f1 += (a + 1) * S[i1 + b] * m
+                f2 += (b + 1) * S[i1 + b + 1] * m
+            F1 += f1
+            F2 += f2
+        for n in range(K + 1):
+            i2 = (n + 2) * (n + 3) // 2
+            f11 = 0.0
+            f12 = 0.0
+            f22 = 0.0
+            for b in range(n + 1):
+                a = n - b
+                m = P1[a] * P2[b]
+                f11 += ((a + 1) * (a + 2)) * S[i2 + b] * m
+                f12 += ((a + 1) * (b + 1)) * S[i2 + b + 1] * m
+                f22 += ((b + 1) * (b + 2)) * S[i2 + b + 2] * m
+            F11 += f11
+            F12 += f12
+            F22 += f22
+    return F, F1, F2, F11, F12, F22
