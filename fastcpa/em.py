@@ -43,15 +43,23 @@ def _with_layer(gen, k, W, c):
 
 
 def _mean_log_lik(model, X):
-    # trial steps can be far worse conditioned than the fit: their AccuracyWarnings would
-    # only be noise (a user's own log_prob of the fitted model still warns)
-    import warnings
+    """Mean exact log p over the rows of ``X`` (already checked), as ``log_prob``
+    gives it (without its accuracy estimate: trial steps can be far worse
+    conditioned than the fit, and a user's own ``log_prob`` of the fitted model
+    still warns). The pass's rows stay with ``model`` for its E-step
+    (:func:`_stats`): an accepted step's likelihood pass is the next E-step's first."""
+    rows = model._likelihood_rows(X)
+    model._fit_rows = (X, rows)
+    return float(np.mean(rows[0]))
 
-    from .model import AccuracyWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AccuracyWarning)
-        return float(np.mean(model.log_prob(X)))
+def _stats(model, X):
+    """``model.sufficient_stats(X)``, reusing the likelihood pass :func:`_mean_log_lik` made."""
+    from .estep import sufficient_statistics
+
+    cached = getattr(model, "_fit_rows", None)
+    rows = cached[1] if cached is not None and cached[0] is X else None
+    return sufficient_statistics(model, X, likelihood_rows=rows)
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
@@ -206,7 +214,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                     best = (cur, ll)
                 elif layers:
                     for k in range(cur.generator.n_layers - 1):
-                        st = cur.sufficient_stats(X)
+                        st = _stats(cur, X)
                         fl = FrozenLayer(cur.generator, cur.partition, k)
                         W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter)
                         W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
@@ -226,7 +234,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                                       f"step {0.5**a:g} taken" if taken else "kept (every step lowered it)", ll)
                 if adam is None:
                     # output layer and noise: exact M-steps on one fresh E-step
-                    st = cur.sufficient_stats(X)
+                    st = _stats(cur, X)
                     L = cur.generator.n_layers
                     W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
                     gen_o = _with_layer(cur.generator, L - 1, W, c)
@@ -401,7 +409,7 @@ def log_likelihood_gradient(model, X):
     """
     from .mstep import FrozenLayer
 
-    st = model.sufficient_stats(X)
+    st = _stats(model, X)
     gen, part = model.generator, model.partition
     var = model._noise_var
     dW, dc = [], []

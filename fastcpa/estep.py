@@ -10,7 +10,8 @@ plus ``sum_n x_n**2`` per dimension. Everything an EM step needs is a function o
 these alone, so their memory is O(R (D S + S^2)) whatever N is.
 
 They are streamed over (sample, region) chunks like ``log_prob``: one pass for
-the exact ``log p(x_n)``, a second over the same chunks in which a fused
+the exact ``log p(x_n)`` (``log_prob``'s own, with each row's reference pair;
+EM hands over the one its accepted step already made), a second in which a fused
 kernel (``fastcpa.kernels.cpu.estep``) forms each pair's weight and truncated
 moments and adds them straight into its region's ``T0``, ``T1``, ``T2``;
 ``Tx`` and ``Txz`` are GEMMs of the chunk's weights with its samples. A pair whose
@@ -160,7 +161,7 @@ class SufficientStats:
         return float(log_lik_x + log_prior)
 
 
-def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=1024):
+def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=1024, likelihood_rows=None):
     """Exact E-step statistics of ``model`` on ``X`` (see the module docstring).
 
     Parameters
@@ -173,6 +174,10 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     sample_chunk, region_chunk : int
         Chunk sizes; memory is O(sample_chunk * region_chunk * S) beside
         the statistics themselves.
+    likelihood_rows : tuple, optional
+        ``CPAModel._likelihood_rows(X, gap)`` of this model and ``X``, where
+        the caller has it already (EM's accepted trial step): the likelihood
+        pass is then not repeated.
 
     Returns
     -------
@@ -190,7 +195,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     """
     from fastcpa.kernels.cpu.estep import region_major
 
-    from .model import _assemble, _checked_log_prob
+    from .model import _checked_log_prob
 
     X = model._check_X(X)
     N = len(X)
@@ -203,18 +208,18 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     T2 = np.zeros((R, S, S))
     Tx = np.zeros((R, D))
     Txz = np.zeros((R, D, S))
-    log_p = np.empty(N)
     shift = X.mean(axis=0) if N else np.zeros(D)
+    # each row's exact log p(x_n) and its reference pair, as log_prob forms them: the
+    # moments below take each pair's term relative to the same reference, so each
+    # sample's weights sum to 1 to rounding
+    if likelihood_rows is None:
+        likelihood_rows = model._likelihood_rows(X, gap, region_chunk=region_chunk)
+    log_p, TOP, LSUM, REFS = likelihood_rows
     with blas_single_threaded():
         for a in range(0, N, sample_chunk):
             rows = slice(a, min(N, a + sample_chunk))
             Xw, xx, Xs = model._whiten(X[rows])
-            # log p(x_n) over the same GEMM chunks and row references as the
-            # moments below, so each sample's weights sum to 1 to rounding
-            top, lsum, REF, _ = model._rebased(
-                lambda *a: model._log_prob_rows(*a[:3], gap, region_chunk, *a[3:]), Xw, xx, Xs,
-                np.zeros(len(Xw), np.int64), True)
-            log_p[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
+            top, lsum, REF = TOP[rows], LSUM[rows], REFS[rows].copy()
             floor = top + lsum - gap
             Xc = X[rows] - shift
             for rs in model._region_slices(region_chunk):

@@ -480,10 +480,6 @@ class CPAModel:
             every row (see ``_rounding_uncertainty``); ``last_pairs_skipped_`` the pairs
             the pruning skipped.
         """
-        import numba
-
-        from fastcpa.kernels.cpu import pairs
-
         check_backend(backend, "CPAModel")
         sample_chunk = check_chunk(sample_chunk, "sample_chunk")
         region_chunk = check_chunk(region_chunk, "region_chunk")
@@ -494,6 +490,35 @@ class CPAModel:
         spread = np.empty(N)
         skipped = np.zeros(N, np.int64)
         gap = PRUNE_GAP if prune else np.inf
+        S, D = self.generator.latent_dim, self.generator.output_dim
+        for rows, lp, top, lsum, REF, sk in self._likelihood_blocks(X, gap, sample_chunk, region_chunk):
+            out[rows] = lp
+            skipped[rows] = sk
+            mu, f, e = REF[:, 2:2 + S], REF[:, 2 + S:2 + S + D], REF[:, 2 + S + D:2 + S + 2 * D]
+            if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
+                mu = mu @ p["V"][0].T
+            # where the reference's term lies far above log p (its region holds little of
+            # its Gaussian), its mean says little of where the posterior is: the bound stays
+            own = top + lsum >= -_REF_SLACK
+            spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, lp, own, REF[:, -1] == 1.0)
+        self.last_pairs_skipped_ = int(skipped.sum())
+        self.last_log_prob_uncertainty_ = spread
+        _checked_log_prob(out)
+        _warn_undetermined(out, spread)
+        return out
+
+    def _likelihood_blocks(self, X, gap, sample_chunk, region_chunk):
+        """Yield ``(rows, log_p, top, log_sum, REF, skipped)`` per block of rows of the
+        checked ``X``: each row's exact log p as :meth:`log_prob` returns it, its
+        reference pair and the running maximum and log-sum relative to it (what
+        the E-step's moments are normalised by), and the pairs the pruning
+        skipped. Each row's values do not depend on the blocking."""
+        import numba
+
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        N = len(X)
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
                 R = len(p["bb"])
@@ -535,21 +560,21 @@ class CPAModel:
                 # before; a row whose largest term still came out far above its reference
                 # is done again with that term as the reference (see _rebased)
                 top, lsum, REF, _ = self._rebased(rows_log_prob, Xw, xx, Xs, sk, False)
-                skipped[rows] = sk
-                out[rows] = _assemble(p["log_norm"], REF[:, 0], top + lsum)
-                S, D = self.generator.latent_dim, self.generator.output_dim
-                mu, f, e = REF[:, 2:2 + S], REF[:, 2 + S:2 + S + D], REF[:, 2 + S + D:2 + S + 2 * D]
-                if p["V"] is not None:  # the singular frame (affine, S > 2): back to z
-                    mu = mu @ p["V"][0].T
-                # where the reference's term lies far above log p (its region holds little of
-                # its Gaussian), its mean says little of where the posterior is: the bound stays
-                own = top + lsum >= -_REF_SLACK
-                spread[rows] = self._rounding_uncertainty(X[rows], mu, f, e, out[rows], own, REF[:, -1] == 1.0)
-        self.last_pairs_skipped_ = int(skipped.sum())
-        self.last_log_prob_uncertainty_ = spread
-        _checked_log_prob(out)
-        _warn_undetermined(out, spread)
-        return out
+                yield rows, _assemble(p["log_norm"], REF[:, 0], top + lsum), top, lsum, REF, sk
+
+    def _likelihood_rows(self, X, gap=PRUNE_GAP, sample_chunk=1024, region_chunk=1024):
+        """:meth:`_likelihood_blocks` gathered over all rows of the checked ``X``:
+        ``(log_p, top, log_sum, REF)``, arrays of N rows (what
+        :func:`fastcpa.estep.sufficient_statistics` takes as ``rows``)."""
+        N = len(X)
+        log_p, top, lsum = np.empty(N), np.empty(N), np.empty(N)
+        from fastcpa.kernels.cpu import pairs
+
+        REF = np.empty((N, pairs.reference_width(self.generator.latent_dim, self.generator.output_dim)))
+        for rows, lp, t, ls, ref, _ in self._likelihood_blocks(X, gap, sample_chunk, region_chunk):
+            log_p[rows], top[rows], lsum[rows], REF[rows] = lp, t, ls, ref
+        _checked_log_prob(log_p)
+        return log_p, top, lsum, REF
 
     def _rounding_uncertainty(self, X, mu, f, e, log_p, own=True, at=None):
         """Per row, an estimate of how far log p moves when every input is perturbed by
