@@ -116,6 +116,12 @@ def _edge_moments(px, py, qx, qy, T, W, J, P1, P2, acc):
                 i += 1
 
 
+def _centred(P, k, ox, oy, cx, cy):
+    """Vertex k of ``P`` about the centroid ``(ox + cx, oy + cy)``, from its offset to
+    the first vertex ``(ox, oy)`` (no rounding of the size of the polygon's position)."""
+    return (P[k, 0] - ox) - cx, (P[k, 1] - oy) - cy
+
+
 def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     """Region table of the moment series for the bounded convex polygon ``P[0:nv]``
     (z coordinates, counter-clockwise) under the precision factor ``L^T = [[l11, l21],
@@ -160,11 +166,8 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     per = 0.0
     area2 = 0.0
     for k in range(nv):
-        q = k + 1 if k + 1 < nv else 0
-        dx = (P[k, 0] - ox) - cx
-        dy = (P[k, 1] - oy) - cy
-        ex = (P[q, 0] - ox) - cx
-        ey = (P[q, 1] - oy) - cy
+        dx, dy = _centred(P, k, ox, oy, cx, cy)
+        ex, ey = _centred(P, k + 1 if k + 1 < nv else 0, ox, oy, cx, cy)
         px = l11 * dx + l21 * dy
         py = l22 * dy
         qx = l11 * ex + l21 * ey
@@ -186,8 +189,7 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     h2 = 0.0
     h = 0.0
     for k in range(nv):
-        dx = (P[k, 0] - ox) - cx
-        dy = (P[k, 1] - oy) - cy
+        dx, dy = _centred(P, k, ox, oy, cx, cy)
         u1 = r11 * dx + r12 * dy
         u2 = r21 * dx + r22 * dy
         h1 = max(h1, abs(u1))
@@ -211,11 +213,8 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
         S[i] = 0.0
     nt = 20 if h <= 0.155 else (24 if h <= 0.47 else 32)
     for k in range(nv):
-        q = k + 1 if k + 1 < nv else 0
-        dx = (P[k, 0] - ox) - cx
-        dy = (P[k, 1] - oy) - cy
-        ex = (P[q, 0] - ox) - cx
-        ey = (P[q, 1] - oy) - cy
+        dx, dy = _centred(P, k, ox, oy, cx, cy)
+        ex, ey = _centred(P, k + 1 if k + 1 < nv else 0, ox, oy, cx, cy)
         px = r11 * dx + r12 * dy
         py = r21 * dx + r22 * dy
         qx = r11 * ex + r12 * ey
