@@ -41,7 +41,8 @@ where the sum is small). The frame is turned onto the polygon's principal axes
 
 :func:`series_error` returns the sum (``u = 2^-53``), and callers accept the
 rule where it is small enough: the mass to ``1e-12`` relative, the covariance
-to ``1e-11`` of its smaller eigenvalue (errors ``h^2`` times a few of that sum).
+to ``1e-10`` in its own metric (errors ``h_j h_k`` times a few of that sum, in the
+principal frame; ``kernels.cpu.pairs._series_term``).
 """
 
 import math
