@@ -375,7 +375,7 @@ def _maps(model, W, c):
     from .mstep import hidden_maps
 
     G, g = hidden_maps(model.generator, model.partition)
-    return np.matmul(W, G), g @ W.T + c
+    return np.tensordot(G, W, axes=([1], [1])).transpose(0, 2, 1), g @ W.T + c  # one GEMM, (R, D, S)
 
 
 def log_likelihood_gradient(model, X):
