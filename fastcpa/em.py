@@ -63,7 +63,7 @@ def _stats(model, X):
 
 
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-        cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
+        cg_maxiter=5, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
     """Fit ``model`` (in place) to ``X`` by exact, monotone EM; see the module docstring.
 
     Parameters
@@ -81,14 +81,21 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     ridge : float, default 0
         Precision of a zero-mean Gaussian prior on the weights (off by default).
     max_backtracks : int, default 8
-        Halvings of a hidden layer's step before it is skipped for the iteration.
-    cg_maxiter : int, default 50
-        Conjugate-gradient iterations per hidden-layer update where the layer
-        is too large to solve densely (:meth:`fastcpa.mstep.FrozenLayer.update`).
-        Every iterate raises the frozen-mask Q (CG lowers the quadratic
-        error monotonically from the current parameters), so a truncated
-        solve is a generalised EM step; most of the gain comes in the first
-        iterations of these ill-conditioned systems.
+        Halvings of a hidden layer's step before it is skipped for the
+        iteration. A layer's first trial step is twice the step it took last
+        (at most 1): where its frozen-mask steps overshoot, it does not pay
+        the same rejected likelihood passes every iteration.
+    cg_maxiter : int, default 5
+        Preconditioned conjugate-gradient iterations per hidden-layer update
+        where the layer is too large to solve densely
+        (:meth:`fastcpa.mstep.FrozenLayer.update`; the preconditioner is
+        :meth:`~fastcpa.mstep.FrozenLayer.kronecker_preconditioner`). Every
+        iterate raises the frozen-mask Q (CG lowers the quadratic error
+        monotonically from the current parameters), so a truncated solve is
+        a generalised EM step. On ``[1, 256, 256, 256, 64]`` (N = 1000, 15
+        EM iterations from the same start) 3, 5 and 15 preconditioned
+        iterations gained about alike per second, all ahead of 15 or 50
+        plain ones, which also gained less per EM iteration.
     progress : bool, optional
         A tqdm bar (iteration, log-likelihood, regions); default: on when
         stderr is a terminal.
@@ -198,6 +205,9 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     name = "EM" if adam is None else "Adam"
     it, n_back = 0, 0
     times, by_time = [], False
+    # each layer's first trial step: twice the step it last took (at most 1), so a layer whose
+    # frozen-mask steps overshoot does not pay the same failing likelihood passes every iteration
+    first_step = {}
     t_start = time.perf_counter()
     best = (cur, ll)  # the last accepted (model, likelihood), stored by one assignment: Ctrl-C-safe
     with _verbose_logging(level):
@@ -219,19 +229,21 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                         W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter)
                         W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
                         taken = False
+                        s0 = first_step.get(k, 1.0)
                         for a in range(max_backtracks + 1):
-                            step = 0.5**a
+                            step = s0 * 0.5**a
                             trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
                                                          c0 + step * (c1 - c0)), cur.sigma_x, sz)
                             ll_t = _mean_log_lik(trial, X)
                             if ll_t >= ll:
                                 cur, ll = best = (trial, ll_t)
                                 taken = True
+                                first_step[k] = min(1.0, 2.0 * step)
                                 break
                             n_back += 1
                         if level >= 2:
                             _log.info("  layer %d: %s, mean log-likelihood %.8g", k,
-                                      f"step {0.5**a:g} taken" if taken else "kept (every step lowered it)", ll)
+                                      f"step {step:g} taken" if taken else "kept (every step lowered it)", ll)
                 if adam is None:
                     # output layer and noise: exact M-steps on one fresh E-step
                     st = _stats(cur, X)

@@ -828,7 +828,7 @@ class CPAModel:
 
     # ------------------------------------------------------------------ EM
     def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
-            cg_maxiter=50, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
+            cg_maxiter=5, progress=None, method="em", lr=1e-2, callback=None, verbose=False, max_time=None):
         """Fit the generator and noise to X by exact, monotone EM (in place).
 
         See :func:`fastcpa.em.fit` for the parameters (``verbose=True``
