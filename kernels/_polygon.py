@@ -1305,13 +1305,16 @@ def log_tail_bound(E, K):
     return -0.5 * d2 - 0.5 * math.log(d2) - LOG_2PI * 0.5
 
 
-def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
+def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl, slack):
     """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) restricted to the
     polygon ``P[0:n]``: log-mass, mean and covariance (same scratch and
     section-rule polygon ``A, nA, G, LM, nl`` as :func:`std_polygon_log_mass`). With ``careful=False`` the edge formulas
     are returned as they are, without the section-rule fallback: for terms
     whose weight is negligible anyway (``-inf`` mass where they cancel
-    completely)."""
+    completely). ``slack >= 1`` multiplies the cancellation and amplification
+    the edge formulas may have before the section rule serves (their
+    moments' error, about ``eps`` times either, grows by as much): for a
+    caller that weighs the moments by ``1 / slack`` or less."""
     nan = math.nan
     if n == 0:
         return -math.inf, nan, nan, nan, nan, nan
@@ -1327,9 +1330,9 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl):
         k = _half_plane_edge(P, n, E, K, d2)
         if k >= 0:  # the polygon is its nearest edge's half-plane where the density is
             return _far_edge(E, K, k)
-    if (kappa <= _KAPPA_MAX or not careful) and lm > -math.inf:
+    if (kappa <= _KAPPA_MAX * slack or not careful) and lm > -math.inf:
         mx, my, c00, c01, c11, amp = fan_moments(E, K, lm, d2)
-        if amp <= _AMP_MAX or not careful:
+        if amp <= _AMP_MAX * slack or not careful:
             return lm, mx, my, c00, c01, c11
     if not careful:
         return lm, nan, nan, nan, nan, nan

@@ -118,3 +118,28 @@ def test_series_and_edge_formulas_agree_in_a_model(sigma_x):
     for k in ("T0", "T1", "T2", "Tx", "Txz"):
         x, y = getattr(a, k), getattr(b, k)
         assert np.abs(x - y).max() <= 1e-12 * np.abs(y).max(), k
+
+
+def test_light_pairs_moments_keep_each_samples_posterior():
+    """The E-step widens the moment tolerances of pairs light in their sample's posterior
+    (``pairs._SLACK_WEIGHT``): summed over regions its statistics still give every sample's
+    posterior mean and second moment as ``posterior`` computes them (every pair on the
+    strict path), to 1e-11 of their scale, in the dense regime where most pairs are light."""
+    import fastcpa
+    from fastcpa.kernels.cpu import pairs
+
+    rng = np.random.default_rng(11)
+    W = [rng.normal(size=(24, 2)), rng.normal(size=(24, 24)) / 4, rng.normal(size=(6, 24)) / 4]
+    c = [rng.normal(size=24), rng.normal(size=24) / 4, np.zeros(6)]
+    model = fastcpa.CPAModel(fastcpa.Generator(W, c), sigma_x=0.5)
+    X = model.sample(30, seed=3)
+    X[15:] += 3.0 * rng.normal(size=(15, 6))  # and off the manifold
+    st = model.sufficient_stats(X)
+    post = model.posterior(X)
+    P = np.asarray(post.region_probs.todense()) if hasattr(post.region_probs, "todense") else post.region_probs
+    assert np.mean((P > 0) & (P < pairs._SLACK_WEIGHT)) > 0.2  # light pairs are common here
+    scale = 1.0 + np.abs(post.mean).max()
+    second = post.cov + post.mean[:, :, None] * post.mean[:, None, :]
+    assert np.abs(st.T1.sum(0) - post.mean.sum(0)).max() <= 1e-11 * len(X) * scale
+    assert np.abs(st.T2.sum(0) - second.sum(0)).max() <= 1e-11 * len(X) * scale**2
+    assert np.abs(st.Txz.sum(0) - X.T @ post.mean).max() <= 1e-11 * np.abs(X).sum() * scale

@@ -136,7 +136,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
                     _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, True, sc, m, C)
                 else:  # the term, and the moments where it is at or above the floor
                     lk = _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r,
-                                              mu, lk, floor[i], sc, zs, SC, SM, ser, pw, m, C)
+                                              mu, lk, floor[i], top[i] + lsum[i], sc, zs, SC, SM, ser, pw, m, C)
                     if lk < floor[i]:
                         continue
                 _accumulate(math.exp((lk - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)

@@ -781,6 +781,9 @@ def _far_point_2d(ptr, LN, Lt, r, mu, W, nv, E, k1, k2, px, py, zs):
 # eigenvalue (the E-step's moments are asked for to 1e-10: a bound, the errors measured are ~1e-14).
 SERIES_MASS_TOL = 1e-12
 SERIES_COV_TOL = 1e-10
+# Weight in its sample's posterior below which a pair's moment tolerances widen (by
+# _SLACK_WEIGHT / weight): its error then weighs at most what a pair of this weight may.
+_SLACK_WEIGHT = 1e-3
 
 
 @jit(parallel=True)
@@ -827,7 +830,9 @@ def _series_term(SC, SM, r, mu, grad, ser, pw):
     ``SERIES_MASS_TOL``. ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
     truncated mean and covariance in z in ``ser[1:6]`` (mean, then cov 00, 01, 11)
     where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
-    eigenvalue, else ``ser[0] = 2``. ``pw``: scratch (2, SERIES_N + 1)."""
+    eigenvalue, else ``ser[0] = 2`` (the moments are there all the same, and
+    ``ser[6]`` holds that bound, ``inf`` where the covariance is not positive).
+    ``pw``: scratch (2, SERIES_N + 1)."""
     ser[0] = 0.0
     h = SC[r, 10]
     h1 = SC[r, 11]
@@ -863,13 +868,15 @@ def _series_term(SC, SM, r, mu, grad, ser, pw):
         # difference's rounding 4 eps, in units of h_j h_k), so relative to C itself at
         # most 2 e max(h_j^2 / C_jj) / (1 - |correlation|)
         e = 7.0 * (err + _EPS)
-        ok = c00 > 0.0 and c11 > 0.0
-        if ok:
+        bound = math.inf
+        if c00 > 0.0 and c11 > 0.0:
             corr = abs(c01) / math.sqrt(c00 * c11)
-            ok = 2.0 * e * max(h1 * h1 / c00, h2 * h2 / c11) <= SERIES_COV_TOL * (1.0 - corr)
-        if not ok:
+            if corr < 1.0:
+                bound = 2.0 * e * max(h1 * h1 / c00, h2 * h2 / c11) / (1.0 - corr)
+        ser[6] = bound
+        if not (bound <= SERIES_COV_TOL):
             ser[0] = 2.0
-        else:  # z = c + R^-1 u
+        if bound < math.inf:  # z = c + R^-1 u
             i11 = SC[r, 6]
             i12 = SC[r, 7]
             i21 = SC[r, 8]
@@ -1026,13 +1033,14 @@ def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful
                 cov[a, b] = Sigma[r, a, b]
         return 0.0
     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
-    return _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, sc, mean, cov)
+    return _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, 1.0, sc, mean, cov)
 
 
 @jit
-def _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, sc, mean, cov):
+def _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, slack, sc, mean, cov):
     """:func:`_truncate_2d` of region r's polygon already whitened into
-    ``sc[0]`` (``nv`` points); leaves its edge table in ``sc[1]``."""
+    ``sc[0]`` (``nv`` points); leaves its edge table in ``sc[1]``. ``slack``:
+    as in ``std_polygon_moments``."""
     W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
     rule = _small_rule(W, nv, mu, Lt, r) if careful else 0
     if rule == 8:
@@ -1040,13 +1048,15 @@ def _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, sc, mean, co
     elif rule == 10:
         lm, ux, uy, c00, c01, c11 = small_polygon_moments(W, nv, _GL10_U, _GL10_V)
     else:
-        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, -1, _G0, _LM0, 0)
+        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, -1, _G0, _LM0, 0, slack)
     if careful and not (lm == lm):
         A, nA, nl = _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc)
         if nA < 0:
-            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, W, nv, _G0, _LM0, 0)
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, W, nv, _G0, _LM0, 0,
+                                                            slack)
         else:
-            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, A, nA, sc[9], sc[8], nl)
+            lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, A, nA, sc[9], sc[8], nl,
+                                                            slack)
     if not (c00 == c00):
         ux = uy = c01 = 0.0
         c00 = c11 = 1.0
@@ -1119,8 +1129,8 @@ def _small_rule(W, nv, mu, Lt, r):
 
 
 @jit
-def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
-                         SC, SM, ser, pw, mean, cov):
+def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, logp,
+                         sc, zs, SC, SM, ser, pw, mean, cov):
     """Pair (i, r) of a region with a boundary: its term exactly as
     ``log_prob`` forms it (:func:`_polygon_term_2d`; ``rel`` its relative
     ``log kappa`` at ``mu``), and, where that is at or above ``floor``, the
@@ -1130,11 +1140,20 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
     bit, keeps each sample's E-step weights summing to 1 with ``log_prob``'s
     likelihood: the moments' own log-mass differs by its rounding, which far
     out (``eps d^2``) is not small. Returns the term (below ``floor`` it may
-    be a bound, and the moments are not computed)."""
+    be a bound, and the moments are not computed).
+
+    The moments' tolerances are relative to the pair's weight ``w = exp(term
+    - logp)`` in its sample's posterior (``logp``: the sample's log p(x),
+    relative to the same reference): below ``_SLACK_WEIGHT`` they are widened
+    by ``_SLACK_WEIGHT / w``, so every pair's moments err by at most what a
+    pair of weight ``_SLACK_WEIGHT`` may, times its weight: the sample's
+    posterior moments keep their accuracy, while the light pairs, most of
+    them in the dense regime, are not integrated by sections."""
     term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
                             SC, SM, True, ser, pw)
     if term >= floor:
-        if ser[0] == 1.0:
+        slack = max(1.0, _SLACK_WEIGHT * math.exp(logp - term))
+        if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
             mean[0] = ser[1]
             mean[1] = ser[2]
             cov[0, 0] = ser[3]
@@ -1144,7 +1163,7 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
         else:
             if ser[0] == 2.0:  # the series gave the term only: the polygon is not whitened yet
                 _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
-            _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, sc, mean, cov)
+            _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, slack, sc, mean, cov)
     return term
 
 

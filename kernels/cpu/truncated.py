@@ -141,7 +141,7 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
         if not want_moments:
             log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf, A, nA, G, LM, nl)
             continue
-        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y, True, A, nA, G, LM, nl)
+        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y, True, A, nA, G, LM, nl, 1.0)
         log_mass[i] = lm
         # back to z = mean + L u
         out_mean[i, 0] = m1 + l11 * ux
