@@ -222,3 +222,23 @@ def test_max_time_stops_between_iterations(rng, caplog):
 def test_max_time_must_be_positive(rng, bad):
     with pytest.raises((ValueError, TypeError), match="max_time"):
         small_model(rng).fit(wave(rng, 20), n_iter=2, progress=False, max_time=bad)
+
+
+@pytest.mark.parametrize("S, precondition, cg_maxiter, expect", [
+    (1, "auto", "auto", (True, 5)), (2, "auto", "auto", (False, 50)),
+    (2, True, "auto", (True, 5)), (1, False, 7, (False, 7))])
+def test_precondition_and_cg_maxiter_defaults(rng, monkeypatch, S, precondition, cg_maxiter, expect):
+    """``precondition="auto"`` preconditions the hidden layers' CG for S = 1 generators only, and
+    ``cg_maxiter="auto"`` is 5 preconditioned iterations or 50 plain ones."""
+    seen = []
+    update = fastcpa.mstep.FrozenLayer.update
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["precondition"], kwargs["maxiter"]))
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastcpa.mstep.FrozenLayer, "update", spy)
+    model = small_model(rng, S=S)
+    model.fit(model.sample(30, seed=1), n_iter=1, progress=False, precondition=precondition,
+              cg_maxiter=cg_maxiter)
+    assert seen and set(seen) == {expect}

@@ -119,6 +119,8 @@ def test_gap_type_and_infinite_gap(rng):
     (dict(n_iter=-1), ValueError, "n_iter"),
     (dict(max_backtracks=-1), ValueError, "max_backtracks"),
     (dict(cg_maxiter=0), ValueError, "cg_maxiter"),
+    (dict(cg_maxiter="fast"), TypeError, "cg_maxiter"),
+    (dict(precondition="yes"), TypeError, "precondition"),
     (dict(lr=0.0, method="gradient"), ValueError, "lr"),
 ])
 def test_bad_fit_arguments_raise(rng, kwargs, err, match):
