@@ -84,8 +84,9 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     max_backtracks : int, default 8
         Halvings of a hidden layer's step before it is skipped for the
         iteration. A layer's first trial step is twice the step it took last
-        (at most 1): where its frozen-mask steps overshoot, it does not pay
-        the same rejected likelihood passes every iteration.
+        (at most 1; in the first iteration, twice the previous layer's): where
+        its frozen-mask steps overshoot, it does not pay the same rejected
+        likelihood passes every iteration.
     cg_maxiter : int or "auto", default "auto"
         Conjugate-gradient iterations per hidden-layer update where the layer
         is too large to solve densely (:meth:`fastcpa.mstep.FrozenLayer.update`):
@@ -220,8 +221,10 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     it, n_back = 0, 0
     times, by_time = [], False
     # each layer's first trial step: twice the step it last took (at most 1), so a layer whose
-    # frozen-mask steps overshoot does not pay the same failing likelihood passes every iteration
+    # frozen-mask steps overshoot does not pay the same failing likelihood passes every iteration;
+    # a layer's first update starts from the step the layer before it took (layers overshoot alike)
     first_step = {}
+    last_step = 1.0
     t_start = time.perf_counter()
     best = (cur, ll)  # the last accepted (model, likelihood), stored by one assignment: Ctrl-C-safe
     with _verbose_logging(level):
@@ -244,7 +247,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                                            precondition=bool(precondition))
                         W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
                         taken = False
-                        s0 = first_step.get(k, 1.0)
+                        s0 = first_step.get(k, last_step)
                         for a in range(max_backtracks + 1):
                             step = s0 * 0.5**a
                             trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
@@ -253,7 +256,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                             if ll_t >= ll:
                                 cur, ll = best = (trial, ll_t)
                                 taken = True
-                                first_step[k] = min(1.0, 2.0 * step)
+                                first_step[k] = last_step = min(1.0, 2.0 * step)
                                 break
                             n_back += 1
                         if level >= 2:
