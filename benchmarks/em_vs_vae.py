@@ -218,6 +218,22 @@ def _decoder_params(dec):
     return [m.weight.detach().numpy().copy() for m in lins], [m.bias.detach().numpy().copy() for m in lins]
 
 
+def minibatch_loss(enc, dec, log_sx, xb):
+    """Minus the minibatch's mean ELBO estimate: one reparameterised sample per row for the
+    reconstruction term, the KL of q(z|x) = N(m, diag(exp(logvar))) to N(0, I) in closed form
+    (the encoder gives m and logvar, S numbers each)."""
+    import torch
+
+    D = xb.shape[1]
+    h = enc(xb)
+    S = h.shape[1] // 2
+    m, logvar = h[:, :S], h[:, S:]
+    z = m + torch.exp(0.5 * logvar) * torch.randn_like(m)
+    rec = -0.5 * ((xb - dec(z)) ** 2).sum(1) * torch.exp(-2 * log_sx) - D * (log_sx + 0.5 * math.log(2 * math.pi))
+    kl = 0.5 * (m**2 + torch.exp(logvar) - 1.0 - logvar).sum(1)
+    return (kl - rec).mean()
+
+
 def train_vae(train, gen0, sigma0, budget, lr, seed):
     import torch
 
@@ -227,7 +243,6 @@ def train_vae(train, gen0, sigma0, budget, lr, seed):
     log_sx = torch.nn.Parameter(torch.tensor(math.log(sigma0), dtype=torch.float64))
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters(), log_sx], lr=lr)
     X = torch.from_numpy(train)
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
     W, c = _decoder_params(dec)
     snaps = [dict(t=0.0, step=0, W=W, c=c, sigma_x=sigma0, objective=None)]
     steps, acc, n_acc = 0, 0.0, 0
@@ -237,13 +252,7 @@ def train_vae(train, gen0, sigma0, budget, lr, seed):
     while not done:
         perm = torch.randperm(N)
         for i in range(0, N, BATCH):
-            xb = X[perm[i:i + BATCH]]
-            h = enc(xb)
-            m, logvar = h[:, :1], h[:, 1:]
-            z = m + torch.exp(0.5 * logvar) * torch.randn_like(m)
-            rec = -0.5 * ((xb - dec(z)) ** 2).sum(1) * torch.exp(-2 * log_sx) - D * (log_sx + half_log_2pi)
-            kl = 0.5 * (m**2 + torch.exp(logvar) - 1.0 - logvar).sum(1)
-            loss = (kl - rec).mean()
+            loss = minibatch_loss(enc, dec, log_sx, X[perm[i:i + BATCH]])
             opt.zero_grad()
             loss.backward()
             opt.step()

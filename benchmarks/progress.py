@@ -240,8 +240,9 @@ def torch_decoder(gen0):
 def train_vae(X, gen0, sigma0, budget, lr, seed, marks):
     """``em_vs_vae.train_vae`` for any latent dimension S and two-slope activations.
 
-    The same loss, optimiser, batches and clock; the encoder gives 2S numbers (mean and
-    log-variance of a diagonal Gaussian q(z|x)). Snapshots whenever ``marks(t)``."""
+    The same loss (``em_vs_vae.minibatch_loss``), optimiser, batches and clock; the encoder
+    gives 2S numbers (mean and log-variance of a diagonal Gaussian q(z|x)). Snapshots
+    whenever ``marks(t)``."""
     import torch
     from torch import nn
 
@@ -254,7 +255,6 @@ def train_vae(X, gen0, sigma0, budget, lr, seed, marks):
     log_sx = nn.Parameter(torch.tensor(math.log(sigma0), dtype=torch.float64))
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters(), log_sx], lr=lr)
     Xt = torch.from_numpy(X)
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
     W, c = evv._decoder_params(dec)
     snaps = [dict(t=0.0, step=0, W=W, c=c, sigma_x=sigma0)]
     steps, done = 0, False
@@ -262,13 +262,7 @@ def train_vae(X, gen0, sigma0, budget, lr, seed, marks):
     while not done:
         perm = torch.randperm(N)
         for i in range(0, N, evv.BATCH):
-            xb = Xt[perm[i:i + evv.BATCH]]
-            h = enc(xb)
-            m, logvar = h[:, :S], h[:, S:]
-            z = m + torch.exp(0.5 * logvar) * torch.randn_like(m)
-            rec = -0.5 * ((xb - dec(z)) ** 2).sum(1) * torch.exp(-2 * log_sx) - D * (log_sx + half_log_2pi)
-            kl = 0.5 * (m**2 + torch.exp(logvar) - 1.0 - logvar).sum(1)
-            loss = (kl - rec).mean()
+            loss = evv.minibatch_loss(enc, dec, log_sx, Xt[perm[i:i + evv.BATCH]])
             opt.zero_grad()
             loss.backward()
             opt.step()
