@@ -10,8 +10,8 @@ them reached.
 Commands::
 
     python benchmarks/progress.py                  # every net, default budgets (1.5 h or more)
-    python benchmarks/progress.py --quick          # smoke run: N = 100, budgets of 2-3 s (minutes: a
-                                                   # torch-S2 EM iteration alone took 80 s at N = 100)
+    python benchmarks/progress.py --quick          # smoke run: N = 100, budgets of 2-3 s (longer: EM runs
+                                                   # its first iteration, 9 s on torch-S2 at N = 100)
     python benchmarks/progress.py --nets digits --budget 60
     python benchmarks/progress.py --nets torch-S2 --budget torch-S2=300 --n 500
     python benchmarks/progress.py --from-json benchmarks/progress.json   # table and figure again, no training
