@@ -18,7 +18,9 @@ moments and adds them straight into its region's ``T0``, ``T1``, ``T2``;
 term lies more than ``gap`` nats below ``log p(x_n)`` has weight below
 ``exp(-gap)`` and is left out (without its region's moments being computed
 where the bound ``log kappa`` shows it): each row's weights then sum to 1
-within ``R exp(-gap)`` (``R * 4.2e-18`` for the default ``gap = 40``).
+within ``R exp(-gap)`` (``R * 4.2e-18`` for the default ``gap = 40``), and, for
+S = 2, the ``R * 1e-15`` that light pairs' terms may err by (their series
+tolerance is relative to their weight; docs/mathematics.md, section 8).
 """
 
 import dataclasses

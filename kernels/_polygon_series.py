@@ -30,7 +30,8 @@ where the sum is small). The frame is turned onto the polygon's principal axes
   at degree ``K + 2`` errs by at most ``(1 + A) rho^{K+3} / (K+3)!`` of itself;
   grad F (degree ``K + 1``) by ``h`` times the same with ``K + 2``, hess F (degree
   ``K``) by ``h^2`` times it with ``K + 1``. ``K`` is the smallest degree that
-  puts the largest of these below ``2^-53``.
+  puts the largest of these below ``2^-53`` (``SERIES_TRUNC``), or below the
+  larger bound a caller asks for.
 * Rounding. Every ``|S_ab g^a g^b|`` sums to at most ``int e^{|g1 u1| + |g2 u2|}
   psi <= e^rho A F`` (and, weighted by ``u_j`` or ``u_j u_k``, at most ``h_j`` or
   ``h_j h_k`` times that); the degree groups are summed apart (``K + 3`` of them, at
@@ -57,7 +58,8 @@ SERIES_SIZE = (SERIES_N + 1) * (SERIES_N + 2) // 2
 SERIES_H = 1.0
 _U = 1.1102230246251565e-16
 _LOG_2PI = 1.8378770664093453
-_TRUNC = 2.0**-53
+#: Truncation bound of the full-accuracy series (relative to F): 2^-53.
+SERIES_TRUNC = 2.0**-53
 # Gauss-Legendre along each edge: the integrand is a polynomial of degree n <= N
 # times J_n(|d(t)|^2), whose series in q = |d|^2 (terms (q/2)^j / j!) adds degree 2j.
 # 2 n_t - 1 >= N + 2 j covers every term with (h^2/2)^j / j! above 1e-20 for
@@ -238,24 +240,26 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U + 8.0 * _U * h * per / area2
 
 
-def series_degree(rho, h):
+def series_degree(rho, h, trunc):
     """The smallest Hessian degree K whose truncation bound (module docstring) is
-    below 2^-53, or -1 beyond ``SERIES_K``."""
+    below ``trunc`` (relative; ``SERIES_TRUNC`` = 2^-53 for full accuracy), or -1
+    beyond ``SERIES_K``."""
     # relative to F, the derivatives' bounds over h and h^2 are (1 + A) rho^{m+1} / (m+1)!
     # for m = K + 2, K + 1, K: the largest is the Hessian's (rho < K + 2 once it is small)
     t = 1.0 + 2.25 * math.exp(0.5 * h * h)
     for K in range(SERIES_K + 1):
         t *= rho / (K + 1)
-        if t <= _TRUNC:
+        if t <= trunc:
             return K
     return -1
 
 
-def series_error(rho, h, K, teps):
+def series_error(rho, h, K, teps, trunc):
     """Relative error bound of F (and, times ``h`` and ``h^2``, of its
-    derivatives) for Hessian degree ``K``: truncation plus rounding."""
+    derivatives) for Hessian degree ``K`` chosen for the truncation bound
+    ``trunc`` (:func:`series_degree`): truncation plus rounding."""
     a = 2.25 * math.exp(0.5 * h * h + rho)
-    return _TRUNC + (2 * K + 8) * _U * a + teps * a * math.exp(0.5 * h * h)
+    return trunc + (2 * K + 8) * _U * a + teps * a * math.exp(0.5 * h * h)
 
 
 def series_eval(S, g1, g2, K, grad, P1, P2):

@@ -23,7 +23,7 @@ def _series(verts, Lt, mu):
     pw = np.empty((2, pairs.SERIES_N + 1))
     if not SC[0, 10] <= pairs.SERIES_H:
         return 0, None, None, None
-    lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw)
+    lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw, np.inf)
     if lm != lm:
         return 0, None, None, None
     mean = ser[1:3].copy()
@@ -143,3 +143,33 @@ def test_light_pairs_moments_keep_each_samples_posterior():
     assert np.abs(st.T1.sum(0) - post.mean.sum(0)).max() <= 1e-11 * len(X) * scale
     assert np.abs(st.T2.sum(0) - second.sum(0)).max() <= 1e-11 * len(X) * scale**2
     assert np.abs(st.Txz.sum(0) - X.T @ post.mean).max() <= 1e-11 * np.abs(X).sum() * scale
+
+
+@pytest.mark.parametrize("weight", [1e-4, 1e-6, 1e-9, 1e-14])
+def test_light_pair_series_error_is_relative_to_its_weight(weight):
+    """A small polygon whose Gaussian lies 12 sd away: the full-accuracy series refuses it
+    (``e^rho`` in its rounding bound, rho = 5.9). Told (``lw``) that the pair weighs
+    ``weight`` in its sample's posterior, it serves from ``weight`` 1e-9 down (at 1e-6 the
+    degree its tolerance needs is beyond ``SERIES_K``), and wherever it serves its log-mass
+    against 30-digit mpmath errs by at most ``_SLACK_SHARE * SERIES_MASS_TOL / weight``
+    relative: the pair's weight errs by at most 1e-15."""
+    from fastcpa.kernels.cpu import pairs
+
+    tri = np.array([[0.0, 0.0], [0.6, 0.0], [0.0, 0.6]])
+    Lt, mu = (1.0, 0.0, 1.0), np.array([12.0, 0.2])
+    N, O = polygon_from_vertices(tri)
+    ref = float(polygon_moments_mp(N, O, mu, np.eye(2), dps=30)[0])
+    B = np.c_[tri, np.ones(3)]
+    SC = np.empty((1, 14))
+    SM = np.empty((1, pairs.SERIES_SIZE))
+    pairs.series_tables(np.array([0, 3], dtype=np.int64), B, np.array([Lt], float), SC, SM)
+    ser = np.empty(8)
+    pw = np.empty((2, pairs.SERIES_N + 1))
+    assert np.isnan(pairs._series_term(SC, SM, 0, mu, False, ser, pw, np.inf))
+    lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, math.log(weight) - ref)
+    if np.isnan(lm):
+        assert weight > 1e-9
+        return
+    assert ser[0] >= 1.0
+    rel = abs(math.expm1(lm - ref))
+    assert weight * rel <= pairs._SLACK_SHARE * pairs.SERIES_MASS_TOL, rel

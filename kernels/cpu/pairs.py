@@ -83,6 +83,7 @@ series_table = _ps.series_table
 series_degree = _ps.series_degree
 series_error = _ps.series_error
 series_eval = _ps.series_eval
+SERIES_TRUNC = _polygon_series.SERIES_TRUNC
 SERIES_N = _polygon_series.SERIES_N
 SERIES_SIZE = _polygon_series.SERIES_SIZE
 SERIES_H = _polygon_series.SERIES_H
@@ -784,6 +785,11 @@ SERIES_COV_TOL = 1e-10
 # Weight in its sample's posterior below which a pair's moment tolerances widen (by
 # _SLACK_WEIGHT / weight): its error then weighs at most what a pair of this weight may.
 _SLACK_WEIGHT = 1e-3
+# In the E-step, a pair whose weight is at most w+ < _SLACK_SHARE takes the series' mass
+# to SERIES_MASS_TOL * _SLACK_SHARE / w+ (at most _SERIES_TOL_MAX): see _series_term.
+_SLACK_SHARE = 1e-3
+_LOG_SLACK_SHARE = math.log(_SLACK_SHARE)
+_SERIES_TOL_MAX = 1e-4
 
 
 @jit(parallel=True)
@@ -823,16 +829,30 @@ def series_tables(ptr, B, Lt, SC, SM):
 
 
 @jit
-def _series_term(SC, SM, r, mu, grad, ser, pw):
+def _series_term(SC, SM, r, mu, grad, ser, pw, lw):
     """log N(mu, Sigma_r)-mass of region r by the moment series, or NaN where
     its error bound (the series' own, ``series_error``, plus the rounding of
     ``g`` and ``|g|^2 / 2``, times ``|d log Phi / d g| <= h + |g|``) exceeds
-    ``SERIES_MASS_TOL``. ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
+    its tolerance: ``SERIES_MASS_TOL``, widened for a light pair (below).
+    ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
     truncated mean and covariance in z in ``ser[1:6]`` (mean, then cov 00, 01, 11)
     where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
     eigenvalue, else ``ser[0] = 2`` (the moments are there all the same, and
     ``ser[6]`` holds that bound, ``inf`` where the covariance is not positive).
-    ``pw``: scratch (2, SERIES_N + 1)."""
+    ``pw``: scratch (2, SERIES_N + 1).
+
+    ``lw``: the pair's ``log kappa`` less the log of its sample's likelihood
+    or of a lower bound on it (``+inf``: no widening). Since ``|g . u| <=
+    rho`` on the polygon, ``F <= e^rho M_00``, so the pair's weight in its
+    sample's posterior is at most ``w+ = exp(lw + log M_00 + rho - |g|^2 / 2)
+    / 2 pi`` (``M_00`` within its table's rounding) before the series is
+    summed; below ``_SLACK_SHARE`` the mass's tolerance is ``SERIES_MASS_TOL
+    * _SLACK_SHARE / w+`` (at most ``_SERIES_TOL_MAX``). Such a pair's weight
+    then errs by at most ``_SLACK_SHARE * SERIES_MASS_TOL`` (1e-15), while
+    far, light pairs, which the full accuracy refuses (``e^rho`` in the
+    rounding, a degree beyond ``SERIES_K``), are summed in a few dozen terms
+    instead of by the edge formulas. (The E-step uses it; ``log_prob`` keeps
+    every term at full accuracy.)"""
     ser[0] = 0.0
     h = SC[r, 10]
     h1 = SC[r, 11]
@@ -846,13 +866,24 @@ def _series_term(SC, SM, r, mu, grad, ser, pw):
     g1 = a1 + b1
     g2 = a2 + b2
     rho = abs(g1) * h1 + abs(g2) * h2
-    K = series_degree(rho, h)
+    gg = 0.5 * (g1 * g1 + g2 * g2)
+    tol = SERIES_MASS_TOL
+    trunc = SERIES_TRUNC
+    m00 = SM[r, 0]
+    if lw < math.inf and m00 > 0.0:
+        m00_err = SC[r, 13] * 2.25 * math.exp(h * h)  # the table's rounding bound at g = 0, relative
+        # (log(1 / (1 - e)) <= 2 e for e <= 1/2)
+        lwu = lw + (math.log(m00) + 2.0 * m00_err) + rho - gg - LOG_2PI_PS if m00_err <= 0.5 else math.inf
+        if lwu < _LOG_SLACK_SHARE:
+            tol = min(_SERIES_TOL_MAX, SERIES_MASS_TOL * math.exp(_LOG_SLACK_SHARE - lwu))
+            trunc = max(SERIES_TRUNC, 0.25 * tol)
+    K = series_degree(rho, h, trunc)
     if K < 0:
         return math.nan
-    err = series_error(rho, h, K, SC[r, 13])
+    err = series_error(rho, h, K, SC[r, 13], trunc)
     gn = math.hypot(g1, g2)
     frame = (h + gn) * 3.0 * _EPS * (abs(a1) + abs(b1) + abs(a2) + abs(b2)) + 2.0 * _EPS * gn * gn
-    if not (err + frame <= SERIES_MASS_TOL):
+    if not (err + frame <= tol):
         return math.nan
     F, F1, F2, F11, F12, F22 = series_eval(SM[r], g1, g2, K, grad, pw[0], pw[1])
     if not (F > 0.0):
@@ -890,12 +921,12 @@ def _series_term(SC, SM, r, mu, grad, ser, pw):
             ser[3] = t11 * i11 + t12 * i12
             ser[4] = 0.5 * ((t11 * i21 + t12 * i22) + (t21 * i11 + t22 * i12))
             ser[5] = t21 * i21 + t22 * i22
-    return math.log(F) - 0.5 * (g1 * g1 + g2 * g2) - LOG_2PI_PS
+    return math.log(F) - gg - LOG_2PI_PS
 
 
 @jit
 def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs, SC,
-                     SM, grad, ser, pw):
+                     SM, grad, ser, pw, level):
     """Pair (i, r)'s term ``log kappa_r - log kappa_ref + log Phi_r`` from its
     relative ``log kappa`` ``rel`` (taken at ``mu``), for a region with a
     boundary; a term whose mass lies below ``floor`` may be its bound.
@@ -913,9 +944,11 @@ def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, 
     A polygon small next to its Gaussian (region table ``SC``, ``SM``) takes the
     moment series where its error bound allows (:func:`_series_term`; ``ser[0]``
     says so, and with ``grad`` holds the moments); the polygon is then not
-    whitened into ``sc[0]``."""
+    whitened into ``sc[0]``. ``level``: the sample's log-likelihood relative
+    to the reference, or a lower bound on it (``-inf``: none), against which
+    the series weighs a light pair's tolerance."""
     if SC[r, 10] <= SERIES_H:
-        lm = _series_term(SC, SM, r, mu, grad, ser, pw)
+        lm = _series_term(SC, SM, r, mu, grad, ser, pw, rel - level)
         if lm == lm:
             zs[0] = mu[0]
             zs[1] = mu[1]
@@ -989,7 +1022,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[2] = 0.0
             if not whole[best]:
                 nb = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, best, mu, nb,
-                                      -math.inf, sc, zs, SC, SM, False, ser, pw)
+                                      -math.inf, sc, zs, SC, SM, False, ser, pw, -math.inf)
             if nb > m + _REBASE:
                 _set_reference(Xs, i, Aw, gz, best, zs[:2], s2, logdet_lam, const, REF)
                 REF[i, REF.shape[1] - 1] = zs[2]
@@ -1012,7 +1045,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[2] = 0.0
             if not whole[r]:  # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
                 term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel,
-                                        m - _NEGLIGIBLE, sc, zs, SC, SM, False, ser, pw)
+                                        m - _NEGLIGIBLE, sc, zs, SC, SM, False, ser, pw, -math.inf)
             _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
@@ -1136,11 +1169,13 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
     ``log kappa`` at ``mu``), and, where that is at or above ``floor``, the
     truncated mean and covariance in z: from the moment series where the term
     came from it and their bound allows, else on the accurate path from the
-    whitened polygon (:func:`_truncate_whitened_2d`). The same term, to the
-    bit, keeps each sample's E-step weights summing to 1 with ``log_prob``'s
-    likelihood: the moments' own log-mass differs by its rounding, which far
-    out (``eps d^2``) is not small. Returns the term (below ``floor`` it may
-    be a bound, and the moments are not computed).
+    whitened polygon (:func:`_truncate_whitened_2d`). The same term keeps
+    each sample's E-step weights summing to 1 with ``log_prob``'s likelihood
+    (the moments' own log-mass differs by its rounding, which far out, ``eps
+    d^2``, is not small): to the bit, except that a light pair's series term
+    may take a tolerance relative to its weight (:func:`_series_term`), which
+    moves the weights' sum by at most ``R * 1e-15``. Returns the term (below
+    ``floor`` it may be a bound, and the moments are not computed).
 
     The moments' tolerances are relative to the pair's weight ``w = exp(term
     - logp)`` in its sample's posterior (``logp``: the sample's log p(x),
@@ -1150,7 +1185,7 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
     posterior moments keep their accuracy, while the light pairs, most of
     them in the dense regime, are not integrated by sections."""
     term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
-                            SC, SM, True, ser, pw)
+                            SC, SM, True, ser, pw, logp)
     if term >= floor:
         slack = max(1.0, _SLACK_WEIGHT * math.exp(logp - term))
         if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
@@ -1210,7 +1245,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
             lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
                 lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
-                                      top - gap, sc, zs, SC, SM, False, ser, pw)
+                                      top - gap, sc, zs, SC, SM, False, ser, pw, -math.inf)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
