@@ -130,7 +130,8 @@ def render(rows, base, base_sha, env, cmd):
     def cell(r):
         t = statistics.median(r["iter_s"])
         gain = (r["history"][-1] - r["history"][0]) / len(r["iter_s"])
-        return f"{t:.2f} s", f"{gain:.3f}", f"{r['pairs_per_s']:.3g}"
+        rate = (r["history"][-1] - r["history"][0]) / sum(r["iter_s"])
+        return f"{t:.2f} s", f"{gain:.3f}", f"{rate:.3g}", f"{r['pairs_per_s']:.3g}"
 
     lines = [BEGIN, "## Exact EM at researchers' sizes: time per iteration, this tree beside a baseline", "",
              f"Written by `{cmd}` (`benchmarks/em_speed.py`: cases, data and start as documented there; both "
@@ -138,10 +139,10 @@ def render(rows, base, base_sha, env, cmd):
     head = "| case | regions R | N | target |"
     rule = "|---|--:|--:|--:|"
     if base:
-        head += f" baseline {base_sha}: s / iteration | gain / iteration | E-step pairs/s |"
-        rule += "--:|--:|--:|"
-    head += " this tree: s / iteration | gain / iteration | E-step pairs/s |"
-    rule += "--:|--:|--:|"
+        head += f" baseline {base_sha}: s / iteration | gain / iteration | gain / s | E-step pairs/s |"
+        rule += "--:|--:|--:|--:|"
+    head += " this tree: s / iteration | gain / iteration | gain / s | E-step pairs/s |"
+    rule += "--:|--:|--:|--:|"
     if base:
         head += " speed-up |"
         rule += "--:|"
@@ -149,13 +150,15 @@ def render(rows, base, base_sha, env, cmd):
     for i, r in enumerate(rows):
         line = f"| {r['case']} | {r['regions']:,} | {r['n']:,} | <= {TARGET_S[r['case']]:g} s at N = {CASES[r['case']][3]:,} |"
         if base:
-            line += " {} | {} | {} |".format(*cell(base[i]))
-        line += " {} | {} | {} |".format(*cell(r))
+            line += " {} | {} | {} | {} |".format(*cell(base[i]))
+        line += " {} | {} | {} | {} |".format(*cell(r))
         if base:
             line += f" {statistics.median(base[i]['iter_s']) / statistics.median(r['iter_s']):.1f}x |"
         lines.append(line)
     lines += ["", "Seconds per iteration: the median over the timed iterations of `fit(X, n_iter=k, tol=-inf)`. "
-              "Gain: mean log-likelihood (nats per sample) gained per iteration over them. E-step: one "
+              "Gain: mean log-likelihood (nats per sample) gained per iteration over them, and per second "
+              "of their total time (the measure across schedules: `fit`'s default `schedule=\"auto\"` is "
+              "`\"joint\"` for S = 2, one E-step an iteration, each gaining less). E-step: one "
               "`sufficient_stats(X)` at the start, N x R / its time.", "",
               "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", END]
     return "\n".join(lines) + "\n"

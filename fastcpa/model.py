@@ -829,7 +829,7 @@ class CPAModel:
     # ------------------------------------------------------------------ EM
     def fit(self, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
             cg_maxiter="auto", precondition="auto", progress=None, method="em", lr=1e-2, callback=None,
-            verbose=False, max_time=None):
+            verbose=False, max_time=None, schedule="auto"):
         """Fit the generator and noise to X by exact, monotone EM (in place).
 
         See :func:`fastcpa.em.fit` for the parameters (``verbose=True``
@@ -862,7 +862,8 @@ class CPAModel:
 
         return fit(self, X, n_iter=n_iter, tol=tol, diagonal=diagonal, layers=layers, ridge=ridge,
                    max_backtracks=max_backtracks, cg_maxiter=cg_maxiter, precondition=precondition,
-                   progress=progress, method=method, lr=lr, callback=callback, verbose=verbose, max_time=max_time)
+                   progress=progress, method=method, lr=lr, callback=callback, verbose=verbose, max_time=max_time,
+                   schedule=schedule)
 
     # ------------------------------------------------------------------ E-step
     def sufficient_stats(self, X, *, gap=PRUNE_GAP, sample_chunk=256, region_chunk=1024, backend="auto"):

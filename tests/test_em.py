@@ -156,3 +156,87 @@ def test_m_step_is_translation_equivariant(rng, B):
     W1, c1 = output_layer_update(st_m, moved.generator, part_m)
     np.testing.assert_allclose(W1, W0, rtol=tol, atol=tol * np.abs(W0).max())
     np.testing.assert_allclose(c1 - shift, c0, atol=tol * (1 + np.abs(c0).max()))
+
+
+# ----------------------------------------------------------------------------- schedules
+def _s2_problem(rng, sizes=(2, 6, 5, 3)):
+    Ws, cs = init_layers(rng, list(sizes), scale="normal")
+    X = fastcpa.CPAModel(fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1), sigma_x=0.2).sample(120, seed=rng)
+    Ws2, cs2 = init_layers(rng, list(sizes), scale="normal")
+    return X, fastcpa.CPAModel(fastcpa.Generator(Ws2, cs2, activation="leaky_relu", slope=0.1), sigma_x=0.5)
+
+
+@pytest.mark.parametrize("schedule, S, per_iteration", [("joint", 2, 1), ("layerwise", 2, 3), ("auto", 2, 1),
+                                                         ("joint", 1, 1), ("auto", 1, 3)])
+def test_schedules_estep_count_and_monotone(rng, monkeypatch, schedule, S, per_iteration):
+    """``schedule="joint"`` takes one E-step per iteration (``"layerwise"``: one per block,
+    here two hidden layers and the output layer; ``"auto"``: joint for S = 2 only), and its
+    history never decreases and is the fitted model's exact likelihood."""
+    import fastcpa.estep
+
+    X, model = _s2_problem(rng, (S, 6, 5, 3))
+    real = fastcpa.estep.sufficient_statistics
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastcpa.estep, "sufficient_statistics", counting)
+    model.fit(X, n_iter=3, tol=-np.inf, progress=False, schedule=schedule)
+    assert len(calls) == 3 * per_iteration
+    h = model.history_
+    assert np.all(np.diff(h) >= 0.0) and h[-1] > h[0], h
+    assert abs(model.log_prob(X).mean() - h[-1]) <= 1e-10 * abs(h[-1])
+
+
+@pytest.mark.parametrize("diag", [False, True])
+def test_joint_equals_layerwise_without_hidden_layers(rng, diag):
+    """With no hidden layer (or ``layers=False``) both schedules are the same exact M-step of
+    the output layer and noise: the same parameters to rounding."""
+    X, _ = _s2_problem(rng)
+    gen = fastcpa.Generator([rng.normal(size=(3, 2))], [rng.normal(size=3)])
+    sx = np.full(3, 0.7) if diag else 0.7
+    fits = [fastcpa.CPAModel(gen, sigma_x=sx).fit(X, n_iter=3, tol=-np.inf, progress=False, schedule=s)
+            for s in ("joint", "layerwise")]
+    np.testing.assert_allclose(fits[0].generator.weights[0], fits[1].generator.weights[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fits[0].sigma_x, fits[1].sigma_x, rtol=1e-12)
+    np.testing.assert_allclose(fits[0].history_, fits[1].history_, rtol=1e-12)
+    _, model = _s2_problem(np.random.default_rng(3))
+    fits = [fastcpa.CPAModel(model.generator, sigma_x=sx).fit(X, n_iter=2, tol=-np.inf, progress=False,
+                                                              schedule=s, layers=False)
+            for s in ("joint", "layerwise")]
+    for a, b in zip(fits[0].generator.weights, fits[1].generator.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fits[0].history_, fits[1].history_, rtol=1e-12)
+
+
+def test_joint_frozen_sweep_raises_the_frozen_mask_q(rng):
+    """The joint proposal's hidden layers, each fitted with the masks frozen and the layers
+    before it already moved, never lower the frozen-mask Q of the E-step they came from: Q
+    computed from the statistics with every region's map rebuilt through the frozen masks
+    (``FrozenLayer.maps``) rises layer by layer."""
+    from fastcpa.em import _FrozenCodes, _with_layer
+    from fastcpa.mstep import FrozenLayer
+
+    X, model = _s2_problem(rng)
+    st = model.sufficient_stats(X)
+    gen, part = model.generator, model.partition
+    var = model._noise_var
+    frozen = _FrozenCodes(part, part.b)
+    q = [st.expected_complete_log_likelihood(part.A, part.b, var, model.sigma_z)]
+    for k in range(gen.n_layers - 1):
+        fl = FrozenLayer(gen, frozen, k)
+        W1, c1 = fl.update(st, var)
+        A, b = fl.maps(np.concatenate([W1, c1[:, None]], axis=1))
+        gen = _with_layer(gen, k, W1, c1)
+        frozen = _FrozenCodes(part, b)
+        q.append(st.expected_complete_log_likelihood(A, b, var, model.sigma_z))
+    assert np.all(np.diff(q) >= -1e-9 * abs(q[0])), q
+    assert q[-1] > q[0]
+
+
+def test_schedule_must_be_known(rng):
+    X, model = _s2_problem(rng)
+    with pytest.raises(ValueError, match="schedule must be 'auto', 'layerwise' or 'joint'"):
+        model.fit(X, n_iter=1, progress=False, schedule="blockwise")
