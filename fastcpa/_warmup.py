@@ -89,6 +89,9 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
         model.log_prob(X, prune=False)
         post = model.posterior(X)
         post.sample(2, seed=0)
+        # one row: the E-step's region-major chunk is then C- as well as F-contiguous, and Numba
+        # types it C (as it does a chunk of one region, which a fit meets as the regions change)
+        model.sufficient_stats(X[:1])
         model.partition.locate(rng.normal(size=(2, S)))
         model.marginal_moments()
         log_likelihood_gradient(model, X)

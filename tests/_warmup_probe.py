@@ -86,6 +86,8 @@ def exercise():
             post.sample(3, seed=3)
             post.log_density(Z)
             st = model.sufficient_stats(X)
+            model.sufficient_stats(X[:1])  # a one-row chunk (Numba types its region-major views C)
+            model.sufficient_stats(X, region_chunk=1)  # one-region chunks, likewise
             st.noise_update(model.partition.A, model.partition.b, diagonal=np.ndim(sigma) == 1)
             model.marginal_moments()
             fastcpa.em.log_likelihood_gradient(model, X)
