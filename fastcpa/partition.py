@@ -533,6 +533,7 @@ def _partition_1d(gen):
     offset[last[has_hi]] = hi[has_hi]
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
+    anchors = None
     if len(lo) * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
         # The prefix sums above carry eps times the largest slope met on the way: a
         # flat region beside steep ones got |A| ~ 8 where its map is exactly 0 (all
@@ -542,7 +543,13 @@ def _partition_1d(gen):
         Z = np.clip(0.0, iv[:, :1], iv[:, 1:])
         G, A = _piece_forward(gen, Z, intervals=iv, slopes=True)
         b = G - A[:, :, 0] * Z
-    return Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
+        anchors = (Z, G)  # what Partition.anchors computes (the same points, the same pass): kept
+    part = Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
+    if anchors is not None:
+        for a in anchors:
+            a.setflags(write=False)
+        part._anchors = anchors
+    return part
 
 
 # Multiply-adds the S = 1 anchors' forward passes may cost (see Partition.anchors).

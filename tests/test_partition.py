@@ -270,6 +270,19 @@ def test_anchors_lie_in_their_regions_with_their_image(rng, S):
     np.testing.assert_allclose(np.einsum("rds,rs->rd", part.A, Z) + part.b, G, rtol=1e-9, atol=1e-9)
 
 
+def test_s1_anchors_kept_from_the_partition_are_those_computed_on_demand(rng):
+    """The S = 1 partition keeps the anchors its maps' forward pass produced; they are
+    bit for bit what ``Partition.anchors`` computes from the intervals."""
+    from fastcpa.partition import _region_anchors
+
+    gen = make(rng, [1, 7, 6, 3])
+    part = fastcpa.partition(gen)
+    assert part._anchors is not None  # kept, not recomputed
+    for kept, fresh in zip(part.anchors, _region_anchors(part)):
+        assert np.array_equal(kept, fresh)
+        assert not kept.flags.writeable
+
+
 def test_anchor_just_past_a_breakpoint_stays_on_its_own_piece():
     """A steep unit (slope 2^50) switches at z0 = 1.5; an anchor one ulp left of
     z0 must still be evaluated on its own region's piece, where the unit is on:
