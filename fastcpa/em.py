@@ -7,8 +7,11 @@ the blocks of parameters in turn, each from a fresh exact E-step
 1. every hidden layer ``k``: the frozen-mask block update
    (:class:`fastcpa.mstep.FrozenLayer`). Moving ``W_k`` moves the partition,
    so the proposal is a surrogate: the exact log-likelihood of the new
-   generator is computed and the step is halved (up to ``max_backtracks``
-   times) until it does not decrease; if none qualifies, the layer is kept;
+   generator is computed and the step shortened (up to ``max_backtracks``
+   times) until it does not decrease; if none qualifies, the layer is kept.
+   A rejected step ``s`` is followed by the maximum of the parabola through
+   the start (its slope along the step the exact gradient, by Fisher's
+   identity) and that trial, kept within ``[s/16, s/2]`` (:func:`_next_step`);
 2. the output layer (:func:`fastcpa.mstep.output_layer_update`) and the
    noise (:meth:`SufficientStats.noise_update`): exact M-steps (the
    partition does not move), checked the same way all the same.
@@ -18,7 +21,7 @@ block of an iteration and the whole proposal is checked once (``fit``).
 
 So ``history_`` (mean exact log-likelihood after each iteration) never
 decreases, by construction rather than by EM's theory alone; ``backtracks_``
-records how many halvings each iteration needed.
+records how many rejected trial steps ("halvings") each iteration had.
 """
 
 import contextlib
@@ -86,10 +89,13 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     ridge : float, default 0
         Precision of a zero-mean Gaussian prior on the weights (off by default).
     max_backtracks : int, default 8
-        Halvings of a hidden layer's step before it is skipped for the
-        iteration. A layer's first trial step is twice the step it took last
-        (at most 1; in the first iteration, twice the previous layer's): where
-        its frozen-mask steps overshoot, it does not pay the same rejected
+        Shortenings of a hidden layer's step before it is skipped for the
+        iteration (``schedule="layerwise"``: each to the maximum of the
+        parabola through the start, with the exact gradient's slope, and the
+        rejected trial, within 1/16 to 1/2 of that trial; ``"joint"``: halved).
+        A layer's first trial step is twice the step it took last (at most 1;
+        in the first iteration, twice the previous layer's): where its
+        frozen-mask steps overshoot, it does not pay the same rejected
         likelihood passes every iteration.
     cg_maxiter : int or "auto", default "auto"
         Conjugate-gradient iterations per hidden-layer update where the layer
@@ -280,13 +286,15 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                     for k in range(cur.generator.n_layers - 1):
                         st = _stats(cur, X)
                         fl = FrozenLayer(cur.generator, cur.partition, k)
-                        W1, c1 = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter,
-                                           precondition=bool(precondition))
+                        W1, c1, grad = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter,
+                                                 precondition=bool(precondition), return_gradient=True)
                         W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
+                        slope = (np.sum(grad[:, :-1] * (W1 - W0)) + grad[:, -1] @ (c1 - c0)) / len(X)
                         taken = False
-                        s0 = first_step.get(k, last_step)
+                        step = first_step.get(k, last_step)
                         for a in range(max_backtracks + 1):
-                            step = s0 * 0.5**a
+                            if a:
+                                step = _next_step(step, slope, ll_t - ll)
                             trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
                                                          c0 + step * (c1 - c0)), cur.sigma_x, sz)
                             ll_t = _mean_log_lik(trial, X)
@@ -425,6 +433,17 @@ def _joint_iteration(cur, X, ll, best, s0, max_backtracks, diagonal, sig_floor, 
             return trial, ll_t, (trial, ll_t), n_back, step
         n_back += 1
     return cur, ll, best, n_back, None
+
+
+def _next_step(step, slope, drop):
+    """The next trial step after ``step`` changed the mean log-likelihood by ``drop < 0``:
+    the maximum of the parabola through the start (value 0, ``slope``) and that
+    trial, kept within [step / 16, step / 2] (halving where the parabola says
+    nothing: no positive slope, a NaN)."""
+    if slope > 0 and math.isfinite(drop):
+        best = 0.5 * slope * step * step / (slope * step - drop)
+        return min(0.5 * step, max(step / 16.0, best))
+    return 0.5 * step
 
 
 def _duration(seconds):

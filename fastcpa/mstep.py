@@ -200,7 +200,8 @@ class FrozenLayer:
         S = self.Gh.shape[2] - 1
         return M[:, :, :S], M[:, :, S] + self.f
 
-    def update(self, stats, noise_var, *, ridge=0.0, solver="auto", rtol=1e-10, maxiter=None, precondition=True):
+    def update(self, stats, noise_var, *, ridge=0.0, solver="auto", rtol=1e-10, maxiter=None, precondition=True,
+               return_gradient=False):
         """The ``V`` maximising the expected complete-data log-likelihood with the masks frozen.
 
         Solves ``sum_w F_w^T P F_w V N_w = sum_w F_w^T P (E[x zh^T]_w - f_w E[zh^T]_w) Gh_w^T``
@@ -232,10 +233,18 @@ class FrozenLayer:
             plain conjugate gradients take a step mostly along the operator's
             largest eigenvectors. Every iterate still raises Q.
 
+        return_gradient : bool, default False
+            Also return ``dQ/dV`` at the current ``V`` (as :meth:`gradient`),
+            which the solve forms anyway: the exact gradient of
+            ``sum_n log p(x_n)`` in ``[W c]`` where ``stats`` are the current
+            parameters' (Fisher's identity), for a line search along the step.
+
         Returns
         -------
         W : ndarray, shape (H_k, H_{k-1})
         c : ndarray, shape (H_k,)
+        grad : ndarray, shape (H_k, H_{k-1} + 1)
+            Only with ``return_gradient``.
         """
         import scipy.linalg
         import scipy.sparse.linalg
@@ -245,18 +254,28 @@ class FrozenLayer:
         op, rhs = self._normal_equations(stats, noise_var, ridge)
         shape = self.V0.shape
         n = rhs.size
+        # conjugate gradients' first product is op(V0) (its residual from x0): kept for the gradient
+        first = []
         if solver == "dense" or (solver == "auto" and self._dense_is_cheap()):
             # the step from V0 of least norm: V0 stays where the data do not pin it (as CG from V0)
             M = self._dense_operator(stats, noise_var, ridge)
-            step = scipy.linalg.lstsq(M, (rhs - op(self.V0)).ravel(), cond=None, lapack_driver="gelsd")[0]
+            first.append(op(self.V0))
+            step = scipy.linalg.lstsq(M, (rhs - first[0]).ravel(), cond=None, lapack_driver="gelsd")[0]
             V = self.V0 + step.reshape(shape)
         else:
-            A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: op(v.reshape(shape)).ravel(),
-                                                   dtype=float)
+            def matvec(v):
+                out = op(v.reshape(shape))
+                if not first:
+                    first.append(out)
+                return out.ravel()
+
+            A = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=float)
             Mi = self.kronecker_preconditioner(stats, noise_var, ridge) if precondition else None
             v, info = scipy.sparse.linalg.cg(A, rhs.ravel(), x0=self.V0.ravel(), rtol=rtol, atol=0.0,
                                              maxiter=maxiter or 10 * n, M=Mi)
             V = v.reshape(shape)
+        if return_gradient:
+            return V[:, :-1].copy(), V[:, -1].copy(), rhs - (first[0] if first else op(self.V0))
         return V[:, :-1].copy(), V[:, -1].copy()
 
     def kronecker_preconditioner(self, stats, noise_var, ridge=0.0):

@@ -236,6 +236,22 @@ def test_joint_frozen_sweep_raises_the_frozen_mask_q(rng):
     assert q[-1] > q[0]
 
 
+def test_next_step_is_the_parabolas_maximum_within_bounds():
+    """After a rejected step, the next trial maximises the parabola through the start
+    (value 0, the given slope) and the rejected trial, kept within [s/16, s/2]; with no
+    ascent direction or a non-finite drop it halves."""
+    from fastcpa.em import _next_step
+
+    g, c = 2.0, 3.0  # phi(s) = g s - c s^2, maximal at g / (2c) = 1/3
+    for s in (0.7, 0.9):
+        assert _next_step(s, g, g * s - c * s * s) == pytest.approx(1.0 / 3.0, rel=1e-12)
+    assert _next_step(1.0, g, -1e9) == 1.0 / 16.0  # a steep drop: no shorter than s/16
+    assert _next_step(1.0, 1e-9, -1e-12) == pytest.approx(0.5 / 1.001, rel=1e-12)  # barely a drop: ~s/2
+    assert _next_step(1.0, 1.0, 0.5) == 0.5  # (a rise: not a rejection, but never beyond s/2)
+    for slope, drop in ((0.0, -1.0), (-1.0, -1.0), (1.0, -np.inf), (1.0, np.nan), (np.nan, -1.0)):
+        assert _next_step(0.8, slope, drop) == 0.4
+
+
 def test_schedule_must_be_known(rng):
     X, model = _s2_problem(rng)
     with pytest.raises(ValueError, match="schedule must be 'auto', 'layerwise' or 'joint'"):

@@ -304,6 +304,39 @@ def test_inner_layer_update_zeroes_the_frozen_gradient(rng, S, activation, sizes
         assert abs(slope) <= 1e-6 * scale, slope
 
 
+@pytest.mark.parametrize("solver", ["cg", "dense"])
+def test_update_returns_the_exact_log_likelihood_gradient(rng, solver):
+    """``update(..., return_gradient=True)``'s gradient (the solve's first residual) is
+    ``FrozenLayer.gradient`` and, by Fisher's identity, the derivative of the exact
+    sum of log p(x_n) in layer k's [W c] (central differences of ``log_prob``)."""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, [1, 6, 5, 3], "leaky_relu", 0.3)
+    X = samples(model, rng, 25, 2.0)
+    st = model.sufficient_stats(X)
+    gen, k = model.generator, 1
+    fl = FrozenLayer(gen, model.partition, k)
+    W1, c1, G = fl.update(st, model._noise_var, solver=solver, maxiter=3, return_gradient=True)
+    W2, c2 = fl.update(st, model._noise_var, solver=solver, maxiter=3)
+    assert np.array_equal(W1, W2) and np.array_equal(c1, c2)
+    dW, dc = fl.gradient(st, model._noise_var)
+    np.testing.assert_allclose(G, np.concatenate([dW, dc[:, None]], axis=1), rtol=1e-12,
+                               atol=1e-12 * np.abs(G).max())
+    V0 = fl.V0
+    for _ in range(3):
+        dV = rng.normal(size=V0.shape)
+        h = 1e-5
+
+        def total(V):
+            g = fastcpa.Generator([V[:, :-1] if j == k else W for j, W in enumerate(gen.weights)],
+                                  [V[:, -1] if j == k else c for j, c in enumerate(gen.biases)],
+                                  activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
+            return fastcpa.CPAModel(g, sigma_x=model.sigma_x).log_prob(X).sum()
+
+        fd = (total(V0 + h * dV) - total(V0 - h * dV)) / (2 * h)
+        assert abs(fd - np.sum(G * dV)) <= 1e-5 * (abs(fd) + 1.0), (fd, np.sum(G * dV))
+
+
 @pytest.mark.parametrize("ridge", [0.0, 3.0])
 def test_inner_layer_solvers_agree(rng, ridge):
     """The dense matrix sum_w N_w (x) F_w^T P F_w and the matrix-free operator are the same map,
