@@ -211,7 +211,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     3
     """
     from .model import CPAModel
-    from .mstep import FrozenLayer, output_layer_update
+    from .mstep import FrozenLayer, hidden_maps, output_layer_update
 
     if method not in ("em", "gradient"):
         raise ValueError(f"method must be 'em' or 'gradient', got {method!r}.")
@@ -311,9 +311,10 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                     # output layer and noise: exact M-steps on one fresh E-step
                     st = _stats(cur, X)
                     L = cur.generator.n_layers
-                    W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge)
+                    G, g = hidden_maps(cur.generator, cur.partition)
+                    W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge, maps=(G, g))
                     gen_o = _with_layer(cur.generator, L - 1, W, c)
-                    A, b = _maps(cur, W, c)
+                    A, b = _output_maps(G, g, W, c)
                     sig = np.maximum(st.noise_update(A, b, diagonal=diagonal), sig_floor)
                     trial = CPAModel(gen_o, float(sig) if np.ndim(sig) == 0 else sig, sz)
                     ll_t = _mean_log_lik(trial, X)
@@ -386,9 +387,9 @@ def _output_and_noise(st, gen, frozen, diagonal, sig_floor, ridge):
     layers of ``gen`` (masks ``frozen``): ``(generator, sigma_x)``."""
     from .mstep import hidden_maps, output_layer_update
 
-    W, c = output_layer_update(st, gen, frozen, ridge=ridge)
     G, g = hidden_maps(gen, frozen)
-    A, b = np.tensordot(G, W, axes=([1], [1])).transpose(0, 2, 1), g @ W.T + c
+    W, c = output_layer_update(st, gen, frozen, ridge=ridge, maps=(G, g))
+    A, b = _output_maps(G, g, W, c)
     sig = np.maximum(st.noise_update(A, b, diagonal=diagonal), sig_floor)
     return _with_layer(gen, gen.n_layers - 1, W, c), (float(sig) if np.ndim(sig) == 0 else sig)
 
@@ -524,11 +525,9 @@ def noise_variance_floor(X):
     return NOISE_FLOOR * np.where(varies, var, fallback)
 
 
-def _maps(model, W, c):
-    """Every region's (A, b) with the output layer replaced (the partition does not move)."""
-    from .mstep import hidden_maps
-
-    G, g = hidden_maps(model.generator, model.partition)
+def _output_maps(G, g, W, c):
+    """Every region's (A, b) from its last hidden layer's map ``(G, g)`` (:func:`~fastcpa.mstep.hidden_maps`)
+    and the output layer ``(W, c)``."""
     return np.tensordot(G, W, axes=([1], [1])).transpose(0, 2, 1), g @ W.T + c  # one GEMM, (R, D, S)
 
 

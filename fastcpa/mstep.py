@@ -63,7 +63,7 @@ def _input_maps(generator, q, R, k):
     return np.ascontiguousarray(GT.transpose(1, 0, 2)), g
 
 
-def output_layer_update(stats, generator, partition, *, ridge=0.0):
+def output_layer_update(stats, generator, partition, *, ridge=0.0, maps=None):
     """The output layer maximising the expected complete-data log-likelihood (frozen masks).
 
     Parameters
@@ -76,6 +76,8 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0):
         Precision of a zero-mean Gaussian prior on the weights (not the bias):
         adds ``ridge * sigma_x^2``-free shrinkage ``ridge * I`` to ``M``. Off
         by default.
+    maps : tuple, optional
+        ``hidden_maps(generator, partition)``, where the caller has them.
 
     Returns
     -------
@@ -88,7 +90,7 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0):
     weight: its column of ``W`` does not change the likelihood, and the
     least-squares solution of smallest norm is returned for it.
     """
-    G, g = hidden_maps(generator, partition)
+    G, g = hidden_maps(generator, partition) if maps is None else maps
     R, H, S = G.shape
     Gh = np.zeros((R, H + 1, S + 1))
     Gh[:, :H, :S] = G
@@ -153,8 +155,11 @@ class FrozenLayer:
         self.Gh[:, :H, S] = g
         self.Gh[:, H, S] = 1.0
         self.V0 = np.concatenate([generator.weights[k], generator.biases[k][:, None]], axis=1)
-        a0 = self.Gh[:, :, S] @ self.V0.T  # the layer's pre-activation at z = 0, (R, H_k): one GEMM
-        self.f = partition.b - self._F(np.ascontiguousarray(a0.T)[:, :, None])[:, :, 0].T  # the downstream offsets
+        # F_w V0 Gh_w, unit-major (D, R, S+1): the part of every region's map that moves with
+        # layer k; its constant column gives the downstream offsets f, and it is the normal
+        # equations' product at V0 (the solve's first, the gradient's only one)
+        self._M0 = self._F(self._VG(self.V0))
+        self.f = partition.b - self._M0[:, :, S].T
 
     # The products run unit-major, (units, R, m): each layer is then one GEMM over all
     # regions, where a batched (R, H, m) matmul makes R small products.
@@ -367,8 +372,11 @@ class FrozenLayer:
         ZG = ZG.reshape(R * m, -1)
 
         def op(V):
-            Y = self._F(self._VG(V))
-            Y *= prec[:, None, None]
+            if np.array_equal(V, self.V0):  # CG's first product, the gradient's
+                Y = self._M0 * prec[:, None, None]
+            else:
+                Y = self._F(self._VG(V))
+                Y *= prec[:, None, None]
             out = self._FT(Y).reshape(len(V), R * m) @ ZG
             if ridge > 0:
                 out[:, :-1] += ridge * V[:, :-1]

@@ -337,6 +337,22 @@ def test_update_returns_the_exact_log_likelihood_gradient(rng, solver):
         assert abs(fd - np.sum(G * dV)) <= 1e-5 * (abs(fd) + 1.0), (fd, np.sum(G * dV))
 
 
+@pytest.mark.parametrize("S,k", [(1, 0), (1, 1), (2, 2)])
+def test_normal_equations_product_at_the_current_layer_is_the_kept_maps(rng, S, k):
+    """The normal equations' product at the current parameters comes from the maps formed
+    when the layer was frozen (``FrozenLayer._M0``); elsewhere it is computed afresh. The
+    operator is linear, so op(V0) = op(2 V0) / 2 checks one against the other."""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, [S, 6, 5, 4, 3], "leaky_relu", 0.3)
+    X = samples(model, rng, 20, 2.0)
+    st = model.sufficient_stats(X)
+    fl = FrozenLayer(model.generator, model.partition, k)
+    op, _ = fl._normal_equations(st, model._noise_var)
+    a, b = op(fl.V0), 0.5 * op(2.0 * fl.V0)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
 @pytest.mark.parametrize("ridge", [0.0, 3.0])
 def test_inner_layer_solvers_agree(rng, ridge):
     """The dense matrix sum_w N_w (x) F_w^T P F_w and the matrix-free operator are the same map,
