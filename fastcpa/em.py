@@ -103,6 +103,11 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         ``"auto"`` is 5 when preconditioned, else 50. Every iterate raises the
         frozen-mask Q (CG lowers the quadratic error monotonically from the
         current parameters), so a truncated solve is a generalised EM step.
+        Measured from one start (N = 1000, 2 cores, a wall-clock budget):
+        on ``[1, 256, 256, 256, 64]``, 30 s reached 72.1-72.4 nats with 5,
+        69.4 with 2 and 70.5-71.0 with 10-20; on ``[1, 1024, 1024, 1024, 64]``,
+        where each CG iteration costs about as much as a likelihood pass,
+        110 s reached 58.3 with 2, 57.0 with 1 and 56.8 with 5.
     precondition : bool or "auto", default "auto"
         Precondition those iterations by a Kronecker-factored approximation of
         the operator (:meth:`~fastcpa.mstep.FrozenLayer.kronecker_preconditioner`):
