@@ -614,13 +614,13 @@ def _piece_forward(gen, Z, intervals=None, code_bits=None, slopes=False):
             else:
                 on = bits[:, k:k + w] | (eta == 1.0)
             h = np.where(on, u, eta * u)
-            if slopes:  # (rows, S, w): d h / d z
-                t = t @ W.T
+            if slopes:  # (rows, S, w): d h / d z, one GEMM (a stacked matmul makes a small one per row)
+                t = (t.reshape(-1, t.shape[2]) @ W.T).reshape(len(rows), Z.shape[1], w)
                 t = np.where(on[:, None, :], t, eta * t)
             k += w
         out[rows] = h @ gen.weights[-1].T + gen.biases[-1]
         if slopes:
-            A[rows] = (t @ gen.weights[-1].T).transpose(0, 2, 1)
+            A[rows] = (t.reshape(-1, t.shape[2]) @ gen.weights[-1].T).reshape(len(rows), Z.shape[1], -1).transpose(0, 2, 1)
     return (out, A) if slopes else out
 
 
