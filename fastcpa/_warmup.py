@@ -92,6 +92,9 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
         # one row: the E-step's region-major chunk is then C- as well as F-contiguous, and Numba
         # types it C (as it does a chunk of one region, which a fit meets as the regions change)
         model.sufficient_stats(X[:1])
+        # references moved onto a later chunk's best pair (rare: region chunks whose first
+        # one misleads the search), so not reached above
+        model._references_at(model._whiten(X[:2])[2], np.zeros((2, 3 + S)))
         model.partition.locate(rng.normal(size=(2, S)))
         model.marginal_moments()
         log_likelihood_gradient(model, X)
@@ -103,8 +106,8 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
             X.setflags(write=False)
             model.log_prob(X)
     # affine generators: one whole-space region (S = 1: its one-element interval arrays are
-    # read-only views; S = 2: the general pair kernels)
-    for S in (1, 2):
+    # read-only views; S = 2 and 3: the general pair kernels, S = 3 in a singular frame)
+    for S in (1, 2, 3):
         gen = Generator([rng.normal(size=(3, S)), rng.normal(size=(2, 3))], [rng.normal(size=3), np.zeros(2)],
                         activation="linear")
         model = CPAModel(gen, sigma_x=0.5)

@@ -195,14 +195,11 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     >>> round(float(stats.T0.sum()), 12)  # each sample's region weights sum to 1
     50.0
     """
-    from fastcpa.kernels.cpu.estep import region_major
-
     from .model import _checked_log_prob
 
     X = model._check_X(X)
     N = len(X)
     p = model._region_params()
-    _, _, estep_chunk, region_args = model._pair_kernels()
     S, D = model.generator.latent_dim, model.generator.output_dim
     R = len(p["bb"])
     T0 = np.zeros(R)
@@ -217,6 +214,66 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     if likelihood_rows is None:
         likelihood_rows = model._likelihood_rows(X, gap, region_chunk=region_chunk)
     log_p, TOP, LSUM, REFS = likelihood_rows
+    if "lo" in p:  # S = 1: the GEMM fused into the kernel (as the likelihood's)
+        _statistics_1d(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz)
+    else:
+        _statistics_chunks(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx,
+                           Txz)
+    _checked_log_prob(log_p)
+    if p["V"] is not None:  # from the singular frame back to z = V w (affine, S > 2)
+        V = p["V"]
+        T1 = np.einsum("rst,rt->rs", V, T1)
+        T2 = V @ T2 @ np.swapaxes(V, 1, 2)
+        Txz = Txz @ np.swapaxes(V, 1, 2)
+    Xc = X - shift
+    return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx + T0[:, None] * shift,
+                           Txz=Txz + shift[None, :, None] * T1[:, None, :], xx=np.einsum("nd,nd->d", X, X),
+                           log_likelihood=float(log_p.sum()), n=N, shift=shift, Tx_c=Tx, Txz_c=Txz,
+                           xx_c=np.einsum("nd,nd->d", Xc, Xc))
+
+
+def _statistics_1d(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):
+    """The S = 1 statistics by :func:`~fastcpa.kernels.cpu.estep.estep_block_1d`, added into
+    ``T0`` ... ``Txz`` (region chunks of at most ``region_chunk``, row chunks of ``sample_chunk``)."""
+    from fastcpa.kernels.cpu.estep import ROWS_1D, estep_block_1d
+
+    N, R = len(X), len(p["bb"])
+    slices = [slice(r0, min(R, r0 + region_chunk)) for r0 in range(0, R, region_chunk)]
+    G = [np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])) for rs in slices]
+    with blas_single_threaded():
+        for a in range(0, N, sample_chunk):
+            rows = slice(a, min(N, a + sample_chunk))
+            Xw, xx, _ = model._whiten(X[rows])
+            top, lsum, REF = TOP[rows], LSUM[rows], REFS[rows].copy()
+            floor = top + lsum - gap
+            Xc = X[rows] - shift
+            n = len(Xw)
+            nb = -(-n // ROWS_1D)
+            for rs, Gs in zip(slices, G):
+                rc = rs.stop - rs.start
+                sums = np.zeros((3, nb, rc))
+                Wt = np.empty((rc, n))
+                Mt = np.empty((rc, 1, n))
+                estep_block_1d(Xw, Gs, xx, *(p[k][rs] for k in ("ab1", "bb", "logdet_lam")), p["const"],
+                               *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole", "Aw", "gz", "an")), p["s2"],
+                               REF, top, lsum, floor, sums[0], sums[1], sums[2], Wt, Mt)
+                sums = sums.sum(axis=1)  # the row blocks in order: independent of the thread count
+                T0[rs] += sums[0]
+                T1[rs, 0] += sums[1]
+                T2[rs, 0, 0] += sums[2]
+                Tx[rs] += Wt @ Xc
+                Txz[rs, :, 0] += Mt[:, 0, :] @ Xc
+
+
+def _statistics_chunks(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):
+    """The statistics by the generic chunk kernels (S = 2 polygons, whole-space regions),
+    added into ``T0`` ... ``Txz``."""
+    from fastcpa.kernels.cpu.estep import region_major
+
+    N = len(X)
+    S = model.generator.latent_dim
+    D = model.generator.output_dim
+    _, _, estep_chunk, region_args = model._pair_kernels()
     with blas_single_threaded():
         for a in range(0, N, sample_chunk):
             rows = slice(a, min(N, a + sample_chunk))
@@ -233,14 +290,3 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
                             T0[rs], T1[rs], T2[rs], Wt, Mt)
                 Tx[rs] += Wt @ Xc
                 Txz[rs] += (Mt.reshape(rc * S, n) @ Xc).reshape(rc, S, D).transpose(0, 2, 1)
-    _checked_log_prob(log_p)
-    if p["V"] is not None:  # from the singular frame back to z = V w (affine, S > 2)
-        V = p["V"]
-        T1 = np.einsum("rst,rt->rs", V, T1)
-        T2 = V @ T2 @ np.swapaxes(V, 1, 2)
-        Txz = Txz @ np.swapaxes(V, 1, 2)
-    Xc = X - shift
-    return SufficientStats(T0=T0, T1=T1, T2=T2, Tx=Tx + T0[:, None] * shift,
-                           Txz=Txz + shift[None, :, None] * T1[:, None, :], xx=np.einsum("nd,nd->d", X, X),
-                           log_likelihood=float(log_p.sum()), n=N, shift=shift, Tx_c=Tx, Txz_c=Txz,
-                           xx_c=np.einsum("nd,nd->d", Xc, Xc))

@@ -21,6 +21,9 @@ def dispatchers():
 
     def scan(prefix, namespace):
         for name, obj in namespace.items():
+            # the kernels themselves are wrapped (kernels/cpu/_jit.py): their dispatcher too, so
+            # that a signature loaded from a warm cache counts (nested routines' do not show then)
+            obj = getattr(obj, "dispatcher", obj)
             if isinstance(obj, Dispatcher):
                 found.setdefault(f"{prefix}.{name}", obj)
 

@@ -116,6 +116,42 @@ def test_stats_sum_to_the_posterior_mixture(rng, S, activation, sizes, sigma_x):
     np.testing.assert_allclose(st.T0, np.asarray(post.region_probs.sum(axis=0)).ravel(), rtol=1e-9, atol=1e-12 * N)
 
 
+@pytest.mark.parametrize("sigma_x", [0.02, 0.3])
+def test_s1_fused_kernel_matches_the_region_major_chunks(rng, sigma_x):
+    """The S = 1 statistics (row blocks with the GEMM fused in) equal those of the generic
+    region-major chunk kernel on the same likelihood rows, to a few ulps of each entry's scale;
+    other chunkings (which move the likelihood pass's references, so each term's rounding, by
+    eps |log kappa|: 2e-13 here, rows 30 sd off at sigma_x = 0.02) agree to 1e-12; and the
+    result does not depend on the thread count at all."""
+    import numba
+
+    from fastcpa import estep
+
+    model = make_model(rng, [1, 12, 10, 6], "leaky_relu", sigma_x)
+    X = samples(model, rng, 70, 30.0)
+    rows = model._likelihood_rows(X)
+    st = model.sufficient_stats(X)
+    p = model._region_params()
+    R, S, D = model.partition.n_regions, 1, model.generator.output_dim
+    ref = [np.zeros(R), np.zeros((R, S)), np.zeros((R, S, S)), np.zeros((R, D)), np.zeros((R, D, S))]
+    estep._statistics_chunks(model, X, p, *rows[1:], 40.0, 256, 1024, st.shift, *ref)
+    for got, want in zip((st.T0, st.T1, st.T2, st.Tx_c, st.Txz_c), ref):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14 * np.abs(want).max())
+    for sc, rc in ((3, 5), (17, 1), (1000, 2)):
+        other = model.sufficient_stats(X, sample_chunk=sc, region_chunk=rc)
+        for f in ("T0", "T1", "T2", "Tx", "Txz"):
+            want = getattr(st, f)
+            np.testing.assert_allclose(getattr(other, f), want, rtol=0, atol=1e-12 * np.abs(want).max())
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = model.sufficient_stats(X)
+    finally:
+        numba.set_num_threads(threads)
+    for f in ("T0", "T1", "T2", "Tx", "Txz"):
+        assert np.array_equal(getattr(one, f), getattr(st, f)), f
+
+
 def test_leaving_out_negligible_pairs_changes_nothing(rng):
     """``gap`` leaves out pairs below exp(-gap) of a sample's likelihood: the statistics agree with
     those of every pair within that bound."""
