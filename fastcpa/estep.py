@@ -232,21 +232,26 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
                            xx_c=np.einsum("nd,nd->d", Xc, Xc))
 
 
+def _row_chunks(model, X, TOP, LSUM, REFS, gap, sample_chunk, shift):
+    """Per chunk of ``sample_chunk`` rows: the whitened rows ``(Xw, xx, Xs)``, their
+    likelihood pass's ``top``, ``lsum`` and references, the cut-off ``floor`` and the rows
+    centred by ``shift``."""
+    for a in range(0, len(X), sample_chunk):
+        rows = slice(a, min(len(X), a + sample_chunk))
+        Xw, xx, Xs = model._whiten(X[rows])
+        top, lsum = TOP[rows], LSUM[rows]
+        yield Xw, xx, Xs, top, lsum, REFS[rows].copy(), top + lsum - gap, X[rows] - shift
+
+
 def _statistics_1d(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):
     """The S = 1 statistics by :func:`~fastcpa.kernels.cpu.estep.estep_block_1d`, added into
     ``T0`` ... ``Txz`` (region chunks of at most ``region_chunk``, row chunks of ``sample_chunk``)."""
     from fastcpa.kernels.cpu.estep import ROWS_1D, estep_block_1d
 
-    N, R = len(X), len(p["bb"])
-    slices = [slice(r0, min(R, r0 + region_chunk)) for r0 in range(0, R, region_chunk)]
+    slices = model._region_slices(region_chunk)
     G = [np.ascontiguousarray(np.hstack([p["PA_T"][:, rs], p["Pb_T"][:, rs]])) for rs in slices]
     with blas_single_threaded():
-        for a in range(0, N, sample_chunk):
-            rows = slice(a, min(N, a + sample_chunk))
-            Xw, xx, _ = model._whiten(X[rows])
-            top, lsum, REF = TOP[rows], LSUM[rows], REFS[rows].copy()
-            floor = top + lsum - gap
-            Xc = X[rows] - shift
+        for Xw, xx, _, top, lsum, REF, floor, Xc in _row_chunks(model, X, TOP, LSUM, REFS, gap, sample_chunk, shift):
             n = len(Xw)
             nb = -(-n // ROWS_1D)
             for rs, Gs in zip(slices, G):
@@ -270,17 +275,11 @@ def _statistics_chunks(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_c
     added into ``T0`` ... ``Txz``."""
     from fastcpa.kernels.cpu.estep import region_major
 
-    N = len(X)
     S = model.generator.latent_dim
     D = model.generator.output_dim
     _, _, estep_chunk, region_args = model._pair_kernels()
     with blas_single_threaded():
-        for a in range(0, N, sample_chunk):
-            rows = slice(a, min(N, a + sample_chunk))
-            Xw, xx, Xs = model._whiten(X[rows])
-            top, lsum, REF = TOP[rows], LSUM[rows], REFS[rows].copy()
-            floor = top + lsum - gap
-            Xc = X[rows] - shift
+        for Xw, xx, Xs, top, lsum, REF, floor, Xc in _row_chunks(model, X, TOP, LSUM, REFS, gap, sample_chunk, shift):
             for rs in model._region_slices(region_chunk):
                 XA, Xb = model._products(Xw, rs)
                 n, rc = Xb.shape
