@@ -216,7 +216,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     3
     """
     from .model import CPAModel
-    from .mstep import FrozenLayer, hidden_maps, output_layer_update
+    from .mstep import FrozenLayer
 
     if method not in ("em", "gradient"):
         raise ValueError(f"method must be 'em' or 'gradient', got {method!r}.")
@@ -314,14 +314,9 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                                       f"step {step:g} taken" if taken else "kept (every step lowered it)", ll)
                 if adam is None and schedule == "layerwise":
                     # output layer and noise: exact M-steps on one fresh E-step
-                    st = _stats(cur, X)
-                    L = cur.generator.n_layers
-                    G, g = hidden_maps(cur.generator, cur.partition)
-                    W, c = output_layer_update(st, cur.generator, cur.partition, ridge=ridge, maps=(G, g))
-                    gen_o = _with_layer(cur.generator, L - 1, W, c)
-                    A, b = _output_maps(G, g, W, c)
-                    sig = np.maximum(st.noise_update(A, b, diagonal=diagonal), sig_floor)
-                    trial = CPAModel(gen_o, float(sig) if np.ndim(sig) == 0 else sig, sz)
+                    gen_o, sig = _output_and_noise(_stats(cur, X), cur.generator, cur.partition, diagonal,
+                                                   sig_floor, ridge)
+                    trial = CPAModel(gen_o, sig, sz)
                     ll_t = _mean_log_lik(trial, X)
                     taken = ll_t >= ll
                     if taken:
@@ -389,7 +384,8 @@ class _FrozenCodes:
 
 def _output_and_noise(st, gen, frozen, diagonal, sig_floor, ridge):
     """The output layer and noise maximising the frozen-mask Q for the hidden
-    layers of ``gen`` (masks ``frozen``): ``(generator, sigma_x)``."""
+    layers of ``gen`` (masks ``frozen``: the partition itself, an exact M-step, or
+    the E-step's codes beside moved hidden layers): ``(generator, sigma_x)``."""
     from .mstep import hidden_maps, output_layer_update
 
     G, g = hidden_maps(gen, frozen)
