@@ -259,28 +259,20 @@ class FrozenLayer:
         op, rhs = self._normal_equations(stats, noise_var, ridge)
         shape = self.V0.shape
         n = rhs.size
-        # conjugate gradients' first product is op(V0) (its residual from x0): kept for the gradient
-        first = []
         if solver == "dense" or (solver == "auto" and self._dense_is_cheap()):
             # the step from V0 of least norm: V0 stays where the data do not pin it (as CG from V0)
             M = self._dense_operator(stats, noise_var, ridge)
-            first.append(op(self.V0))
-            step = scipy.linalg.lstsq(M, (rhs - first[0]).ravel(), cond=None, lapack_driver="gelsd")[0]
+            step = scipy.linalg.lstsq(M, (rhs - op(self.V0)).ravel(), cond=None, lapack_driver="gelsd")[0]
             V = self.V0 + step.reshape(shape)
         else:
-            def matvec(v):
-                out = op(v.reshape(shape))
-                if not first:
-                    first.append(out)
-                return out.ravel()
-
-            A = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=float)
+            A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: op(v.reshape(shape)).ravel(),
+                                                   dtype=float)
             Mi = self.kronecker_preconditioner(stats, noise_var, ridge) if precondition else None
             v, info = scipy.sparse.linalg.cg(A, rhs.ravel(), x0=self.V0.ravel(), rtol=rtol, atol=0.0,
                                              maxiter=maxiter or 10 * n, M=Mi)
             V = v.reshape(shape)
-        if return_gradient:
-            return V[:, :-1].copy(), V[:, -1].copy(), rhs - (first[0] if first else op(self.V0))
+        if return_gradient:  # op(V0): kept from the solve's first product
+            return V[:, :-1].copy(), V[:, -1].copy(), rhs - op(self.V0)
         return V[:, :-1].copy(), V[:, -1].copy()
 
     def kronecker_preconditioner(self, stats, noise_var, ridge=0.0):
@@ -371,8 +363,13 @@ class FrozenLayer:
         R, m = ZG.shape[0], ZG.shape[1]
         ZG = ZG.reshape(R * m, -1)
 
+        at_v0 = []  # op(V0), once: CG's residual from V0 and the gradient's product
+
         def op(V):
-            if np.array_equal(V, self.V0):  # CG's first product, the gradient's
+            current = np.array_equal(V, self.V0)
+            if current and at_v0:
+                return at_v0[0].copy()
+            if current:  # F_w V0 Gh_w was formed with the layer
                 Y = self._M0 * prec[:, None, None]
             else:
                 Y = self._F(self._VG(V))
@@ -380,6 +377,8 @@ class FrozenLayer:
             out = self._FT(Y).reshape(len(V), R * m) @ ZG
             if ridge > 0:
                 out[:, :-1] += ridge * V[:, :-1]
+            if current:
+                at_v0.append(out.copy())
             return out
 
         t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w

@@ -373,6 +373,29 @@ def test_update_returns_the_exact_log_likelihood_gradient(rng, solver):
         assert abs(fd - np.sum(G * dV)) <= 1e-5 * (abs(fd) + 1.0), (fd, np.sum(G * dV))
 
 
+def test_update_gradient_of_an_all_zero_layer(rng):
+    """A layer whose weights and biases are all 0: conjugate gradients then starts without
+    a product at V0 (its residual is the right-hand side), and the gradient returned
+    is still dQ/dV at V0."""
+    from fastcpa.mstep import FrozenLayer
+
+    model = make_model(rng, [1, 6, 5, 3], "leaky_relu", 0.3)
+    gen = model.generator
+    k = gen.n_layers - 1  # the output layer: zeroing it leaves the partition as it was
+    gen0 = fastcpa.Generator(gen.weights[:-1] + [np.zeros_like(gen.weights[-1])],
+                             gen.biases[:-1] + [np.zeros_like(gen.biases[-1])],
+                             activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
+    model0 = fastcpa.CPAModel(gen0, sigma_x=0.3)
+    X = samples(model, rng, 20, 2.0)
+    st = model0.sufficient_stats(X)
+    fl = FrozenLayer(gen0, model0.partition, k)
+    assert not fl.V0.any()
+    _, _, G = fl.update(st, model0._noise_var, solver="cg", maxiter=2, return_gradient=True)
+    dW, dc = fl.gradient(st, model0._noise_var)
+    np.testing.assert_allclose(G, np.concatenate([dW, dc[:, None]], axis=1), rtol=1e-12,
+                               atol=1e-12 * np.abs(G).max())
+
+
 @pytest.mark.parametrize("S,k", [(1, 0), (1, 1), (2, 2)])
 def test_normal_equations_product_at_the_current_layer_is_the_kept_maps(rng, S, k):
     """The normal equations' product at the current parameters comes from the maps formed
