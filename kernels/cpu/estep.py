@@ -73,7 +73,8 @@ def _accumulate(w, m, C, i, r, T0, T1, T2, Wt, Mt):
 @jit(parallel=True)
 def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, top, lsum,
                 floor, T0, T1, T2, Wt, Mt):
-    """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions).
+    """Add one chunk's pairs to the statistics (S = 1 intervals, or whole-space regions;
+    the library's S = 1 statistics run :func:`estep_block_1d`, which a test compares with this).
 
     ``top + lsum`` and ``floor`` are the chunk's samples' exact
     log-likelihood (the running maximum and the log of the scaled sum, kept
