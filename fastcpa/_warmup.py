@@ -56,6 +56,8 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
     """The public API once over tiny inputs, in every way that reaches a kernel with new types."""
     import importlib
 
+    from .estep import sufficient_statistics
+
     rng = np.random.default_rng(0)
     # Numba compiles read-only arrays apart from writable ones, and the Gaussian integrals pass
     # their inputs on as broadcast views or copies, read-only or not by which inputs carry the
@@ -92,6 +94,9 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
         # one row: the E-step's region-major chunk is then C- as well as F-contiguous, and Numba
         # types it C (as it does a chunk of one region, which a fit meets as the regions change)
         model.sufficient_stats(X[:1])
+        # the E-step on a likelihood pass already made (a fit's, after a refused trial)
+        for rows in (X, X[:1]):
+            sufficient_statistics(model, rows, likelihood_rows=model._likelihood_rows(rows))
         # references moved onto a later chunk's best pair (rare: region chunks whose first
         # one misleads the search), so not reached above
         model._references_at(model._whiten(X[:2])[2], np.zeros((2, 3 + S)))
@@ -115,6 +120,7 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
         model.log_prob(X)
         model.posterior(X)
         model.sufficient_stats(X)
+        sufficient_statistics(model, X, likelihood_rows=model._likelihood_rows(X))
         model.marginal_moments()
         if S == 1:
             X.setflags(write=False)

@@ -49,21 +49,35 @@ def _with_layer(gen, k, W, c):
     return Generator(Ws, cs, activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
 
 
-def _mean_log_lik(model, X):
+def _mean_log_lik(model, X, stats=False):
     """Mean exact log p over the rows of ``X`` (already checked), as ``log_prob``
     gives it (without its accuracy estimate: trial steps can be far worse
     conditioned than the fit, and a user's own ``log_prob`` of the fitted model
     still warns). The pass's rows stay with ``model`` for its E-step
-    (:func:`_stats`): an accepted step's likelihood pass is the next E-step's first."""
-    rows = model._likelihood_rows(X)
+    (:func:`_stats`): an accepted step's likelihood pass is the next E-step's first.
+    With ``stats`` (a trial likely to be taken), the pass forms the E-step's
+    statistics as well where one pass can (``estep._statistics_and_rows``): the
+    S = 2 polygons' moments cost about as much again as their masses, against
+    the whole pass again in the E-step."""
+    if stats and model.generator.latent_dim > 1:
+        from .estep import _statistics_and_rows
+
+        st, rows = _statistics_and_rows(model, X)
+        model._fit_stats = (X, st)
+    else:
+        rows = model._likelihood_rows(X)
     model._fit_rows = (X, rows)
     return float(np.mean(rows[0]))
 
 
 def _stats(model, X):
-    """``model.sufficient_stats(X)``, reusing the likelihood pass :func:`_mean_log_lik` made."""
+    """``model.sufficient_stats(X)``, reusing what :func:`_mean_log_lik` made: the
+    statistics themselves, or its likelihood pass."""
     from .estep import sufficient_statistics
 
+    cached = getattr(model, "_fit_stats", None)
+    if cached is not None and cached[0] is X:
+        return cached[1]
     cached = getattr(model, "_fit_rows", None)
     rows = cached[1] if cached is not None and cached[0] is X else None
     return sufficient_statistics(model, X, likelihood_rows=rows)
@@ -254,7 +268,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     sig_floor = np.sqrt(var_floor if diagonal else var_floor.mean())
     gen, sigma, sz = model.generator, model.sigma_x, model.sigma_z
     cur = CPAModel(gen, sigma, sz)
-    ll = _mean_log_lik(cur, X)
+    ll = _mean_log_lik(cur, X, stats=method == "em")
     history, backtracks = [ll], []
     bar = None
     adam = _Adam(cur, lr, sig_floor) if method == "gradient" else None
@@ -283,9 +297,11 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                 elif schedule == "joint":
                     cur, ll, best, n_back, step = _joint_iteration(
                         cur, X, ll, best, first_step.get("joint", 1.0), max_backtracks, diagonal, sig_floor,
-                        layers=layers, ridge=ridge, cg_maxiter=cg_maxiter, precondition=bool(precondition))
+                        layers=layers, ridge=ridge, cg_maxiter=cg_maxiter, precondition=bool(precondition),
+                        likely=first_step.get("joint taken", 1.0))
                     if step:
                         first_step["joint"] = min(1.0, 2.0 * step)
+                        first_step["joint taken"] = step
                     if level >= 2:
                         _log.info("  joint update: %s, mean log-likelihood %.8g",
                                   f"step {step:g} taken" if step is not None else "kept (every step lowered it)", ll)
@@ -398,7 +414,7 @@ def _output_and_noise(st, gen, frozen, diagonal, sig_floor, ridge):
 
 
 def _joint_iteration(cur, X, ll, best, s0, max_backtracks, diagonal, sig_floor, *, layers, ridge, cg_maxiter,
-                     precondition):
+                     precondition, likely=1.0):
     """One iteration of ``schedule="joint"`` from one E-step. Every hidden layer
     in turn maximises the frozen-mask Q with the layers before it at their new
     values (their maps through the E-step's masks), so the sweep never lowers
@@ -408,7 +424,9 @@ def _joint_iteration(cur, X, ll, best, s0, max_backtracks, diagonal, sig_floor, 
     fall; failing every step, the hidden layers stay and only the output layer
     and noise move (an exact M-step: the partition stays). Returns ``(cur,
     ll, best, halvings, step)`` (``step`` 0 for that last case, None where
-    even it lowered the likelihood)."""
+    even it lowered the likelihood). A trial step at most ``likely`` (the step the
+    last iteration took: larger ones are tries, often refused) forms the next
+    E-step's statistics in its likelihood pass (:func:`_mean_log_lik`)."""
     from .mstep import FrozenLayer
     from .model import CPAModel
 
@@ -432,7 +450,7 @@ def _joint_iteration(cur, X, ll, best, s0, max_backtracks, diagonal, sig_floor, 
                         slope=[np.asarray(e) for e in gen0.slopes])
         gen, sig = _output_and_noise(st, gen, frozen, diagonal, sig_floor, ridge)
         trial = CPAModel(gen, sig, cur.sigma_z)
-        ll_t = _mean_log_lik(trial, X)
+        ll_t = _mean_log_lik(trial, X, stats=step <= likely)
         if ll_t >= ll:
             return trial, ll_t, (trial, ll_t), n_back, step
         n_back += 1

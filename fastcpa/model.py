@@ -369,27 +369,32 @@ class CPAModel:
                 posterior_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), terms, means, covs)
                 yield rows, rs, terms, means, covs, REF
 
-    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True, REF=None):
+    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True, REF=None, keep=False):
         """log p of one block of whitened rows over the generic chunk kernels,
         relative to the rows' references: ``(top, log_sum, REF, arg)`` with
         ``log_p = REF[:, 0] + top + log_sum`` and ``arg`` each row's largest
         term's pair (``search``: see :meth:`_new_reference`; ``REF`` given:
-        those references)."""
+        those references); with ``keep``, also ``(TERM, MOM)``, the pairs the
+        E-step needs (``pairs.log_prob_chunk``)."""
         log_prob_chunk, _, _, region_args = self._pair_kernels()
         n = len(Xw)
+        S = self.generator.latent_dim
         if REF is None:
             REF = self._new_reference(Xw, xx, Xs, region_chunk, search)
         run_max = np.full(n, -np.inf)
         run_sum = np.zeros(n)
-        arg = np.zeros((n, 3 + self.generator.latent_dim))
+        arg = np.zeros((n, 3 + S))
+        R = len(self._region_params()["bb"])
+        kept = (np.empty((n, R)), np.empty((n, R, S + S * S))) if keep else (np.empty((0, 0)), np.empty((0, 0, 0)))
         for rs in self._region_slices(region_chunk):
             XA, Xb = self._products(Xw, rs)
-            log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg)
-        return run_max, np.log(run_sum), REF, arg
+            log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg,
+                           *kept)
+        return (run_max, np.log(run_sum), REF, arg) + (kept if keep else ())
 
     def _rebased(self, rows_log_prob, Xw, xx, Xs, skipped, search):
         """``rows_log_prob(Xw, xx, Xs, skipped, search, REF)`` -> ``(top, log_sum,
-        REF, arg)``, with the rows whose largest term came out far above their
+        REF, arg, ...)`` (arrays of a row each), with the rows whose largest term came out far above their
         reference done again with that term's pair as the reference.
 
         A reference is chosen by bounds (the first region chunk's, or all of
@@ -398,14 +403,16 @@ class CPAModel:
         large that the cheap and the exact ``log kappa`` differ by more than
         their rounding bound says), ``log p = log kappa_ref + top`` would be a
         difference of large numbers and keep only ``eps |log kappa_ref|``."""
-        top, lsum, REF, arg = rows_log_prob(Xw, xx, Xs, skipped, search, None)
+        out = rows_log_prob(Xw, xx, Xs, skipped, search, None)
+        top, arg = out[0], out[3]
         redo = np.flatnonzero(top > _REF_SLACK)
         if redo.size:
             REF2 = self._references_at(Xs[redo], arg[redo])
             skr = np.zeros(redo.size, np.int64)
-            top[redo], lsum[redo], REF[redo], arg[redo] = rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search, REF2)
+            for a, b in zip(out, rows_log_prob(Xw[redo], xx[redo], Xs[redo], skr, search, REF2)):
+                a[redo] = b
             skipped[redo] = skr
-        return top, lsum, REF, arg
+        return out
 
     def _references_at(self, Xs, arg):
         """References for rows ``Xs`` (whitened only) at the pairs ``arg`` (rows
@@ -507,12 +514,14 @@ class CPAModel:
         _warn_undetermined(out, spread)
         return out
 
-    def _likelihood_blocks(self, X, gap, sample_chunk, region_chunk):
+    def _likelihood_blocks(self, X, gap, sample_chunk, region_chunk, keep=False):
         """Yield ``(rows, log_p, top, log_sum, REF, skipped)`` per block of rows of the
         checked ``X``: each row's exact log p as :meth:`log_prob` returns it, its
         reference pair and the running maximum and log-sum relative to it (what
         the E-step's moments are normalised by), and the pairs the pruning
-        skipped. Each row's values do not depend on the blocking."""
+        skipped. Each row's values do not depend on the blocking. With ``keep``
+        (the generic chunk kernels only, not S = 1 intervals), also ``(TERM,
+        MOM)``: the pairs the E-step needs (``pairs.log_prob_chunk``)."""
         import numba
 
         from fastcpa.kernels.cpu import pairs
@@ -521,6 +530,8 @@ class CPAModel:
         N = len(X)
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
+                if keep:
+                    raise NotImplementedError("internal: the S = 1 likelihood kernel keeps no pairs")
                 R = len(p["bb"])
                 # equal region chunks (no thin remainder: a narrow GEMM still reads all rows)
                 width = -(-R // -(-R // region_chunk))
@@ -548,7 +559,7 @@ class CPAModel:
                 step = int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
             else:
                 def rows_log_prob(Xw, xx, Xs, skipped, search, REF):
-                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF)
+                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF, keep)
 
                 step = sample_chunk
             for a in range(0, N, step):
@@ -559,8 +570,8 @@ class CPAModel:
                 # it onto a later chunk's best term when that lies far above everything
                 # before; a row whose largest term still came out far above its reference
                 # is done again with that term as the reference (see _rebased)
-                top, lsum, REF, _ = self._rebased(rows_log_prob, Xw, xx, Xs, sk, False)
-                yield rows, _assemble(p["log_norm"], REF[:, 0], top + lsum), top, lsum, REF, sk
+                top, lsum, REF, _, *kept = self._rebased(rows_log_prob, Xw, xx, Xs, sk, False)
+                yield (rows, _assemble(p["log_norm"], REF[:, 0], top + lsum), top, lsum, REF, sk, *kept)
 
     def _likelihood_rows(self, X, gap=PRUNE_GAP, sample_chunk=1024, region_chunk=1024):
         """:meth:`_likelihood_blocks` gathered over all rows of the checked ``X``:

@@ -171,20 +171,26 @@ def _s2_problem(rng, sizes=(2, 6, 5, 3)):
 def test_schedules_estep_count_and_monotone(rng, monkeypatch, schedule, S, per_iteration):
     """``schedule="joint"`` takes one E-step per iteration (``"layerwise"``: one per block,
     here two hidden layers and the output layer; ``"auto"``: joint for S = 2 only), and its
-    history never decreases and is the fitted model's exact likelihood."""
+    history never decreases and is the fitted model's exact likelihood. The statistics
+    computed are those used, plus at most the last trial's and the refused trials' (S = 2
+    forms them in the likelihood pass of a trial likely to be taken)."""
+    import fastcpa.em
     import fastcpa.estep
 
     X, model = _s2_problem(rng, (S, 6, 5, 3))
-    real = fastcpa.estep.sufficient_statistics
-    calls = []
+    used, made = [], []
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(real, calls):
+        def f(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+        return f
 
-    monkeypatch.setattr(fastcpa.estep, "sufficient_statistics", counting)
+    monkeypatch.setattr(fastcpa.em, "_stats", counting(fastcpa.em._stats, used))
+    monkeypatch.setattr(fastcpa.estep, "_statistics_and_rows", counting(fastcpa.estep._statistics_and_rows, made))
     model.fit(X, n_iter=3, tol=-np.inf, progress=False, schedule=schedule)
-    assert len(calls) == 3 * per_iteration
+    assert len(used) == 3 * per_iteration
+    assert len(used) <= len(made) <= len(used) + model.backtracks_.sum() + 1
     h = model.history_
     assert np.all(np.diff(h) >= 0.0) and h[-1] > h[0], h
     assert abs(model.log_prob(X).mean() - h[-1]) <= 1e-10 * abs(h[-1])

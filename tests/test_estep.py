@@ -152,6 +152,45 @@ def test_s1_fused_kernel_matches_the_region_major_chunks(rng, sigma_x):
         assert np.array_equal(getattr(one, f), getattr(st, f)), f
 
 
+@pytest.mark.parametrize("sigma_x", [0.02, 0.3])
+@pytest.mark.parametrize("sizes", [[2, 8, 7, 5], [2, 5], [3, 4]])
+def test_one_pass_statistics_match_the_two_passes(rng, sizes, sigma_x):
+    """Without likelihood rows, S = 2 (and affine S > 1) forms the statistics in the
+    likelihood pass itself, keeping each pair's term and moments until its row's log p is
+    known: the log p is the likelihood pass's own to the bit, the statistics equal the
+    separate E-step's on those rows to rounding, under other chunkings too (small region
+    chunks move the references mid-row, rows 30 sd off at sigma_x = 0.02), and do not
+    depend on the thread count."""
+    import numba
+
+    from fastcpa import estep
+
+    activation = "leaky_relu" if len(sizes) > 2 else "linear"
+    model = make_model(rng, sizes, activation, sigma_x)
+    X = samples(model, rng, 60, 30.0)
+    st, rows = estep._statistics_and_rows(model, X)
+    plain = model._likelihood_rows(X)
+    assert np.array_equal(rows[0], plain[0])
+    two = estep.sufficient_statistics(model, X, likelihood_rows=plain)
+    fields = ("T0", "T1", "T2", "Tx", "Txz")
+    for f in fields:
+        want = getattr(two, f)
+        np.testing.assert_allclose(getattr(st, f), want, rtol=0, atol=1e-13 * np.abs(want).max(), err_msg=f)
+    for sc, rc in ((7, 3), (1, 1000)):
+        other = model.sufficient_stats(X, sample_chunk=sc, region_chunk=rc)
+        for f in fields:
+            want = getattr(st, f)
+            np.testing.assert_allclose(getattr(other, f), want, rtol=0, atol=1e-12 * np.abs(want).max(), err_msg=f)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = model.sufficient_stats(X)
+    finally:
+        numba.set_num_threads(threads)
+    for f in fields:
+        assert np.array_equal(getattr(one, f), getattr(st, f)), f
+
+
 def test_leaving_out_negligible_pairs_changes_nothing(rng):
     """``gap`` leaves out pairs below exp(-gap) of a sample's likelihood: the statistics agree with
     those of every pair within that bound."""

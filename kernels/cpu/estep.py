@@ -109,6 +109,35 @@ def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
                     _accumulate(math.exp((term - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
 
 
+@jit(parallel=True)
+def gather_statistics(TERM, MOM, top, lsum, floor, T0, T1, T2, Wt, Mt):
+    """Add a block of rows' kept pairs to the statistics: what the likelihood pass
+    kept of them (``pairs.log_prob_chunk`` and ``log_prob_chunk_2d`` with buffers:
+    ``TERM`` (n, R) each pair's term relative to its row's reference, ``-inf``
+    where not kept, ``MOM`` (n, R, S + S^2) its mean and covariance), weighed by
+    the rows' log-likelihood ``top + lsum`` and cut at ``floor`` as
+    :func:`estep_chunk` does. ``T0``, ``T1``, ``T2`` (the R regions' rows),
+    ``Wt``, ``Mt`` as there; threads own regions, each summing its rows in order."""
+    n, R = TERM.shape
+    S = T1.shape[1]
+    nb = min(R, _BLOCKS)
+    for blk in prange(nb):
+        m = np.empty(S)
+        C = np.empty((S, S))
+        for r in range(blk, R, nb):
+            for i in range(n):
+                Wt[r, i] = 0.0
+                for s in range(S):
+                    Mt[r, s, i] = 0.0
+                t = TERM[i, r]
+                if t >= floor[i]:
+                    for s in range(S):
+                        m[s] = MOM[i, r, s]
+                        for u in range(S):
+                            C[s, u] = MOM[i, r, S + S * s + u]
+                    _accumulate(math.exp((t - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+
+
 #: Rows per block of :func:`estep_block_1d` (fixed: the sums do not depend on the thread count).
 ROWS_1D = 16
 

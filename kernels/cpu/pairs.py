@@ -411,7 +411,7 @@ def set_references(Xs, Aw, gz, best, s2, logdet_lam, const, REF):
 
 @jit(parallel=True)
 def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, lo, hi, whole, const, gap,
-                   run_max, run_sum, n_skipped, r0, arg):
+                   run_max, run_sum, n_skipped, r0, arg, TERM, MOM):
     """Fold one (samples x regions) chunk into each sample's running
     logsumexp (relative to its reference), for any S whose regions are
     whole-space or (S = 1) intervals.
@@ -421,23 +421,40 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
     kernels. ``run_max``, ``run_sum`` (per sample) and ``REF`` carry the
     state across region chunks; ``arg`` the largest term's pair
     (:func:`_note_top`; ``r0`` the chunk's first region).
+
+    ``TERM`` (n, R_all) and ``MOM`` (n, R_all, S + S^2), unless empty, keep
+    what the E-step needs of the rows' pairs (``estep.gather_statistics``):
+    ``TERM[i, r0 + r]`` the term of each pair within ``gap`` of the row's
+    running log-likelihood (a lower bound on its own; ``-inf`` for the
+    others) and ``MOM`` its region's truncated mean and covariance (row
+    major). Every pair within ``gap`` of the row's final log-likelihood is
+    among them, its term exactly the one the sum took.
     """
     n, R = Xb.shape
     S = Ab.shape[1]
+    keep = TERM.shape[0] > 0
     for i in prange(n):
         y = np.empty(S)
         mu = np.empty(S)
+        mk = np.empty(S)
+        Ck = np.empty((S, S))
         _ensure_reference(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, whole, Xs, Aw, gz, s2, REF,
                           i, y, mu)
         lref = REF[i, _REF_LK]
         m, s = run_max[i], run_sum[i]
         skipped = 0
         for r in range(R):
+            if keep:
+                TERM[i, r0 + r] = -math.inf
             lk, err = _kappa_and_mean(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, i, r, y, mu)
             if lk + err - lref < m - gap:
                 skipped += 1
                 continue
             term = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF) + _region_log_mass(mu, Sigma, r, lo, hi, whole)
+            if keep and term >= (m + math.log(s) if s > 0.0 else -math.inf) - gap:
+                TERM[i, r0 + r] = term
+                _truncate(mu, Sigma, r, lo, hi, whole, mk, Ck)
+                _put_moments(mk, Ck, MOM[i, r0 + r])
             _note_top(term, m, arg, i, r0 + r, mu, 0.0)
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
@@ -1023,6 +1040,51 @@ def _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K
     return _rel_log_kappa(Aw, gz, r, zs[:2], s2, logdet_lam, i, REF) + lr
 
 
+@jit
+def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level, sc, ser, pw,
+                     mean, cov, out):
+    """The truncated mean and covariance in z of pair (i, r), whose term ``term``
+    :func:`_polygon_term_2d` has just formed (with ``grad``: ``ser`` and ``sc[0]``
+    as it left them; ``rel``: the relative ``log kappa`` at ``mu``), into ``out =
+    (mean (2), cov (2 x 2, row major))`` (``mean``, ``cov``: scratch). ``level``: the sample's log-likelihood
+    relative to the reference, or a lower bound on it: below ``_SLACK_WEIGHT``
+    of it the tolerances widen as in ``estep._term_and_moments_2d``'s, by
+    ``_SLACK_WEIGHT / w`` with ``w <= exp(term - level)``, the pair's weight or
+    a bound above it. The moments come from the series where its bound allows
+    (the term's own, or for a light pair whose term the series refused at full
+    accuracy, the series at its weight's tolerance), else on the accurate path
+    from the whitened polygon (:func:`_truncate_whitened_2d`)."""
+    if whole[r]:
+        _put_moments(mu, Sigma[r], out)
+        return
+    slack = max(1.0, _SLACK_WEIGHT * math.exp(level - term))
+    whitened = ser[0] == 0.0
+    if whitened and slack > 1.0 and SC[r, 10] <= SERIES_H:
+        _series_term(SC, SM, r, mu, True, ser, pw, rel - level)
+    if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
+        out[0] = ser[1]
+        out[1] = ser[2]
+        out[2] = ser[3]
+        out[3] = ser[4]
+        out[4] = ser[4]
+        out[5] = ser[5]
+        return
+    if not whitened:  # the series gave the term only: the polygon is not whitened yet
+        _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
+    _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, slack, sc, mean, cov)
+    _put_moments(mean, cov, out)
+
+
+@jit
+def _put_moments(mean, cov, out):
+    """``out = (mean (S), cov (S x S, row major))``."""
+    S = mean.shape[0]
+    for a in range(S):
+        out[a] = mean[a]
+        for b in range(S):
+            out[S + S * a + b] = cov[a, b]
+
+
 # the section rule in the whitened frame itself (no anchor, no input normals)
 _G0 = np.array([0.0, 0.0, 1.0])
 _LM0 = np.empty((0, 4))
@@ -1030,11 +1092,14 @@ _LM0 = np.empty((0, 4))
 
 @jit(parallel=True)
 def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, whole, ptr, PW, LN, fptr, FN, FO,
-                      FU, Lt, K, Rt, SC, SM, const, gap, run_max, run_sum, n_skipped, r0, arg):
+                      FU, Lt, K, Rt, SC, SM, const, gap, run_max, run_sum, n_skipped, r0, arg, TERM, MOM):
     """:func:`log_prob_chunk` for S = 2: region masses over polygons. The
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
-    are indexed by the same (chunk-local) region numbers."""
+    are indexed by the same (chunk-local) region numbers. ``TERM``, ``MOM``:
+    as in :func:`log_prob_chunk` (a kept pair's moments by
+    :func:`_kept_moments_2d`)."""
     n, R = Xb.shape
+    keep = TERM.shape[0] > 0
     cap = 8
     for r in range(R):
         cap = max(cap, ptr[r + 1] - ptr[r])
@@ -1047,6 +1112,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         zs = np.empty(3)
         ser = np.empty(8)
         pw = np.empty((2, SERIES_N + 1))
+        mk = np.empty(2)
+        Ck = np.empty((2, 2))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
@@ -1071,9 +1138,14 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
                 REF[i, REF.shape[1] - 1] = zs[2]
                 m -= REF[i, _REF_LK] - lref
                 lref = REF[i, _REF_LK]
+                if keep:  # the earlier chunks' terms lie > _REBASE below this one: none is kept
+                    for q in range(r0):
+                        TERM[i, q] = -math.inf
         skipped = 0
         for k in range(R):
             r = _best_first(k, best)
+            if keep:
+                TERM[i, r0 + r] = -math.inf
             if lk[r] + er[r] - lref < m - gap:
                 skipped += 1
                 continue
@@ -1086,9 +1158,17 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[0] = mu[0]
             zs[1] = mu[1]
             zs[2] = 0.0
-            if not whole[r]:  # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there
+            # below m - _NEGLIGIBLE a term cannot change the sum: a bound suffices there, and
+            # below level - gap for a kept pair (level: the running log-likelihood, <= the row's)
+            level = m + math.log(s) if s > 0.0 else -math.inf
+            floor = min(m - _NEGLIGIBLE, level - gap) if keep else m - _NEGLIGIBLE
+            if not whole[r]:
                 term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel,
-                                        m - _NEGLIGIBLE, sc, zs, SC, SM, False, ser, pw, -math.inf)
+                                        floor, sc, zs, SC, SM, keep, ser, pw, -math.inf)
+            if keep and term >= level - gap:
+                TERM[i, r0 + r] = term
+                _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level,
+                                 sc, ser, pw, mk, Ck, MOM[i, r0 + r])
             _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
