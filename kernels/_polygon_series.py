@@ -266,7 +266,10 @@ def series_eval(S, g1, g2, K, grad, P1, P2):
     """``(F, F1, F2, F11, F12, F22)``: the series of F (degree ``K + 2``) and of its
     derivatives (degrees ``K + 1`` and ``K``) at ``g``, from region table ``S``
     (``grad`` false: F alone, the rest 0). Each degree is summed apart
-    (the rounding bound of :func:`series_error`)."""
+    (the rounding bound of :func:`series_error`), in the same order with or
+    without ``grad``, so F is the same to the bit; with ``grad`` the six sums of
+    a degree share one loop over its monomials (independent chains of adds, not
+    six loops each waiting on its own)."""
     P1[0] = 1.0
     P2[0] = 1.0
     for k in range(1, K + 3):
@@ -278,36 +281,48 @@ def series_eval(S, g1, g2, K, grad, P1, P2):
     F11 = 0.0
     F12 = 0.0
     F22 = 0.0
+    if not grad:
+        for n in range(K + 3):
+            i0 = n * (n + 1) // 2
+            f = 0.0
+            for b in range(n + 1):
+                f += S[i0 + b] * (P1[n - b] * P2[b])
+            F += f
+        return F, F1, F2, F11, F12, F22
     for n in range(K + 3):
         i0 = n * (n + 1) // 2
+        i1 = (n + 1) * (n + 2) // 2
+        i2 = (n + 2) * (n + 3) // 2
         f = 0.0
-        for b in range(n + 1):
-            f += S[i0 + b] * (P1[n - b] * P2[b])
-        F += f
-    if grad:
-        for n in range(K + 2):
-            i1 = (n + 1) * (n + 2) // 2
-            f1 = 0.0
-            f2 = 0.0
+        f1 = 0.0
+        f2 = 0.0
+        f11 = 0.0
+        f12 = 0.0
+        f22 = 0.0
+        if n <= K:  # F's degree n, grad F's and hess F's
             for b in range(n + 1):
                 a = n - b
                 m = P1[a] * P2[b]
+                f += S[i0 + b] * m
                 f1 += (a + 1) * S[i1 + b] * m
                 f2 += (b + 1) * S[i1 + b + 1] * m
-            F1 += f1
-            F2 += f2
-        for n in range(K + 1):
-            i2 = (n + 2) * (n + 3) // 2
-            f11 = 0.0
-            f12 = 0.0
-            f22 = 0.0
-            for b in range(n + 1):
-                a = n - b
-                m = P1[a] * P2[b]
                 f11 += ((a + 1) * (a + 2)) * S[i2 + b] * m
                 f12 += ((a + 1) * (b + 1)) * S[i2 + b + 1] * m
                 f22 += ((b + 1) * (b + 2)) * S[i2 + b + 2] * m
-            F11 += f11
-            F12 += f12
-            F22 += f22
+        elif n == K + 1:  # F's and grad F's
+            for b in range(n + 1):
+                a = n - b
+                m = P1[a] * P2[b]
+                f += S[i0 + b] * m
+                f1 += (a + 1) * S[i1 + b] * m
+                f2 += (b + 1) * S[i1 + b + 1] * m
+        else:
+            for b in range(n + 1):
+                f += S[i0 + b] * (P1[n - b] * P2[b])
+        F += f
+        F1 += f1
+        F2 += f2
+        F11 += f11
+        F12 += f12
+        F22 += f22
     return F, F1, F2, F11, F12, F22

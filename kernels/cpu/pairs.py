@@ -454,7 +454,7 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
             if keep and term >= (m + math.log(s) if s > 0.0 else -math.inf) - gap:
                 TERM[i, r0 + r] = term
                 _truncate(mu, Sigma, r, lo, hi, whole, mk, Ck)
-                _put_moments(mk, Ck, MOM[i, r0 + r])
+                _put_moments(mk, Ck, MOM, i, r0 + r)
             _note_top(term, m, arg, i, r0 + r, mu, 0.0)
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
@@ -1042,11 +1042,11 @@ def _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K
 
 @jit
 def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level, sc, ser, pw,
-                     mean, cov, out):
+                     mean, cov, MOM, i, q):
     """The truncated mean and covariance in z of pair (i, r), whose term ``term``
     :func:`_polygon_term_2d` has just formed (with ``grad``: ``ser`` and ``sc[0]``
-    as it left them; ``rel``: the relative ``log kappa`` at ``mu``), into ``out =
-    (mean (2), cov (2 x 2, row major))`` (``mean``, ``cov``: scratch). ``level``: the sample's log-likelihood
+    as it left them; ``rel``: the relative ``log kappa`` at ``mu``), into ``MOM[i, q]
+    = (mean (2), cov (2 x 2, row major))`` (``mean``, ``cov``: scratch). ``level``: the sample's log-likelihood
     relative to the reference, or a lower bound on it: below ``_SLACK_WEIGHT``
     of it the tolerances widen as in ``estep._term_and_moments_2d``'s, by
     ``_SLACK_WEIGHT / w`` with ``w <= exp(term - level)``, the pair's weight or
@@ -1055,34 +1055,38 @@ def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r,
     accuracy, the series at its weight's tolerance), else on the accurate path
     from the whitened polygon (:func:`_truncate_whitened_2d`)."""
     if whole[r]:
-        _put_moments(mu, Sigma[r], out)
+        for a in range(2):
+            MOM[i, q, a] = mu[a]
+            for b in range(2):
+                MOM[i, q, 2 + 2 * a + b] = Sigma[r, a, b]
         return
     slack = max(1.0, _SLACK_WEIGHT * math.exp(level - term))
     whitened = ser[0] == 0.0
     if whitened and slack > 1.0 and SC[r, 10] <= SERIES_H:
         _series_term(SC, SM, r, mu, True, ser, pw, rel - level)
     if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
-        out[0] = ser[1]
-        out[1] = ser[2]
-        out[2] = ser[3]
-        out[3] = ser[4]
-        out[4] = ser[4]
-        out[5] = ser[5]
+        MOM[i, q, 0] = ser[1]
+        MOM[i, q, 1] = ser[2]
+        MOM[i, q, 2] = ser[3]
+        MOM[i, q, 3] = ser[4]
+        MOM[i, q, 4] = ser[4]
+        MOM[i, q, 5] = ser[5]
         return
     if not whitened:  # the series gave the term only: the polygon is not whitened yet
         _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
     _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, slack, sc, mean, cov)
-    _put_moments(mean, cov, out)
+    _put_moments(mean, cov, MOM, i, q)
 
 
 @jit
-def _put_moments(mean, cov, out):
-    """``out = (mean (S), cov (S x S, row major))``."""
+def _put_moments(mean, cov, MOM, i, q):
+    """``MOM[i, q] = (mean (S), cov (S x S, row major))`` (indices, not a view of
+    ``MOM``: a view per pair costs its reference counting, shared across threads)."""
     S = mean.shape[0]
     for a in range(S):
-        out[a] = mean[a]
+        MOM[i, q, a] = mean[a]
         for b in range(S):
-            out[S + S * a + b] = cov[a, b]
+            MOM[i, q, S + S * a + b] = cov[a, b]
 
 
 # the section rule in the whitened frame itself (no anchor, no input normals)
@@ -1168,7 +1172,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             if keep and term >= level - gap:
                 TERM[i, r0 + r] = term
                 _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level,
-                                 sc, ser, pw, mk, Ck, MOM[i, r0 + r])
+                                 sc, ser, pw, mk, Ck, MOM, i, r0 + r)
             _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
