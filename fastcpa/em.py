@@ -114,7 +114,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     cg_maxiter : int or "auto", default "auto"
         Conjugate-gradient iterations per hidden-layer update where the layer
         is too large to solve densely (:meth:`fastcpa.mstep.FrozenLayer.update`):
-        ``"auto"`` is 5 when preconditioned, else 50. Every iterate raises the
+        ``"auto"`` is 5 when preconditioned, else 15. Every iterate raises the
         frozen-mask Q (CG lowers the quadratic error monotonically from the
         current parameters), so a truncated solve is a generalised EM step.
         Measured from one start (N = 1000, 2 cores, a wall-clock budget):
@@ -250,7 +250,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     elif not isinstance(precondition, (bool, np.bool_)):
         raise TypeError(f"precondition must be True, False or 'auto', got {precondition!r}.")
     if isinstance(cg_maxiter, str) and cg_maxiter == "auto":
-        cg_maxiter = 5 if precondition else 50
+        cg_maxiter = 5 if precondition else 15
     else:
         cg_maxiter = check_count(cg_maxiter, "cg_maxiter", minimum=1)
     lr = check_real(lr, "lr", low=0.0, low_inclusive=False)
