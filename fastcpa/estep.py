@@ -14,15 +14,16 @@ the exact ``log p(x_n)`` (``log_prob``'s own, with each row's reference pair;
 EM hands over the one its accepted step already made), a second in which a fused
 kernel (``fastcpa.kernels.cpu.estep``) forms each pair's weight and truncated
 moments and adds them straight into its region's ``T0``, ``T1``, ``T2``;
-``Tx`` and ``Txz`` are GEMMs of the chunk's weights with its samples. For S = 2
-polygons (and whole-space regions), where no likelihood rows are handed over, one
-pass does both: the likelihood pass keeps each pair's term and moments for a block
-of rows (``R (2 + 2 S + S^2)`` floats a row, blocks of at most ~64 MiB) until the
-rows' log p is known, then weighs them in (:func:`_statistics_kept`); on the
-benchmark net ``[2, 64, 64, 10]`` with 8,257 regions and 1,000 samples that is
-5.8-6.5 s against 7.4-7.9 s for the two passes (the masses alone: 2.6-2.9 s; of
-the rest, ~1 s is the moment series' derivatives and ~1.7 s the section rule for
-the ~340 pairs a sample whose series covariance bound misses 1e-10). A pair whose
+``Tx`` and ``Txz`` are GEMMs of the chunk's weights with its samples. Where no
+likelihood rows are handed over, one pass does both: the likelihood pass keeps
+each pair's term and moments for a block of rows (``R (2 + 2 S + S^2)`` floats a
+row, blocks of at most ~64 MiB) until the rows' log p is known, then weighs them
+in (:func:`_statistics_kept`). With 1,000 samples, on ``[2, 64, 64, 10]`` (8,257
+regions) that is 5.8-6.5 s against 7.4-7.9 s for the two passes (the masses
+alone: 2.6-2.9 s; of the rest, ~1 s is the moment series' derivatives and ~1.7 s
+the section rule for the ~340 pairs a sample whose series covariance bound
+misses 1e-10); on ``[1, 256, 256, 256, 64]`` (767 regions) 0.10 s against 0.14 s.
+A pair whose
 term lies more than ``gap`` nats below ``log p(x_n)`` has weight below
 ``exp(-gap)`` and is left out (without its region's moments being computed
 where the bound ``log kappa`` shows it): each row's weights then sum to 1
@@ -209,8 +210,7 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
 def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024, likelihood_rows=None):
     """:func:`sufficient_statistics` and the likelihood pass's rows ``(log_p, top,
     log_sum, REF)`` it normalised them by (``likelihood_rows``, where given). Without
-    them, and for the generic chunk kernels (S = 2 polygons, whole-space regions),
-    one pass forms both (:func:`_statistics_kept`)."""
+    them one pass forms both (:func:`_statistics_kept`)."""
     from .model import _checked_log_prob
 
     X = model._check_X(X)
@@ -227,11 +227,9 @@ def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024
     # each row's exact log p(x_n) and its reference pair, as log_prob forms them: the
     # moments below take each pair's term relative to the same reference, so each
     # sample's weights sum to 1 to rounding
-    if likelihood_rows is None and "lo" not in p:
+    if likelihood_rows is None:
         likelihood_rows = _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz)
     else:
-        if likelihood_rows is None:
-            likelihood_rows = model._likelihood_rows(X, gap, region_chunk=region_chunk)
         _, TOP, LSUM, REFS = likelihood_rows
         if "lo" in p:  # S = 1: the GEMM fused into the kernel (as the likelihood's)
             _statistics_1d(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz)
@@ -259,7 +257,7 @@ _KEPT_BYTES = 64 << 20
 def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):
     """The likelihood pass and the statistics in one: per block of rows, the pass keeps
     each pair within ``gap`` of its row's running log-likelihood, its term and
-    moments (``pairs.log_prob_chunk_2d``), and once the rows' log p is known,
+    moments (``pairs.log_prob_chunk``, ``log_prob_chunk_2d``, ``log_prob_block_1d``), and once the rows' log p is known,
     :func:`~fastcpa.kernels.cpu.estep.gather_statistics` weighs them into ``T0`` ...
     ``Txz``. Rows per block: ``sample_chunk``, fewer where the kept pairs (``R (2 +
     2 S + S^2)`` floats a row) would pass ``_KEPT_BYTES``. Returns the likelihood

@@ -519,9 +519,9 @@ class CPAModel:
         checked ``X``: each row's exact log p as :meth:`log_prob` returns it, its
         reference pair and the running maximum and log-sum relative to it (what
         the E-step's moments are normalised by), and the pairs the pruning
-        skipped. Each row's values do not depend on the blocking. With ``keep``
-        (the generic chunk kernels only, not S = 1 intervals), also ``(TERM,
-        MOM)``: the pairs the E-step needs (``pairs.log_prob_chunk``)."""
+        skipped. Each row's values do not depend on the blocking. With ``keep``,
+        also ``(TERM, MOM)``: the pairs the E-step needs (``pairs.log_prob_chunk``;
+        blocks of ``sample_chunk`` rows for S = 1 too)."""
         import numba
 
         from fastcpa.kernels.cpu import pairs
@@ -530,8 +530,6 @@ class CPAModel:
         N = len(X)
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
-                if keep:
-                    raise NotImplementedError("internal: the S = 1 likelihood kernel keeps no pairs")
                 R = len(p["bb"])
                 # equal region chunks (no thin remainder: a narrow GEMM still reads all rows)
                 width = -(-R // -(-R // region_chunk))
@@ -545,18 +543,21 @@ class CPAModel:
                         REF = self._new_reference(Xw, xx, Xs, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
                     arg = np.zeros((n, 4))
+                    kept = (np.empty((n, R)), np.empty((n, R, 2))) if keep else (np.empty((0, 0)), np.empty((0, 0, 0)))
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
                     for rs, G in blocks:
                         pairs.log_prob_block_1d(Xw, Xs, G, xx, p["ab1"][rs], p["bb"][rs], p["logdet_lam"][rs],
                                                 p["const"], *(p[k][rs] for k in ("sig1", "hl1", "lo", "hi", "whole")),
                                                 p["Aw"][rs], p["gz"][rs], p["an"][rs], p["s2"], REF, gap, run_max,
-                                                run_sum, skipped, block, rs.start, arg)
-                    return run_max, np.log(run_sum), REF, arg
+                                                run_sum, skipped, block, rs.start, arg, *kept)
+                    return (run_max, np.log(run_sum), REF, arg) + (kept if keep else ())
 
                 # rows whitened at a time, with their reference rows (2 D + 3 floats each): ~4 MiB
                 D = self.generator.output_dim
                 step = int(max(256, min(_S1_ROWS, 500_000 // (3 * D + 3))))
+                if keep:  # the caller's rows: the kept pairs' memory
+                    step = sample_chunk
             else:
                 def rows_log_prob(Xw, xx, Xs, skipped, search, REF):
                     return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF, keep)

@@ -153,10 +153,10 @@ def test_s1_fused_kernel_matches_the_region_major_chunks(rng, sigma_x):
 
 
 @pytest.mark.parametrize("sigma_x", [0.02, 0.3])
-@pytest.mark.parametrize("sizes", [[2, 8, 7, 5], [2, 5], [3, 4]])
+@pytest.mark.parametrize("sizes", [[2, 8, 7, 5], [2, 5], [3, 4], [1, 12, 10, 6], [1, 4]])
 def test_one_pass_statistics_match_the_two_passes(rng, sizes, sigma_x):
-    """Without likelihood rows, S = 2 (and affine S > 1) forms the statistics in the
-    likelihood pass itself, keeping each pair's term and moments until its row's log p is
+    """Without likelihood rows, the statistics are formed in the likelihood pass itself,
+    keeping each pair's term and moments until its row's log p is
     known: the log p is the likelihood pass's own to the bit, the statistics equal the
     separate E-step's on those rows to rounding, under other chunkings too (small region
     chunks move the references mid-row, rows 30 sd off at sigma_x = 0.02), and do not

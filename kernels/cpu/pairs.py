@@ -463,7 +463,7 @@ def log_prob_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
 
 @jit(parallel=True)
 def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi, whole, Aw, gz, an, s2, REF, gap,
-                      run_max, run_sum, n_skipped, block, r0, arg):
+                      run_max, run_sum, n_skipped, block, r0, arg, TERM, MOM):
     """:func:`log_prob_chunk` for S = 1 with the GEMM fused in: each thread
     takes ``block`` rows of ``Xw`` at a time and forms their products with the
     region chunk itself, ``Xw[rows] @ G`` with ``G = [A~ | b~]`` (D, 2 R),
@@ -477,9 +477,12 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
     tail bound needs no division or square root). The first pass also forms
     each pair's upper bound ``log kappa + log Q(d)``, so the second visits the
     best bound first and passes over the negligible pairs with one compare.
-    ``r0``, ``arg``: as in :func:`log_prob_chunk`."""
+    ``r0``, ``arg``, ``TERM``, ``MOM``: as in :func:`log_prob_chunk` (a kept
+    pair's term takes the exact relative ``log kappa`` where the sum may take
+    the cheap one, and its moments are ``interval_moments``')."""
     n = Xw.shape[0]
     R = ab.shape[0]
+    keep = TERM.shape[0] > 0
     for bk in prange((n + block - 1) // block):
         i0 = bk * block
         i1 = min(n, i0 + block)
@@ -544,6 +547,9 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
                     _set_reference(Xs, i, Aw, gz, best, mu, s2, logdet_lam, const, REF)
                     m -= REF[i, _REF_LK] - lref
                     lref = REF[i, _REF_LK]
+                    if keep:  # the earlier chunks' terms lie > _REBASE below this one: none is kept
+                        for q in range(r0):
+                            TERM[i, q] = -math.inf
             # A term whose bound lies this far below the running maximum may be
             # taken from the cheap form: its rounding (at most emax) changes the
             # sum by below 2^-60 of it (the exact form costs O(D) a pair).
@@ -551,21 +557,35 @@ def log_prob_block_1d(Xw, Xs, G, xx, ab, bb, logdet_lam, const, sig, hl, lo, hi,
             skipped = 0
             for k in range(R):
                 r = _best_first(k, best)
+                if keep:
+                    TERM[i, r0 + r] = -math.inf
                 if lk[r] + er[r] - lref < m - gap:
                     skipped += 1
                     continue
-                if ub[r] - lref < m - _NEGLIGIBLE:  # cannot change the sum: needs no more (as for S = 2)
+                # kept: pairs within gap of the running log-likelihood (<= the row's)
+                low = (m + math.log(s) if s > 0.0 else -math.inf) - gap if keep else math.inf
+                if ub[r] - lref < m - _NEGLIGIBLE and ub[r] - lref < low:  # cannot change the sum (as for S = 2)
                     continue
-                if ub[r] - lref < m - cheap_below:
+                mu[0] = mus[r]
+                cheap = ub[r] - lref < m - cheap_below
+                if cheap:
                     rel = lk[r] - lref
                 else:
-                    mu[0] = mus[r]
                     rel = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
                 if whole[r]:
                     lm = 0.0
                 else:
                     lm = interval_log_mass(lo[r], hi[r], mus[r], math.sqrt(sig[r]))
-                mu[0] = mus[r]
+                if keep and ub[r] - lref >= low:
+                    term = (_rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF) if cheap else rel) + lm
+                    if term >= low:
+                        TERM[i, r0 + r] = term
+                        if whole[r]:
+                            MOM[i, r0 + r, 0] = mus[r]
+                            MOM[i, r0 + r, 1] = sig[r]
+                        else:
+                            _, MOM[i, r0 + r, 0], MOM[i, r0 + r, 1] = interval_moments(lo[r], hi[r], mus[r],
+                                                                                       math.sqrt(sig[r]))
                 _note_top(rel + lm, m, arg, i, r0 + r, mu, 0.0)
                 m, s = _add_term(rel + lm, m, s)
             run_max[i], run_sum[i] = m, s
