@@ -275,11 +275,11 @@ def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1
         for rows, lp, top, lsum, REF, _, TERM, MOM in model._likelihood_blocks(X, gap, step, region_chunk, keep=True):
             log_p[rows], TOP[rows], LSUM[rows], REFS[rows] = lp, top, lsum, REF
             n = len(lp)
-            Wt, Mt = np.empty((R, n)), np.empty((R, S, n))
+            Wt, Mt = np.empty((n, R)), np.empty((n, R, S))
             gather_statistics(TERM, MOM, top, lsum, top + lsum - gap, T0, T1, T2, Wt, Mt)
             Xc = X[rows] - shift
-            Tx += Wt @ Xc
-            Txz += (Mt.reshape(R * S, n) @ Xc).reshape(R, S, D).transpose(0, 2, 1)
+            Tx += Wt.T @ Xc
+            Txz += (Mt.reshape(n, R * S).T @ Xc).reshape(R, S, D).transpose(0, 2, 1)
     return log_p, TOP, LSUM, REFS
 
 

@@ -112,30 +112,44 @@ def estep_chunk(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s2, 
 @jit(parallel=True)
 def gather_statistics(TERM, MOM, top, lsum, floor, T0, T1, T2, Wt, Mt):
     """Add a block of rows' kept pairs to the statistics: what the likelihood pass
-    kept of them (``pairs.log_prob_chunk`` and ``log_prob_chunk_2d`` with buffers:
-    ``TERM`` (n, R) each pair's term relative to its row's reference, ``-inf``
-    where not kept, ``MOM`` (n, R, S + S^2) its mean and covariance), weighed by
-    the rows' log-likelihood ``top + lsum`` and cut at ``floor`` as
-    :func:`estep_chunk` does. ``T0``, ``T1``, ``T2`` (the R regions' rows),
-    ``Wt``, ``Mt`` as there; threads own regions, each summing its rows in order."""
+    kept of them (``pairs.log_prob_chunk`` and its S = 1 and S = 2 kernels with
+    buffers: ``TERM`` (n, R) each pair's term relative to its row's reference,
+    ``-inf`` where not kept, ``MOM`` (n, R, S + S^2) its mean and covariance),
+    weighed by the rows' log-likelihood ``top + lsum`` and cut at ``floor`` as
+    :func:`estep_chunk` does. ``T0``, ``T1``, ``T2`` (the R regions' rows) as
+    there; ``Wt`` (n, R) and ``Mt`` (n, R, S) receive the weights and weighted
+    means (sample-major, as the buffers: every read and write runs along a row).
+    Threads own contiguous blocks of regions, each region summing its rows in
+    order (independent of the thread count)."""
     n, R = TERM.shape
     S = T1.shape[1]
     nb = min(R, _BLOCKS)
+    width = (R + nb - 1) // nb
     for blk in prange(nb):
         m = np.empty(S)
         C = np.empty((S, S))
-        for r in range(blk, R, nb):
-            for i in range(n):
-                Wt[r, i] = 0.0
+        r0 = blk * width
+        r1 = min(R, r0 + width)
+        for i in range(n):
+            for r in range(r0, r1):
+                Wt[i, r] = 0.0
                 for s in range(S):
-                    Mt[r, s, i] = 0.0
+                    Mt[i, r, s] = 0.0
                 t = TERM[i, r]
                 if t >= floor[i]:
+                    w = math.exp((t - top[i]) - lsum[i])
+                    T0[r] += w
+                    Wt[i, r] = w
                     for s in range(S):
                         m[s] = MOM[i, r, s]
                         for u in range(S):
                             C[s, u] = MOM[i, r, S + S * s + u]
-                    _accumulate(math.exp((t - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
+                    for s in range(S):
+                        ws = w * m[s]
+                        T1[r, s] += ws
+                        Mt[i, r, s] = ws
+                        for u in range(S):
+                            T2[r, s, u] += w * (C[s, u] + m[s] * m[u])
 
 
 #: Rows per block of :func:`estep_block_1d` (fixed: the sums do not depend on the thread count).
