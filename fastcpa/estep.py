@@ -276,7 +276,7 @@ def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1
             log_p[rows], TOP[rows], LSUM[rows], REFS[rows] = lp, top, lsum, REF
             n = len(lp)
             Wt, Mt = np.empty((n, R)), np.empty((n, R, S))
-            gather_statistics(TERM, MOM, top, lsum, top + lsum - gap, T0, T1, T2, Wt, Mt)
+            gather_statistics(TERM, MOM, top, lsum, top + lsum - gap, T0, T1, T2, Wt.T, Mt.transpose(1, 2, 0))
             Xc = X[rows] - shift
             Tx += Wt.T @ Xc
             Txz += (Mt.reshape(n, R * S).T @ Xc).reshape(R, S, D).transpose(0, 2, 1)

@@ -299,26 +299,21 @@ def series_eval(S, g1, g2, K, grad, P1, P2):
         f11 = 0.0
         f12 = 0.0
         f22 = 0.0
-        if n <= K:  # F's degree n, grad F's and hess F's
-            for b in range(n + 1):
-                a = n - b
-                m = P1[a] * P2[b]
-                f += S[i0 + b] * m
+        # F's degree n, grad F's up to K + 1, hess F's up to K (branches constant in the
+        # loop: the compiler takes them out of it)
+        first = n <= K + 1
+        second = n <= K
+        for b in range(n + 1):
+            a = n - b
+            m = P1[a] * P2[b]
+            f += S[i0 + b] * m
+            if first:
                 f1 += (a + 1) * S[i1 + b] * m
                 f2 += (b + 1) * S[i1 + b + 1] * m
+            if second:
                 f11 += ((a + 1) * (a + 2)) * S[i2 + b] * m
                 f12 += ((a + 1) * (b + 1)) * S[i2 + b + 1] * m
                 f22 += ((b + 1) * (b + 2)) * S[i2 + b + 2] * m
-        elif n == K + 1:  # F's and grad F's
-            for b in range(n + 1):
-                a = n - b
-                m = P1[a] * P2[b]
-                f += S[i0 + b] * m
-                f1 += (a + 1) * S[i1 + b] * m
-                f2 += (b + 1) * S[i1 + b + 1] * m
-        else:
-            for b in range(n + 1):
-                f += S[i0 + b] * (P1[n - b] * P2[b])
         F += f
         F1 += f1
         F2 += f2

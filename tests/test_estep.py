@@ -123,8 +123,6 @@ def test_s1_fused_kernel_matches_the_region_major_chunks(rng, sigma_x):
     other chunkings (which move the likelihood pass's references, so each term's rounding, by
     eps |log kappa|: 2e-13 here, rows 30 sd off at sigma_x = 0.02) agree to 1e-12; and the
     result does not depend on the thread count at all."""
-    import numba
-
     from fastcpa import estep
 
     model = make_model(rng, [1, 12, 10, 6], "leaky_relu", sigma_x)
@@ -137,18 +135,27 @@ def test_s1_fused_kernel_matches_the_region_major_chunks(rng, sigma_x):
     estep._statistics_chunks(model, X, p, *rows[1:], 40.0, 256, 1024, st.shift, *ref)
     for got, want in zip((st.T0, st.T1, st.T2, st.Tx_c, st.Txz_c), ref):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-14 * np.abs(want).max())
-    for sc, rc in ((3, 5), (17, 1), (1000, 2)):
+    _check_chunkings_and_threads(model, X, st, ((3, 5), (17, 1), (1000, 2)))
+
+
+def _check_chunkings_and_threads(model, X, st, chunkings):
+    """``model.sufficient_stats(X)`` under other (sample, region) chunkings agrees with ``st``
+    to 1e-12 of each field's scale, and with one thread it is ``st`` to the bit."""
+    import numba
+
+    fields = ("T0", "T1", "T2", "Tx", "Txz")
+    for sc, rc in chunkings:
         other = model.sufficient_stats(X, sample_chunk=sc, region_chunk=rc)
-        for f in ("T0", "T1", "T2", "Tx", "Txz"):
+        for f in fields:
             want = getattr(st, f)
-            np.testing.assert_allclose(getattr(other, f), want, rtol=0, atol=1e-12 * np.abs(want).max())
+            np.testing.assert_allclose(getattr(other, f), want, rtol=0, atol=1e-12 * np.abs(want).max(), err_msg=f)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
         one = model.sufficient_stats(X)
     finally:
         numba.set_num_threads(threads)
-    for f in ("T0", "T1", "T2", "Tx", "Txz"):
+    for f in fields:
         assert np.array_equal(getattr(one, f), getattr(st, f)), f
 
 
@@ -161,8 +168,6 @@ def test_one_pass_statistics_match_the_two_passes(rng, sizes, sigma_x):
     separate E-step's on those rows to rounding, under other chunkings too (small region
     chunks move the references mid-row, rows 30 sd off at sigma_x = 0.02), and do not
     depend on the thread count."""
-    import numba
-
     from fastcpa import estep
 
     activation = "leaky_relu" if len(sizes) > 2 else "linear"
@@ -176,19 +181,7 @@ def test_one_pass_statistics_match_the_two_passes(rng, sizes, sigma_x):
     for f in fields:
         want = getattr(two, f)
         np.testing.assert_allclose(getattr(st, f), want, rtol=0, atol=1e-13 * np.abs(want).max(), err_msg=f)
-    for sc, rc in ((7, 3), (1, 1000)):
-        other = model.sufficient_stats(X, sample_chunk=sc, region_chunk=rc)
-        for f in fields:
-            want = getattr(st, f)
-            np.testing.assert_allclose(getattr(other, f), want, rtol=0, atol=1e-12 * np.abs(want).max(), err_msg=f)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = model.sufficient_stats(X)
-    finally:
-        numba.set_num_threads(threads)
-    for f in fields:
-        assert np.array_equal(getattr(one, f), getattr(st, f)), f
+    _check_chunkings_and_threads(model, X, st, ((7, 3), (1, 1000)))
 
 
 def test_leaving_out_negligible_pairs_changes_nothing(rng):

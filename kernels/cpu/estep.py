@@ -116,9 +116,10 @@ def gather_statistics(TERM, MOM, top, lsum, floor, T0, T1, T2, Wt, Mt):
     buffers: ``TERM`` (n, R) each pair's term relative to its row's reference,
     ``-inf`` where not kept, ``MOM`` (n, R, S + S^2) its mean and covariance),
     weighed by the rows' log-likelihood ``top + lsum`` and cut at ``floor`` as
-    :func:`estep_chunk` does. ``T0``, ``T1``, ``T2`` (the R regions' rows) as
-    there; ``Wt`` (n, R) and ``Mt`` (n, R, S) receive the weights and weighted
-    means (sample-major, as the buffers: every read and write runs along a row).
+    :func:`estep_chunk` does. ``T0``, ``T1``, ``T2`` (the R regions' rows),
+    ``Wt`` (R, n) and ``Mt`` (R, S, n) as there, but pass them as transposed views
+    of sample-major arrays (n, R) and (n, R, S), as the buffers are: every read
+    and write then runs along a row.
     Threads own contiguous blocks of regions, each region summing its rows in
     order (independent of the thread count)."""
     n, R = TERM.shape
@@ -132,24 +133,16 @@ def gather_statistics(TERM, MOM, top, lsum, floor, T0, T1, T2, Wt, Mt):
         r1 = min(R, r0 + width)
         for i in range(n):
             for r in range(r0, r1):
-                Wt[i, r] = 0.0
+                Wt[r, i] = 0.0
                 for s in range(S):
-                    Mt[i, r, s] = 0.0
+                    Mt[r, s, i] = 0.0
                 t = TERM[i, r]
                 if t >= floor[i]:
-                    w = math.exp((t - top[i]) - lsum[i])
-                    T0[r] += w
-                    Wt[i, r] = w
                     for s in range(S):
                         m[s] = MOM[i, r, s]
                         for u in range(S):
                             C[s, u] = MOM[i, r, S + S * s + u]
-                    for s in range(S):
-                        ws = w * m[s]
-                        T1[r, s] += ws
-                        Mt[i, r, s] = ws
-                        for u in range(S):
-                            T2[r, s, u] += w * (C[s, u] + m[s] * m[u])
+                    _accumulate(math.exp((t - top[i]) - lsum[i]), m, C, i, r, T0, T1, T2, Wt, Mt)
 
 
 #: Rows per block of :func:`estep_block_1d` (fixed: the sums do not depend on the thread count).
