@@ -225,11 +225,11 @@ def test_max_time_must_be_positive(rng, bad):
 
 
 @pytest.mark.parametrize("S, precondition, cg_maxiter, expect", [
-    (1, "auto", "auto", (True, 5)), (2, "auto", "auto", (False, 15)),
+    (1, "auto", "auto", (True, 5)), (2, "auto", "auto", (False, 50)),
     (2, True, "auto", (True, 5)), (1, False, 7, (False, 7))])
 def test_precondition_and_cg_maxiter_defaults(rng, monkeypatch, S, precondition, cg_maxiter, expect):
     """``precondition="auto"`` preconditions the hidden layers' CG for S = 1 generators only, and
-    ``cg_maxiter="auto"`` is 5 preconditioned iterations or 15 plain ones."""
+    ``cg_maxiter="auto"`` is 5 preconditioned iterations or 50 plain ones."""
     seen = []
     update = fastcpa.mstep.FrozenLayer.update
 
