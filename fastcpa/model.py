@@ -369,13 +369,14 @@ class CPAModel:
                 posterior_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), terms, means, covs)
                 yield rows, rs, terms, means, covs, REF
 
-    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True, REF=None, keep=False):
+    def _log_prob_rows(self, Xw, xx, Xs, gap, region_chunk, skipped, search=True, REF=None, keep=False, pool=None):
         """log p of one block of whitened rows over the generic chunk kernels,
         relative to the rows' references: ``(top, log_sum, REF, arg)`` with
         ``log_p = REF[:, 0] + top + log_sum`` and ``arg`` each row's largest
         term's pair (``search``: see :meth:`_new_reference`; ``REF`` given:
         those references); with ``keep``, also ``(TERM, MOM)``, the pairs the
-        E-step needs (``pairs.log_prob_chunk``)."""
+        E-step needs (``pairs.log_prob_chunk``; in ``pool``'s buffers where
+        given, see :func:`_kept_arrays`)."""
         log_prob_chunk, _, _, region_args = self._pair_kernels()
         n = len(Xw)
         S = self.generator.latent_dim
@@ -385,7 +386,7 @@ class CPAModel:
         run_sum = np.zeros(n)
         arg = np.zeros((n, 3 + S))
         R = len(self._region_params()["bb"])
-        kept = (np.empty((n, R)), np.empty((n, R, S + S * S))) if keep else (np.empty((0, 0)), np.empty((0, 0, 0)))
+        kept = _kept_arrays(n, R, S, keep, pool)
         for rs in self._region_slices(region_chunk):
             XA, Xb = self._products(Xw, rs)
             log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg,
@@ -528,6 +529,10 @@ class CPAModel:
 
         p = self._region_params()
         N = len(X)
+        # one block's kept pairs at a time: their buffers serve every block (a fresh
+        # array of this size would be paged in, zeroed by the kernel, for each); the
+        # rows done again with new references (_rebased) get their own
+        pool = {}
         with blas_single_threaded():
             if "lo" in p:  # S = 1: the GEMM fused into the kernel
                 R = len(p["bb"])
@@ -543,7 +548,7 @@ class CPAModel:
                         REF = self._new_reference(Xw, xx, Xs, width, search)
                     run_max, run_sum = np.full(n, -np.inf), np.zeros(n)
                     arg = np.zeros((n, 4))
-                    kept = (np.empty((n, R)), np.empty((n, R, 2))) if keep else (np.empty((0, 0)), np.empty((0, 0, 0)))
+                    kept = _kept_arrays(n, R, 1, keep, pool if REF is None else None)
                     # large row blocks keep the GEMM efficient; at least ~4 per thread
                     block = int(min(_ROW_BLOCK, max(16, -(-n // (4 * numba.get_num_threads())))))
                     for rs, G in blocks:
@@ -560,7 +565,8 @@ class CPAModel:
                     step = sample_chunk
             else:
                 def rows_log_prob(Xw, xx, Xs, skipped, search, REF):
-                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF, keep)
+                    return self._log_prob_rows(Xw, xx, Xs, gap, region_chunk, skipped, search, REF, keep,
+                                               pool if REF is None else None)
 
                 step = sample_chunk
             for a in range(0, N, step):
@@ -1098,6 +1104,22 @@ def _check_representable(A, b, G, sigma_z):
             "(or sigma_z) so that the slopes stay below that.")
 
 
+def _kept_arrays(n, R, S, keep, pool=None):
+    """``(TERM (n, R), MOM (n, R, S + S^2))`` for a likelihood kernel's kept pairs, empty
+    without ``keep``; views of the buffers in ``pool`` (a dict, grown as needed) where
+    given, so that a pass's blocks reuse one allocation. The kernels write every entry
+    they are read at (``TERM`` for every pair, ``MOM`` for the kept ones)."""
+    if not keep:
+        return np.empty((0, 0)), np.empty((0, 0, 0))
+    if pool is None:
+        return np.empty((n, R)), np.empty((n, R, S + S * S))
+    if pool.get("rows", -1) < n:
+        pool["rows"] = n
+        pool["TERM"] = np.empty((n, R))
+        pool["MOM"] = np.empty((n, R, S + S * S))
+    return pool["TERM"][:n], pool["MOM"][:n]
+
+
 def _assemble(log_norm, lref, rel):
     """``log p = log_norm + log kappa_ref + rel`` per row; ``-inf`` where the reference's
     ``log kappa`` is ``-inf`` (its whitened residual's square overflows: a row ~1e154
@@ -1184,12 +1206,12 @@ def _whitened_boundaries(part, Lt):
 
 def _series_tables(part, Lt):
     """Each S = 2 region's moment-series table (``kernels.cpu.pairs.series_tables``):
-    ``SC`` (R, 14) and ``SM`` (R, table size)."""
-    from fastcpa.kernels.cpu.pairs import SERIES_SIZE, series_tables
+    ``SC`` (R, ``SERIES_COLS``) and ``SM`` (R, ``SERIES_WIDTH``)."""
+    from fastcpa.kernels.cpu.pairs import SERIES_COLS, SERIES_WIDTH, series_tables
 
     R = part.n_regions
-    SC = np.empty((R, 14))
-    SM = np.empty((R, SERIES_SIZE))
+    SC = np.empty((R, SERIES_COLS))
+    SM = np.empty((R, SERIES_WIDTH))
     series_tables(np.ascontiguousarray(part.boundary_ptr), np.ascontiguousarray(part.boundary), Lt, SC, SM)
     return {"SC": SC, "SM": SM}
 

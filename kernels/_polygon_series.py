@@ -28,22 +28,38 @@ where the sum is small). The frame is turned onto the polygon's principal axes
   leaves at least 4/9 of its area on each side, so ``F >= int_{g.u >= 0} psi >=
   (4/9) e^{-h^2/2} area >= int psi / A``, ``A = (9/4) e^{h^2/2}``. So F truncated
   at degree ``K + 2`` errs by at most ``(1 + A) rho^{K+3} / (K+3)!`` of itself;
-  grad F (degree ``K + 1``) by ``h`` times the same with ``K + 2``, hess F (degree
-  ``K``) by ``h^2`` times it with ``K + 1``. ``K`` is the smallest degree that
-  puts the largest of these below ``2^-53`` (``SERIES_TRUNC``), or below the
-  larger bound a caller asks for.
-* Rounding. Every ``|S_ab g^a g^b|`` sums to at most ``int e^{|g1 u1| + |g2 u2|}
-  psi <= e^rho A F`` (and, weighted by ``u_j`` or ``u_j u_k``, at most ``h_j`` or
-  ``h_j h_k`` times that); the degree groups are summed apart (``K + 3`` of them, at
-  most ``K + 3`` terms each), so the evaluation errs by ``(2K + 8) u e^rho A``
-  relative; the table's entries carry ``(3N + 9 + n_t + n_v) u h1^a h2^b area`` each
-  (powers, the radial integral, ``n_t`` nodes per triangle, ``n_v`` triangles),
-  which the series sums to ``(3N + 9 + n_t + n_v) u e^rho A e^{h^2/2}`` relative.
+  grad F (degree ``K + 1``) by ``h_j`` times the same with ``K + 2``, hess F (degree
+  ``K``) by ``h_j h_k`` times it with ``K + 1`` (``|u_j| <= h_j`` on ``P'``). ``K`` is
+  the smallest degree that puts the largest of these below ``2^-53``
+  (``SERIES_TRUNC``), or below the larger bound a caller asks for.
+* Rounding, a posteriori. The table holds beside each entry ``S_ab`` the sum
+  ``|S|_ab`` of the absolute values of the terms it was summed from (nodes along
+  the edges, triangles of the fan); each term carries at most ``(3N + 9 + n_t)``
+  roundings and the sums ``n_t + n_v`` more, so ``|error of S_ab| <= teps |S|_ab``
+  with ``teps = (3N + 9 + n_t + n_v) u``. :func:`series_eval` sums beside F the
+  polynomial ``B(g) = sum |S|_ab |g1|^a |g2|^b`` (degrees up to ``K + 2``, positive
+  terms). The terms of F then sum in absolute value to at most ``B``, and F's
+  evaluation (degree groups summed apart: a degree-n term meets at most ``n``
+  products, ``n`` additions in its group and ``K + 3 - n`` across them) errs by at
+  most ``(2K + 8) u B``; the table's rounding reaches F by at most ``teps B``.
+  The derivatives (summed to a degree ``K_d <= K``, :func:`series_derivatives`:
+  their truncation bound is then ``series_degree``'s for ``K_d``) meet fewer
+  roundings; their terms carry a factor ``(a + 1)`` or ``(a + 1)(a + 2)`` with one
+  more rounding; since each node's ``|u_j| <= h_j`` and the radial factor falls with
+  the degree, ``(a + 1) |S|_{a+1,b} <= h1 |S|_ab`` (and alike), so grad F and hess F
+  err by ``h_j`` and ``h_j h_k`` times F's bound. Where the whitened polygon's own
+  vertices are off by ``4 u h`` (their rounding), F moves by at most ``4 u h
+  perimeter e^rho`` (``psi <= 1``, ``e^{g.u} <= e^rho`` on its edges).
 
-:func:`series_error` returns the sum (``u = 2^-53``), and callers accept the
-rule where it is small enough: the mass to ``1e-12`` relative, the covariance
-to ``1e-10`` in its own metric (errors ``h_j h_k`` times a few of that sum, in the
-principal frame; ``kernels.cpu.pairs._series_term``).
+:func:`series_error` returns these relative to the computed F (``u = 2^-53``; F
+itself is then within them, and callers accept only sums far below 1/1000, so
+dividing by ``0.999 F`` covers F's own error), and callers accept the rule where
+it is small enough: the mass to ``1e-12`` relative, the covariance to ``1e-10`` in
+its own metric (errors ``h_j h_k`` times a few of that sum, in the principal
+frame; ``kernels.cpu.pairs._series_term``). Against the a priori form (every
+``|S|_ab`` at its largest, ``h1^a h2^b area``, and F at its smallest, ``area /
+A``: ``e^rho A`` where ``B / F`` is measured) the bound is one to two orders of
+magnitude tighter for a mean a few whitened units from the polygon.
 """
 
 import math
@@ -54,6 +70,11 @@ import numpy as np
 SERIES_K = 32
 SERIES_N = SERIES_K + 2
 SERIES_SIZE = (SERIES_N + 1) * (SERIES_N + 2) // 2
+#: A region's table: each entry beside the sum of its terms' absolute values.
+SERIES_WIDTH = 2 * SERIES_SIZE
+#: A region's scalars beside the table: centroid (2), R (4), R^-1 (4), h, h1, h2,
+#: teps, and ``4 u h perimeter`` (the whitened vertices' rounding).
+SERIES_COLS = 15
 #: Largest whitened radius (about the centroid) of a polygon the rule serves.
 SERIES_H = 1.0
 _U = 1.1102230246251565e-16
@@ -94,8 +115,9 @@ def _radial_moments(q, J):
 
 
 def _edge_moments(px, py, qx, qy, T, W, J, P1, P2, acc):
-    """Add triangle (0, p, q)'s ``int u1^a u2^b psi`` (index ``n (n+1) / 2 + b``,
-    ``n = a + b``) to ``acc``: ``u = s (p + t (q - p))``, ``du = (p x q) s ds dt``."""
+    """Add triangle (0, p, q)'s ``int u1^a u2^b psi`` to ``acc[2 i]`` and the sum of
+    its terms' absolute values to ``acc[2 i + 1]`` (``i = n (n+1) / 2 + b``, ``n = a +
+    b``): ``u = s (p + t (q - p))``, ``du = (p x q) s ds dt``."""
     area2 = px * qy - py * qx
     if not (area2 > 0.0):
         return
@@ -115,7 +137,9 @@ def _edge_moments(px, py, qx, qy, T, W, J, P1, P2, acc):
         for n in range(SERIES_N + 1):
             wn = w * J[n]
             for b in range(n + 1):
-                acc[i] += wn * (P1[n - b] * P2[b])
+                t = wn * (P1[n - b] * P2[b])
+                acc[2 * i] += t
+                acc[2 * i + 1] += abs(t)
                 i += 1
 
 
@@ -133,17 +157,18 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     The frame is ``u = Q L^T (z - c)``: about the area centroid ``c``, whitened,
     and turned (``Q``) onto the whitened polygon's principal axes, so that a thin
     polygon's narrow extent ``h2`` bounds what its covariance's thin direction
-    sees. Fills ``S[i] = M_ab / (a! b!)`` (``i = n (n+1) / 2 + b``, ``n = a + b
-    <= SERIES_N``) and ``out[0:11]``: ``c`` (2), the map ``R = Q L^T`` (4, row
-    major), its inverse (4), then ``h``; returns ``(h1, h2, h, teps)``: the
-    largest ``|u1|``, ``|u2|`` and ``|u|`` over the polygon (``h = inf`` where
+    sees. Fills ``S[2 i] = M_ab / (a! b!)`` and ``S[2 i + 1] = |S|_ab``, the sum of
+    the absolute values of its terms (module docstring; ``i = n (n+1) / 2 + b``,
+    ``n = a + b <= SERIES_N``), and ``out[0:11]``: ``c`` (2), the map ``R = Q L^T``
+    (4, row major), its inverse (4), then ``h``; returns ``(h1, h2, h, teps, pe)``:
+    the largest ``|u1|``, ``|u2|`` and ``|u|`` over the polygon (``h = inf`` where
     the rule does not serve: fewer than three points, no area, or ``h >
-    SERIES_H``) and the table's rounding factor ``teps`` (module docstring; it
-    includes the whitened polygon's own rounding, ``4 u h perimeter / area``).
-    ``J``, ``P1``, ``P2``: scratch of ``SERIES_N + 1``; ``acc``: of ``SERIES_SIZE``."""
+    SERIES_H``), the entries' rounding factor ``teps`` and ``pe = 4 u h
+    perimeter``, the whitened vertices' rounding (module docstring). ``J``,
+    ``P1``, ``P2``: scratch of ``SERIES_N + 1``; ``acc``: of ``SERIES_WIDTH``."""
     inf = math.inf
     if nv < 3:
-        return 0.0, 0.0, inf, 0.0
+        return 0.0, 0.0, inf, 0.0, 0.0
     ox = P[0, 0]
     oy = P[0, 1]
     a2 = 0.0
@@ -159,7 +184,7 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
         cx += cr * (ax + bx)
         cy += cr * (ay + by)
     if not (a2 > 0.0):
-        return 0.0, 0.0, inf, 0.0
+        return 0.0, 0.0, inf, 0.0, 0.0
     cx /= 3.0 * a2
     cy /= 3.0 * a2
     # the whitened polygon's second moments of area about its centroid (fan from it)
@@ -211,8 +236,8 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     out[9] = cs / l22
     out[10] = h
     if not (h <= SERIES_H and area2 > 0.0):
-        return h1, h2, inf, 0.0
-    for i in range(SERIES_SIZE):
+        return h1, h2, inf, 0.0, 0.0
+    for i in range(SERIES_WIDTH):
         S[i] = 0.0
     nt = 20 if h <= 0.155 else (24 if h <= 0.47 else 32)
     for k in range(nv):
@@ -222,7 +247,7 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
         py = r21 * dx + r22 * dy
         qx = r11 * ex + r12 * ey
         qy = r21 * ex + r22 * ey
-        for i in range(SERIES_SIZE):
+        for i in range(SERIES_WIDTH):
             acc[i] = 0.0
         if nt == 20:
             _edge_moments(px, py, qx, qy, _T20, _W20, J, P1, P2, acc)
@@ -230,14 +255,16 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
             _edge_moments(px, py, qx, qy, _T24, _W24, J, P1, P2, acc)
         else:
             _edge_moments(px, py, qx, qy, _T32, _W32, J, P1, P2, acc)
-        for i in range(SERIES_SIZE):
+        for i in range(SERIES_WIDTH):
             S[i] += acc[i]
     i = 0
     for n in range(SERIES_N + 1):
         for b in range(n + 1):
-            S[i] *= _INV_FACT[n - b] * _INV_FACT[b]
+            f = _INV_FACT[n - b] * _INV_FACT[b]
+            S[2 * i] *= f
+            S[2 * i + 1] *= f
             i += 1
-    return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U + 8.0 * _U * h * per / area2
+    return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U, 4.0 * _U * h * per
 
 
 def series_degree(rho, h, trunc):
@@ -254,70 +281,78 @@ def series_degree(rho, h, trunc):
     return -1
 
 
-def series_error(rho, h, K, teps, trunc):
-    """Relative error bound of F (and, times ``h`` and ``h^2``, of its
-    derivatives) for Hessian degree ``K`` chosen for the truncation bound
-    ``trunc`` (:func:`series_degree`): truncation plus rounding."""
-    a = 2.25 * math.exp(0.5 * h * h + rho)
-    return trunc + (2 * K + 8) * _U * a + teps * a * math.exp(0.5 * h * h)
+def series_error(F, B, rho, K, teps, pe, trunc):
+    """Relative error bound of the computed ``F`` (and, times ``h_j`` and ``h_j h_k``,
+    of its derivatives) for Hessian degree ``K`` chosen for the truncation bound
+    ``trunc`` (:func:`series_degree`): truncation plus the rounding of the
+    evaluation, of the table (``teps``) and of the polygon (``pe``), from ``B``
+    (:func:`series_eval`; module docstring). Meaningful where far below 1/1000;
+    ``inf`` where F is not positive."""
+    if not (F > 0.0):
+        return math.inf
+    return trunc + ((2 * K + 8) * _U * B + teps * B + pe * math.exp(rho)) / (0.999 * F)
 
 
-def series_eval(S, g1, g2, K, grad, P1, P2):
-    """``(F, F1, F2, F11, F12, F22)``: the series of F (degree ``K + 2``) and of its
-    derivatives (degrees ``K + 1`` and ``K``) at ``g``, from region table ``S``
-    (``grad`` false: F alone, the rest 0). Each degree is summed apart
-    (the rounding bound of :func:`series_error`), in the same order with or
-    without ``grad``, so F is the same to the bit; with ``grad`` the six sums of
-    a degree share one loop over its monomials (independent chains of adds, not
-    six loops each waiting on its own)."""
+def series_eval(S, g1, g2, K, P1, P2):
+    """``(F, B)``: the series of F at ``g`` to degree ``K + 2``, from region table
+    ``S``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
+    absolute values that :func:`series_error` takes. Each degree is summed apart
+    (the rounding bound of :func:`series_error`). Leaves the powers ``g1^k``,
+    ``g2^k`` (``k <= K + 2``) in ``P1``, ``P2`` for :func:`series_derivatives`."""
     P1[0] = 1.0
     P2[0] = 1.0
     for k in range(1, K + 3):
         P1[k] = P1[k - 1] * g1
         P2[k] = P2[k - 1] * g2
     F = 0.0
+    B = 0.0
+    for n in range(K + 3):
+        i0 = n * (n + 1) // 2
+        f = 0.0
+        fb = 0.0
+        for b in range(n + 1):
+            m = P1[n - b] * P2[b]
+            f += S[2 * (i0 + b)] * m
+            fb += S[2 * (i0 + b) + 1] * abs(m)
+        F += f
+        B += fb
+    return F, B
+
+
+def series_derivatives(S, K, P1, P2):
+    """``(F1, F2, F11, F12, F22)``: the series of grad F (degree ``K + 1``) and hess F
+    (degree ``K``) from region table ``S`` and the powers of ``g`` that
+    :func:`series_eval` left in ``P1``, ``P2`` (to a degree of at least ``K + 1``).
+    Each degree is summed apart; its five sums share one loop over its monomials
+    (independent chains of adds, not five loops each waiting on its own)."""
     F1 = 0.0
     F2 = 0.0
     F11 = 0.0
     F12 = 0.0
     F22 = 0.0
-    if not grad:
-        for n in range(K + 3):
-            i0 = n * (n + 1) // 2
-            f = 0.0
-            for b in range(n + 1):
-                f += S[i0 + b] * (P1[n - b] * P2[b])
-            F += f
-        return F, F1, F2, F11, F12, F22
-    for n in range(K + 3):
-        i0 = n * (n + 1) // 2
+    for n in range(K + 2):
         i1 = (n + 1) * (n + 2) // 2
         i2 = (n + 2) * (n + 3) // 2
-        f = 0.0
         f1 = 0.0
         f2 = 0.0
         f11 = 0.0
         f12 = 0.0
         f22 = 0.0
-        # F's degree n, grad F's up to K + 1, hess F's up to K (branches constant in the
-        # loop: the compiler takes them out of it)
-        first = n <= K + 1
+        # grad F's degrees up to K + 1, hess F's up to K (the branch is constant in the
+        # loop: the compiler takes it out of it)
         second = n <= K
         for b in range(n + 1):
             a = n - b
             m = P1[a] * P2[b]
-            f += S[i0 + b] * m
-            if first:
-                f1 += (a + 1) * S[i1 + b] * m
-                f2 += (b + 1) * S[i1 + b + 1] * m
+            f1 += (a + 1) * S[2 * (i1 + b)] * m
+            f2 += (b + 1) * S[2 * (i1 + b + 1)] * m
             if second:
-                f11 += ((a + 1) * (a + 2)) * S[i2 + b] * m
-                f12 += ((a + 1) * (b + 1)) * S[i2 + b + 1] * m
-                f22 += ((b + 1) * (b + 2)) * S[i2 + b + 2] * m
-        F += f
+                f11 += ((a + 1) * (a + 2)) * S[2 * (i2 + b)] * m
+                f12 += ((a + 1) * (b + 1)) * S[2 * (i2 + b + 1)] * m
+                f22 += ((b + 1) * (b + 2)) * S[2 * (i2 + b + 2)] * m
         F1 += f1
         F2 += f2
         F11 += f11
         F12 += f12
         F22 += f22
-    return F, F1, F2, F11, F12, F22
+    return F1, F2, F11, F12, F22

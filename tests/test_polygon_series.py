@@ -16,14 +16,14 @@ def _series(verts, Lt, mu):
     k = len(verts)
     B = np.c_[verts, np.ones(k)]
     ptr = np.array([0, k], dtype=np.int64)
-    SC = np.empty((1, 14))
-    SM = np.empty((1, pairs.SERIES_SIZE))
+    SC = np.empty((1, pairs.SERIES_COLS))
+    SM = np.empty((1, pairs.SERIES_WIDTH))
     pairs.series_tables(ptr, B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
     pw = np.empty((2, pairs.SERIES_N + 1))
     if not SC[0, 10] <= pairs.SERIES_H:
         return 0, None, None, None
-    lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw, np.inf)
+    lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw, np.inf, np.inf)
     if lm != lm:
         return 0, None, None, None
     mean = ser[1:3].copy()
@@ -160,16 +160,65 @@ def test_light_pair_series_error_is_relative_to_its_weight(weight):
     N, O = polygon_from_vertices(tri)
     ref = float(polygon_moments_mp(N, O, mu, np.eye(2), dps=30)[0])
     B = np.c_[tri, np.ones(3)]
-    SC = np.empty((1, 14))
-    SM = np.empty((1, pairs.SERIES_SIZE))
+    SC = np.empty((1, pairs.SERIES_COLS))
+    SM = np.empty((1, pairs.SERIES_WIDTH))
     pairs.series_tables(np.array([0, 3], dtype=np.int64), B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
     pw = np.empty((2, pairs.SERIES_N + 1))
-    assert np.isnan(pairs._series_term(SC, SM, 0, mu, False, ser, pw, np.inf))
-    lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, math.log(weight) - ref)
+    assert np.isnan(pairs._series_term(SC, SM, 0, mu, False, ser, pw, np.inf, np.inf))
+    lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, math.log(weight) - ref, math.log(weight) - ref)
     if np.isnan(lm):
         assert weight > 1e-9
         return
     assert ser[0] >= 1.0
     rel = abs(math.expm1(lm - ref))
     assert weight * rel <= pairs._SLACK_SHARE * pairs.SERIES_MASS_TOL, rel
+
+
+@pytest.mark.parametrize("weight", [1e-5, 1e-9])
+def test_light_pair_moments_within_their_widened_tolerance(weight):
+    """Told (``mlw``) that a pair weighs ``weight`` in its sample's posterior, the series
+    sums the moments' derivatives only to the degree their widened tolerance
+    (``SERIES_COV_TOL * _SLACK_WEIGHT / weight``) needs, and the mass stays the
+    full-accuracy one (bit for bit). Against 30-digit mpmath on random polygons the
+    covariance then errs by at most that tolerance in its own metric and the mean by
+    that many of its sd, and the cheap degree is in use (the moments differ from the
+    full-accuracy ones in some cases)."""
+    from fastcpa.kernels.cpu import pairs
+
+    rng = np.random.default_rng(7)
+    tol = pairs.SERIES_COV_TOL * pairs._SLACK_WEIGHT / weight
+    served = differ = 0
+    for _ in range(40):
+        verts, Lt, mu = _random_case(rng)
+        k = len(verts)
+        B = np.c_[verts, np.ones(k)]
+        SC = np.empty((1, pairs.SERIES_COLS))
+        SM = np.empty((1, pairs.SERIES_WIDTH))
+        pairs.series_tables(np.array([0, k], dtype=np.int64), B, np.array([Lt], float), SC, SM)
+        if not SC[0, 10] <= pairs.SERIES_H:
+            continue
+        ser = np.empty(8)
+        pw = np.empty((2, pairs.SERIES_N + 1))
+        mu = np.asarray(mu, float)
+        full = pairs._series_term(SC, SM, 0, mu, True, ser, pw, np.inf, np.inf)
+        if full != full or ser[0] != 1.0:
+            continue
+        full_moments = ser[1:6].copy()
+        lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, np.inf, math.log(weight) - full)
+        assert lm == full  # the mass does not change
+        assert ser[0] == 1.0  # where the full accuracy serves, a wider tolerance does
+        served += 1
+        differ += not np.array_equal(full_moments, ser[1:6])
+        L = np.array([[Lt[0], 0.0], [Lt[1], Lt[2]]])
+        Sigma = np.linalg.inv(L @ L.T)
+        N, O = polygon_from_vertices(verts)
+        _, ref_mean, ref_cov = polygon_moments_mp(N, O, mu, 0.5 * (Sigma + Sigma.T), dps=30)
+        C = np.array([[float(ref_cov[i, j]) for j in range(2)] for i in range(2)])
+        m = np.array([float(ref_mean[0]), float(ref_mean[1])])
+        cov = np.array([[ser[3], ser[4]], [ser[4], ser[5]]])
+        w, V = np.linalg.eigh(C)
+        Ci = V @ np.diag(w**-0.5) @ V.T
+        assert np.linalg.norm(Ci @ (cov - C) @ Ci, 2) <= tol
+        assert np.linalg.norm(Ci @ (ser[1:3] - m)) <= tol + 4 * 2.2e-16 * np.abs(m).max() / math.sqrt(w[0])
+    assert served >= 15 and differ >= 5, (served, differ)

@@ -83,9 +83,12 @@ series_table = _ps.series_table
 series_degree = _ps.series_degree
 series_error = _ps.series_error
 series_eval = _ps.series_eval
+series_derivatives = _ps.series_derivatives
 SERIES_TRUNC = _polygon_series.SERIES_TRUNC
 SERIES_N = _polygon_series.SERIES_N
 SERIES_SIZE = _polygon_series.SERIES_SIZE
+SERIES_WIDTH = _polygon_series.SERIES_WIDTH
+SERIES_COLS = _polygon_series.SERIES_COLS
 SERIES_H = _polygon_series.SERIES_H
 LOG_2PI_PS = _polygon_series._LOG_2PI
 far_log_mass_at = _pg.far_log_mass_at
@@ -870,23 +873,29 @@ _SLACK_WEIGHT = 1e-3
 _SLACK_SHARE = 1e-3
 _LOG_SLACK_SHARE = math.log(_SLACK_SHARE)
 _SERIES_TOL_MAX = 1e-4
+# The moments' derivatives are summed to the degree whose truncation bound is this share
+# of their tolerance (the rest for F's own error, times the covariance's conditioning
+# max(h_j^2 / C_jj) / (1 - |corr|), 14 x 32 of it), and at most _DERIV_TRUNC_MAX (the
+# first-order error propagation of _series_term holds there).
+_DERIV_SHARE = 1.0 / (14.0 * 32.0)
+_DERIV_TRUNC_MAX = 1e-5
 
 
 @jit(parallel=True)
 def series_tables(ptr, B, Lt, SC, SM):
     """Each region's moment-series table (``kernels._polygon_series.series_table``)
     from the boundary points ``B`` (rows ``(x, y, w)``, ``w = 0`` for ideal
-    points) and the factors ``Lt``: ``SM[r]``, and ``SC[r]`` = the centroid (2),
-    the frame's map ``R`` and its inverse (4 each, row major), ``h`` (``inf``
-    where the rule does not serve: an unbounded or large polygon), ``h1``,
-    ``h2``, ``teps``."""
+    points) and the factors ``Lt``: ``SM[r]`` (``SERIES_WIDTH``), and ``SC[r]``
+    (``SERIES_COLS``) = the centroid (2), the frame's map ``R`` and its inverse
+    (4 each, row major), ``h`` (``inf`` where the rule does not serve: an
+    unbounded or large polygon), ``h1``, ``h2``, ``teps``, ``pe``."""
     R = len(ptr) - 1
     nb = min(R, 64)
     for blk in prange(nb):
         J = np.empty(SERIES_N + 1)
         P1 = np.empty(SERIES_N + 1)
         P2 = np.empty(SERIES_N + 1)
-        acc = np.empty(SERIES_SIZE)
+        acc = np.empty(SERIES_WIDTH)
         out = np.empty(11)
         for r in range(blk, R, nb):
             a, b = ptr[r], ptr[r + 1]
@@ -894,11 +903,11 @@ def series_tables(ptr, B, Lt, SC, SM):
             for v in range(a, b):
                 if B[v, 2] != 1.0:
                     bounded = False
-            for k in range(14):
+            for k in range(SERIES_COLS):
                 SC[r, k] = 0.0
             SC[r, 10] = math.inf
             if bounded:
-                h1, h2, h, teps = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r], J, P1, P2, acc,
+                h1, h2, h, teps, pe = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r], J, P1, P2, acc,
                                                out)
                 for k in range(10):
                     SC[r, k] = out[k]
@@ -906,20 +915,21 @@ def series_tables(ptr, B, Lt, SC, SM):
                 SC[r, 11] = h1
                 SC[r, 12] = h2
                 SC[r, 13] = teps
+                SC[r, 14] = pe
 
 
 @jit
-def _series_term(SC, SM, r, mu, grad, ser, pw, lw):
+def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     """log N(mu, Sigma_r)-mass of region r by the moment series, or NaN where
-    its error bound (the series' own, ``series_error``, plus the rounding of
+    its error bound (the series' own, ``series_error``, a posteriori, plus the rounding of
     ``g`` and ``|g|^2 / 2``, times ``|d log Phi / d g| <= h + |g|``) exceeds
     its tolerance: ``SERIES_MASS_TOL``, widened for a light pair (below).
     ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
     truncated mean and covariance in z in ``ser[1:6]`` (mean, then cov 00, 01, 11)
     where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
-    eigenvalue, else ``ser[0] = 2`` (the moments are there all the same, and
-    ``ser[6]`` holds that bound, ``inf`` where the covariance is not positive).
-    ``pw``: scratch (2, SERIES_N + 1).
+    eigenvalue, widened for a light pair (below), else ``ser[0] = 2`` (the
+    moments are there all the same, and ``ser[6]`` holds that bound, ``inf``
+    where the covariance is not positive). ``pw``: scratch (2, SERIES_N + 1).
 
     ``lw``: the pair's ``log kappa`` less the log of its sample's likelihood
     or of a lower bound on it (``+inf``: no widening). Since ``|g . u| <=
@@ -932,7 +942,16 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw):
     far, light pairs, which the full accuracy refuses (``e^rho`` in the
     rounding, a degree beyond ``SERIES_K``), are summed in a few dozen terms
     instead of by the edge formulas. (The E-step uses it; ``log_prob`` keeps
-    every term at full accuracy.)"""
+    every term at full accuracy.)
+
+    ``mlw``: as ``lw``, for the moments alone (``+inf``: full accuracy). Once F
+    gives the pair's weight ``w``, the moments' tolerance below
+    ``_SLACK_WEIGHT`` widens by ``_SLACK_WEIGHT / w`` (as the callers
+    weigh it), and the derivatives are summed to the degree that tolerance
+    needs (their truncation bound, ``_DERIV_SHARE`` of it), not to the mass's:
+    the E-step's light pairs, most of them in the dense regime, take a few
+    terms. Where that bound fails the derivatives are summed again to the
+    mass's degree."""
     ser[0] = 0.0
     h = SC[r, 10]
     h1 = SC[r, 11]
@@ -951,7 +970,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw):
     trunc = SERIES_TRUNC
     m00 = SM[r, 0]
     if lw < math.inf and m00 > 0.0:
-        m00_err = SC[r, 13] * 2.25 * math.exp(h * h)  # the table's rounding bound at g = 0, relative
+        m00_err = 1.001 * SC[r, 13]  # the table's rounding at g = 0, relative (M_00's terms are positive)
         # (log(1 / (1 - e)) <= 2 e for e <= 1/2)
         lwu = lw + (math.log(m00) + 2.0 * m00_err) + rho - gg - LOG_2PI_PS if m00_err <= 0.5 else math.inf
         if lwu < _LOG_SLACK_SHARE:
@@ -960,53 +979,67 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw):
     K = series_degree(rho, h, trunc)
     if K < 0:
         return math.nan
-    err = series_error(rho, h, K, SC[r, 13], trunc)
+    F, B = series_eval(SM[r], g1, g2, K, pw[0], pw[1])
+    err = series_error(F, B, rho, K, SC[r, 13], SC[r, 14], trunc)
     gn = math.hypot(g1, g2)
     frame = (h + gn) * 3.0 * _EPS * (abs(a1) + abs(b1) + abs(a2) + abs(b2)) + 2.0 * _EPS * gn * gn
     if not (err + frame <= tol):
         return math.nan
-    F, F1, F2, F11, F12, F22 = series_eval(SM[r], g1, g2, K, grad, pw[0], pw[1])
-    if not (F > 0.0):
-        return math.nan
+    lm = math.log(F) - gg - LOG_2PI_PS
     ser[0] = 1.0
-    if grad:
+    if not grad:
+        return lm
+    slack = max(1.0, _SLACK_WEIGHT * math.exp(-(mlw + lm))) if mlw < math.inf else 1.0
+    tol_d = SERIES_COV_TOL * slack
+    trunc_d = max(trunc, min(_DERIV_TRUNC_MAX, tol_d * _DERIV_SHARE))
+    Kd = series_degree(rho, h, trunc_d)
+    if Kd < 0 or Kd > K:
+        Kd = K
+        trunc_d = trunc
+    while True:
+        F1, F2, F11, F12, F22 = series_derivatives(SM[r], Kd, pw[0], pw[1])
         m1 = F1 / F
         m2 = F2 / F
         c00 = F11 / F - m1 * m1
         c01 = F12 / F - m1 * m2
         c11 = F22 / F - m2 * m2
         # |error of C_jk| <= e h_j h_k (E[u u^T] within 2 err, E[u] within 2 err, the
-        # difference's rounding 4 eps, in units of h_j h_k), so relative to C itself at
-        # most 2 e max(h_j^2 / C_jj) / (1 - |correlation|)
-        e = 7.0 * (err + _EPS)
+        # difference's rounding 4 eps, in units of h_j h_k; the derivatives' truncation
+        # at Kd is trunc_d, F's own error err), so relative to C itself at most
+        # 2 e max(h_j^2 / C_jj) / (1 - |correlation|)
+        e = 7.0 * (err + trunc_d + _EPS)
         bound = math.inf
         if c00 > 0.0 and c11 > 0.0:
             corr = abs(c01) / math.sqrt(c00 * c11)
             if corr < 1.0:
                 bound = 2.0 * e * max(h1 * h1 / c00, h2 * h2 / c11) / (1.0 - corr)
-        ser[6] = bound
-        if not (bound <= SERIES_COV_TOL):
-            ser[0] = 2.0
-        if bound < math.inf:  # z = c + R^-1 u
-            i11 = SC[r, 6]
-            i12 = SC[r, 7]
-            i21 = SC[r, 8]
-            i22 = SC[r, 9]
-            ser[1] = SC[r, 0] + (i11 * m1 + i12 * m2)
-            ser[2] = SC[r, 1] + (i21 * m1 + i22 * m2)
-            t11 = i11 * c00 + i12 * c01
-            t12 = i11 * c01 + i12 * c11
-            t21 = i21 * c00 + i22 * c01
-            t22 = i21 * c01 + i22 * c11
-            ser[3] = t11 * i11 + t12 * i12
-            ser[4] = 0.5 * ((t11 * i21 + t12 * i22) + (t21 * i11 + t22 * i12))
-            ser[5] = t21 * i21 + t22 * i22
-    return math.log(F) - gg - LOG_2PI_PS
+        if bound <= tol_d or Kd == K:
+            break
+        Kd = K  # the cheap degree's bound did not hold: the mass's degree
+        trunc_d = trunc
+    ser[6] = bound
+    if not (bound <= tol_d):
+        ser[0] = 2.0
+    if bound < math.inf:  # z = c + R^-1 u
+        i11 = SC[r, 6]
+        i12 = SC[r, 7]
+        i21 = SC[r, 8]
+        i22 = SC[r, 9]
+        ser[1] = SC[r, 0] + (i11 * m1 + i12 * m2)
+        ser[2] = SC[r, 1] + (i21 * m1 + i22 * m2)
+        t11 = i11 * c00 + i12 * c01
+        t12 = i11 * c01 + i12 * c11
+        t21 = i21 * c00 + i22 * c01
+        t22 = i21 * c01 + i22 * c11
+        ser[3] = t11 * i11 + t12 * i12
+        ser[4] = 0.5 * ((t11 * i21 + t12 * i22) + (t21 * i11 + t22 * i12))
+        ser[5] = t21 * i21 + t22 * i22
+    return lm
 
 
 @jit
 def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs, SC,
-                     SM, grad, ser, pw, level):
+                     SM, grad, ser, pw, level, mlevel):
     """Pair (i, r)'s term ``log kappa_r - log kappa_ref + log Phi_r`` from its
     relative ``log kappa`` ``rel`` (taken at ``mu``), for a region with a
     boundary; a term whose mass lies below ``floor`` may be its bound.
@@ -1026,9 +1059,10 @@ def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, 
     says so, and with ``grad`` holds the moments); the polygon is then not
     whitened into ``sc[0]``. ``level``: the sample's log-likelihood relative
     to the reference, or a lower bound on it (``-inf``: none), against which
-    the series weighs a light pair's tolerance."""
+    the series weighs a light pair's tolerance; ``mlevel``: the same for the
+    moments alone (with ``grad``)."""
     if SC[r, 10] <= SERIES_H:
-        lm = _series_term(SC, SM, r, mu, grad, ser, pw, rel - level)
+        lm = _series_term(SC, SM, r, mu, grad, ser, pw, rel - level, rel - mlevel)
         if lm == lm:
             zs[0] = mu[0]
             zs[1] = mu[1]
@@ -1083,7 +1117,7 @@ def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r,
     slack = max(1.0, _SLACK_WEIGHT * math.exp(level - term))
     whitened = ser[0] == 0.0
     if whitened and slack > 1.0 and SC[r, 10] <= SERIES_H:
-        _series_term(SC, SM, r, mu, True, ser, pw, rel - level)
+        _series_term(SC, SM, r, mu, True, ser, pw, rel - level, rel - level)
     if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
         MOM[i, q, 0] = ser[1]
         MOM[i, q, 1] = ser[2]
@@ -1156,7 +1190,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             zs[2] = 0.0
             if not whole[best]:
                 nb = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, best, mu, nb,
-                                      -math.inf, sc, zs, SC, SM, False, ser, pw, -math.inf)
+                                      -math.inf, sc, zs, SC, SM, False, ser, pw, -math.inf, -math.inf)
             if nb > m + _REBASE:
                 _set_reference(Xs, i, Aw, gz, best, zs[:2], s2, logdet_lam, const, REF)
                 REF[i, REF.shape[1] - 1] = zs[2]
@@ -1188,7 +1222,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             floor = min(m - _NEGLIGIBLE, level - gap) if keep else m - _NEGLIGIBLE
             if not whole[r]:
                 term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel,
-                                        floor, sc, zs, SC, SM, keep, ser, pw, -math.inf)
+                                        floor, sc, zs, SC, SM, keep, ser, pw, -math.inf, level)
             if keep and term >= level - gap:
                 TERM[i, r0 + r] = term
                 _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level,
@@ -1332,7 +1366,7 @@ def _term_and_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_l
     posterior moments keep their accuracy, while the light pairs, most of
     them in the dense regime, are not integrated by sections."""
     term = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, rel, floor, sc, zs,
-                            SC, SM, True, ser, pw, logp)
+                            SC, SM, True, ser, pw, logp, logp)
     if term >= floor:
         slack = max(1.0, _SLACK_WEIGHT * math.exp(logp - term))
         if ser[0] == 1.0 or (ser[0] == 2.0 and ser[6] <= SERIES_COV_TOL * slack):
@@ -1392,7 +1426,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
             lk = _rel_log_kappa(Aw, gz, r, mu, s2, logdet_lam, i, REF)
             if not whole[r]:
                 lk = _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, lk,
-                                      top - gap, sc, zs, SC, SM, False, ser, pw, -math.inf)
+                                      top - gap, sc, zs, SC, SM, False, ser, pw, -math.inf, -math.inf)
             terms[i, r] = lk
             top = max(top, lk)
         for r in range(R):
