@@ -438,11 +438,14 @@ class CPAModel:
             return (*(p[k][rs] for k in head), p["s2"])
 
         if self.generator.latent_dim == 2 and "Lt" in p:
+            W = pairs.SERIES_WIDTH
+
             def args(rs):
                 ptr = p["ptr"][rs.start:rs.stop + 1]
                 fptr = p["fptr"][rs.start:rs.stop + 1]
                 return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], fptr, p["FN"], p["FO"], p["FU"],
-                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["SC"][rs], p["SM"][rs], p["const"])
+                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["SC"][rs], p["SM"][rs.start * W:rs.stop * W],
+                        p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
@@ -1206,12 +1209,12 @@ def _whitened_boundaries(part, Lt):
 
 def _series_tables(part, Lt):
     """Each S = 2 region's moment-series table (``kernels.cpu.pairs.series_tables``):
-    ``SC`` (R, ``SERIES_COLS``) and ``SM`` (R, ``SERIES_WIDTH``)."""
+    ``SC`` (R, ``SERIES_COLS``) and ``SM`` (R ``SERIES_WIDTH``, flat)."""
     from fastcpa.kernels.cpu.pairs import SERIES_COLS, SERIES_WIDTH, series_tables
 
     R = part.n_regions
     SC = np.empty((R, SERIES_COLS))
-    SM = np.empty((R, SERIES_WIDTH))
+    SM = np.empty(R * SERIES_WIDTH)  # flat: region r's table at r * SERIES_WIDTH
     series_tables(np.ascontiguousarray(part.boundary_ptr), np.ascontiguousarray(part.boundary), Lt, SC, SM)
     return {"SC": SC, "SM": SM}
 

@@ -75,6 +75,9 @@ SERIES_WIDTH = 2 * SERIES_SIZE
 #: A region's scalars beside the table: centroid (2), R (4), R^-1 (4), h, h1, h2,
 #: teps, and ``4 u h perimeter`` (the whitened vertices' rounding).
 SERIES_COLS = 15
+#: The powers of ``g2`` follow those of ``g1`` at this offset in a pair's scratch vector
+#: (``2 SERIES_PW`` long).
+SERIES_PW = SERIES_N + 1
 #: Largest whitened radius (about the centroid) of a polygon the rule serves.
 SERIES_H = 1.0
 _U = 1.1102230246251565e-16
@@ -293,17 +296,19 @@ def series_error(F, B, rho, K, teps, pe, trunc):
     return trunc + ((2 * K + 8) * _U * B + teps * B + pe * math.exp(rho)) / (0.999 * F)
 
 
-def series_eval(S, g1, g2, K, P1, P2):
-    """``(F, B)``: the series of F at ``g`` to degree ``K + 2``, from region table
-    ``S``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
+def series_eval(S, off, g1, g2, K, pw):
+    """``(F, B)``: the series of F at ``g`` to degree ``K + 2``, from the region table
+    at ``S[off:off + SERIES_WIDTH]``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
     absolute values that :func:`series_error` takes. Each degree is summed apart
-    (the rounding bound of :func:`series_error`). Leaves the powers ``g1^k``,
-    ``g2^k`` (``k <= K + 2``) in ``P1``, ``P2`` for :func:`series_derivatives`."""
-    P1[0] = 1.0
-    P2[0] = 1.0
+    (the rounding bound of :func:`series_error`). Leaves the powers ``g1^k`` and
+    ``g2^k`` (``k <= K + 2``) in ``pw[k]`` and ``pw[SERIES_PW + k]`` for
+    :func:`series_derivatives`. (The tables come flat and the powers in one
+    vector: a view per pair would cost a reference count that threads share.)"""
+    pw[0] = 1.0
+    pw[SERIES_PW] = 1.0
     for k in range(1, K + 3):
-        P1[k] = P1[k - 1] * g1
-        P2[k] = P2[k - 1] * g2
+        pw[k] = pw[k - 1] * g1
+        pw[SERIES_PW + k] = pw[SERIES_PW + k - 1] * g2
     F = 0.0
     B = 0.0
     for n in range(K + 3):
@@ -311,18 +316,18 @@ def series_eval(S, g1, g2, K, P1, P2):
         f = 0.0
         fb = 0.0
         for b in range(n + 1):
-            m = P1[n - b] * P2[b]
-            f += S[2 * (i0 + b)] * m
-            fb += S[2 * (i0 + b) + 1] * abs(m)
+            m = pw[n - b] * pw[SERIES_PW + b]
+            f += S[off + 2 * (i0 + b)] * m
+            fb += S[off + 2 * (i0 + b) + 1] * abs(m)
         F += f
         B += fb
     return F, B
 
 
-def series_derivatives(S, K, P1, P2):
+def series_derivatives(S, off, K, pw):
     """``(F1, F2, F11, F12, F22)``: the series of grad F (degree ``K + 1``) and hess F
-    (degree ``K``) from region table ``S`` and the powers of ``g`` that
-    :func:`series_eval` left in ``P1``, ``P2`` (to a degree of at least ``K + 1``).
+    (degree ``K``) from the region table at ``S[off:]`` and the powers of ``g`` that
+    :func:`series_eval` left in ``pw`` (to a degree of at least ``K + 1``).
     Each degree is summed apart; its five sums share one loop over its monomials
     (independent chains of adds, not five loops each waiting on its own)."""
     F1 = 0.0
@@ -343,13 +348,13 @@ def series_derivatives(S, K, P1, P2):
         second = n <= K
         for b in range(n + 1):
             a = n - b
-            m = P1[a] * P2[b]
-            f1 += (a + 1) * S[2 * (i1 + b)] * m
-            f2 += (b + 1) * S[2 * (i1 + b + 1)] * m
+            m = pw[a] * pw[SERIES_PW + b]
+            f1 += (a + 1) * S[off + 2 * (i1 + b)] * m
+            f2 += (b + 1) * S[off + 2 * (i1 + b + 1)] * m
             if second:
-                f11 += ((a + 1) * (a + 2)) * S[2 * (i2 + b)] * m
-                f12 += ((a + 1) * (b + 1)) * S[2 * (i2 + b + 1)] * m
-                f22 += ((b + 1) * (b + 2)) * S[2 * (i2 + b + 2)] * m
+                f11 += ((a + 1) * (a + 2)) * S[off + 2 * (i2 + b)] * m
+                f12 += ((a + 1) * (b + 1)) * S[off + 2 * (i2 + b + 1)] * m
+                f22 += ((b + 1) * (b + 2)) * S[off + 2 * (i2 + b + 2)] * m
         F1 += f1
         F2 += f2
         F11 += f11

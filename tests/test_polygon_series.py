@@ -17,10 +17,10 @@ def _series(verts, Lt, mu):
     B = np.c_[verts, np.ones(k)]
     ptr = np.array([0, k], dtype=np.int64)
     SC = np.empty((1, pairs.SERIES_COLS))
-    SM = np.empty((1, pairs.SERIES_WIDTH))
+    SM = np.empty(pairs.SERIES_WIDTH)
     pairs.series_tables(ptr, B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
-    pw = np.empty((2, pairs.SERIES_N + 1))
+    pw = np.empty(2 * pairs.SERIES_PW)
     if not SC[0, 10] <= pairs.SERIES_H:
         return 0, None, None, None
     lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw, np.inf, np.inf)
@@ -161,10 +161,10 @@ def test_light_pair_series_error_is_relative_to_its_weight(weight):
     ref = float(polygon_moments_mp(N, O, mu, np.eye(2), dps=30)[0])
     B = np.c_[tri, np.ones(3)]
     SC = np.empty((1, pairs.SERIES_COLS))
-    SM = np.empty((1, pairs.SERIES_WIDTH))
+    SM = np.empty(pairs.SERIES_WIDTH)
     pairs.series_tables(np.array([0, 3], dtype=np.int64), B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
-    pw = np.empty((2, pairs.SERIES_N + 1))
+    pw = np.empty(2 * pairs.SERIES_PW)
     assert np.isnan(pairs._series_term(SC, SM, 0, mu, False, ser, pw, np.inf, np.inf))
     lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, math.log(weight) - ref, math.log(weight) - ref)
     if np.isnan(lm):
@@ -194,12 +194,12 @@ def test_light_pair_moments_within_their_widened_tolerance(weight):
         k = len(verts)
         B = np.c_[verts, np.ones(k)]
         SC = np.empty((1, pairs.SERIES_COLS))
-        SM = np.empty((1, pairs.SERIES_WIDTH))
+        SM = np.empty(pairs.SERIES_WIDTH)
         pairs.series_tables(np.array([0, k], dtype=np.int64), B, np.array([Lt], float), SC, SM)
         if not SC[0, 10] <= pairs.SERIES_H:
             continue
         ser = np.empty(8)
-        pw = np.empty((2, pairs.SERIES_N + 1))
+        pw = np.empty(2 * pairs.SERIES_PW)
         mu = np.asarray(mu, float)
         full = pairs._series_term(SC, SM, 0, mu, True, ser, pw, np.inf, np.inf)
         if full != full or ser[0] != 1.0:

@@ -89,6 +89,7 @@ SERIES_N = _polygon_series.SERIES_N
 SERIES_SIZE = _polygon_series.SERIES_SIZE
 SERIES_WIDTH = _polygon_series.SERIES_WIDTH
 SERIES_COLS = _polygon_series.SERIES_COLS
+SERIES_PW = _polygon_series.SERIES_PW
 SERIES_H = _polygon_series.SERIES_H
 LOG_2PI_PS = _polygon_series._LOG_2PI
 far_log_mass_at = _pg.far_log_mass_at
@@ -320,13 +321,16 @@ def _note_top(term, m, arg, i, r, mu, at):
     """Record pair (i, r) (region r, the point ``mu`` where its energy was
     taken, ``at``: 1 for a far polygon's nearest point) in ``arg[i] = (term,
     r, mu, at)`` when its term is the row's largest so far: the caller rebases
-    a row whose largest term lies far above its reference (``CPAModel.log_prob``)."""
+    a row whose largest term lies far above its reference (``CPAModel.log_prob``).
+    ``mu``'s first ``S = arg.shape[1] - 3`` entries are read (a caller's longer
+    scratch need not be sliced: a view per pair costs a reference count)."""
     if term > m:
+        S = arg.shape[1] - 3
         arg[i, 0] = term
         arg[i, 1] = r
-        for q in range(mu.shape[0]):
+        for q in range(S):
             arg[i, 2 + q] = mu[q]
-        arg[i, 2 + mu.shape[0]] = at
+        arg[i, 2 + S] = at
 
 
 @jit
@@ -885,7 +889,8 @@ _DERIV_TRUNC_MAX = 1e-5
 def series_tables(ptr, B, Lt, SC, SM):
     """Each region's moment-series table (``kernels._polygon_series.series_table``)
     from the boundary points ``B`` (rows ``(x, y, w)``, ``w = 0`` for ideal
-    points) and the factors ``Lt``: ``SM[r]`` (``SERIES_WIDTH``), and ``SC[r]``
+    points) and the factors ``Lt``: ``SM`` (flat: region r's table at ``r *
+    SERIES_WIDTH``), and ``SC[r]``
     (``SERIES_COLS``) = the centroid (2), the frame's map ``R`` and its inverse
     (4 each, row major), ``h`` (``inf`` where the rule does not serve: an
     unbounded or large polygon), ``h1``, ``h2``, ``teps``, ``pe``."""
@@ -907,7 +912,7 @@ def series_tables(ptr, B, Lt, SC, SM):
                 SC[r, k] = 0.0
             SC[r, 10] = math.inf
             if bounded:
-                h1, h2, h, teps, pe = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r], J, P1, P2, acc,
+                h1, h2, h, teps, pe = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r * SERIES_WIDTH:(r + 1) * SERIES_WIDTH], J, P1, P2, acc,
                                                out)
                 for k in range(10):
                     SC[r, k] = out[k]
@@ -929,7 +934,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
     eigenvalue, widened for a light pair (below), else ``ser[0] = 2`` (the
     moments are there all the same, and ``ser[6]`` holds that bound, ``inf``
-    where the covariance is not positive). ``pw``: scratch (2, SERIES_N + 1).
+    where the covariance is not positive). ``pw``: scratch (``2 SERIES_PW``).
 
     ``lw``: the pair's ``log kappa`` less the log of its sample's likelihood
     or of a lower bound on it (``+inf``: no widening). Since ``|g . u| <=
@@ -968,7 +973,8 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     gg = 0.5 * (g1 * g1 + g2 * g2)
     tol = SERIES_MASS_TOL
     trunc = SERIES_TRUNC
-    m00 = SM[r, 0]
+    off = r * SERIES_WIDTH  # the tables come flat (a view per pair would share a reference count)
+    m00 = SM[off]
     if lw < math.inf and m00 > 0.0:
         m00_err = 1.001 * SC[r, 13]  # the table's rounding at g = 0, relative (M_00's terms are positive)
         # (log(1 / (1 - e)) <= 2 e for e <= 1/2)
@@ -979,7 +985,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     K = series_degree(rho, h, trunc)
     if K < 0:
         return math.nan
-    F, B = series_eval(SM[r], g1, g2, K, pw[0], pw[1])
+    F, B = series_eval(SM, off, g1, g2, K, pw)
     err = series_error(F, B, rho, K, SC[r, 13], SC[r, 14], trunc)
     gn = math.hypot(g1, g2)
     frame = (h + gn) * 3.0 * _EPS * (abs(a1) + abs(b1) + abs(a2) + abs(b2)) + 2.0 * _EPS * gn * gn
@@ -997,7 +1003,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
         Kd = K
         trunc_d = trunc
     while True:
-        F1, F2, F11, F12, F22 = series_derivatives(SM[r], Kd, pw[0], pw[1])
+        F1, F2, F11, F12, F22 = series_derivatives(SM, off, Kd, pw)
         m1 = F1 / F
         m2 = F2 / F
         c00 = F11 / F - m1 * m1
@@ -1169,7 +1175,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
-        pw = np.empty((2, SERIES_N + 1))
+        pw = np.empty(2 * SERIES_PW)
         mk = np.empty(2)
         Ck = np.empty((2, 2))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
@@ -1227,7 +1233,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
                 TERM[i, r0 + r] = term
                 _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level,
                                  sc, ser, pw, mk, Ck, MOM, i, r0 + r)
-            _note_top(term, m, arg, i, r0 + r, zs[:2], zs[2])
+            _note_top(term, m, arg, i, r0 + r, zs, zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
         n_skipped[i] += skipped
@@ -1409,7 +1415,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
-        pw = np.empty((2, SERIES_N + 1))
+        pw = np.empty(2 * SERIES_PW)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         best = 0
