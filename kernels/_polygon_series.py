@@ -27,20 +27,21 @@ where the sum is small). The frame is turned onto the polygon's principal axes
   and by Grunbaum's theorem any line through the centroid of a convex polygon
   leaves at least 4/9 of its area on each side, so ``F >= int_{g.u >= 0} psi >=
   (4/9) e^{-h^2/2} area >= int psi / A``, ``A = (9/4) e^{h^2/2}``. So F truncated
-  at degree ``K + 2`` errs by at most ``(1 + A) rho^{K+3} / (K+3)!`` of itself;
-  grad F (degree ``K + 1``) by ``h_j`` times the same with ``K + 2``, hess F (degree
-  ``K``) by ``h_j h_k`` times it with ``K + 1`` (``|u_j| <= h_j`` on ``P'``). ``K`` is
-  the smallest degree that puts the largest of these below ``2^-53``
-  (``SERIES_TRUNC``), or below the larger bound a caller asks for.
+  at degree ``K + 1`` errs by at most ``(1 + A) rho^{K+2} / (K+2)!`` of itself;
+  grad F (degree ``K + 1``) by ``h_j`` times the same, hess F (degree ``K``) by
+  ``h_j h_k`` times it with ``K + 1`` (``|u_j| <= h_j`` on ``P'``). ``K`` is the
+  smallest degree that puts the largest of these, the last, below ``2^-53``
+  (``SERIES_TRUNC``), or below the larger bound a caller asks for (below 1:
+  then ``rho < K + 2``, and the others are smaller).
 * Rounding, a posteriori. The table holds beside each entry ``S_ab`` the sum
   ``|S|_ab`` of the absolute values of the terms it was summed from (nodes along
   the edges, triangles of the fan); each term carries at most ``(3N + 9 + n_t)``
   roundings and the sums ``n_t + n_v`` more, so ``|error of S_ab| <= teps |S|_ab``
   with ``teps = (3N + 9 + n_t + n_v) u``. :func:`series_eval` sums beside F the
-  polynomial ``B(g) = sum |S|_ab |g1|^a |g2|^b`` (degrees up to ``K + 2``, positive
+  polynomial ``B(g) = sum |S|_ab |g1|^a |g2|^b`` (degrees up to ``K + 1``, positive
   terms). The terms of F then sum in absolute value to at most ``B``, and F's
   evaluation (degree groups summed apart: a degree-n term meets at most ``n``
-  products, ``n`` additions in its group and ``K + 3 - n`` across them) errs by at
+  products, ``n`` additions in its group and ``K + 2 - n`` across them) errs by at
   most ``(2K + 8) u B``; the table's rounding reaches F by at most ``teps B``.
   The derivatives (summed to a degree ``K_d <= K``, :func:`series_derivatives`:
   their truncation bound is then ``series_degree``'s for ``K_d``) meet fewer
@@ -274,8 +275,9 @@ def series_degree(rho, h, trunc):
     """The smallest Hessian degree K whose truncation bound (module docstring) is
     below ``trunc`` (relative; ``SERIES_TRUNC`` = 2^-53 for full accuracy), or -1
     beyond ``SERIES_K``."""
-    # relative to F, the derivatives' bounds over h and h^2 are (1 + A) rho^{m+1} / (m+1)!
-    # for m = K + 2, K + 1, K: the largest is the Hessian's (rho < K + 2 once it is small)
+    # relative to F, F's and (over h) the gradient's bounds are (1 + A) rho^{K+2} / (K+2)!,
+    # the Hessian's (over h^2) (1 + A) rho^{K+1} / (K+1)!: the largest (rho < K + 2 once it
+    # is below 1)
     t = 1.0 + 2.25 * math.exp(0.5 * h * h)
     for K in range(SERIES_K + 1):
         t *= rho / (K + 1)
@@ -297,21 +299,21 @@ def series_error(F, B, rho, K, teps, pe, trunc):
 
 
 def series_eval(S, off, g1, g2, K, pw):
-    """``(F, B)``: the series of F at ``g`` to degree ``K + 2``, from the region table
+    """``(F, B)``: the series of F at ``g`` to degree ``K + 1``, from the region table
     at ``S[off:off + SERIES_WIDTH]``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
     absolute values that :func:`series_error` takes. Each degree is summed apart
     (the rounding bound of :func:`series_error`). Leaves the powers ``g1^k`` and
-    ``g2^k`` (``k <= K + 2``) in ``pw[k]`` and ``pw[SERIES_PW + k]`` for
+    ``g2^k`` (``k <= K + 1``) in ``pw[k]`` and ``pw[SERIES_PW + k]`` for
     :func:`series_derivatives`. (The tables come flat and the powers in one
     vector: a view per pair would cost a reference count that threads share.)"""
     pw[0] = 1.0
     pw[SERIES_PW] = 1.0
-    for k in range(1, K + 3):
+    for k in range(1, K + 2):
         pw[k] = pw[k - 1] * g1
         pw[SERIES_PW + k] = pw[SERIES_PW + k - 1] * g2
     F = 0.0
     B = 0.0
-    for n in range(K + 3):
+    for n in range(K + 2):
         i0 = n * (n + 1) // 2
         f = 0.0
         fb = 0.0
