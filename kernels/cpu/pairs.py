@@ -86,7 +86,6 @@ series_eval = _ps.series_eval
 series_derivatives = _ps.series_derivatives
 SERIES_TRUNC = _polygon_series.SERIES_TRUNC
 SERIES_N = _polygon_series.SERIES_N
-SERIES_SIZE = _polygon_series.SERIES_SIZE
 SERIES_WIDTH = _polygon_series.SERIES_WIDTH
 SERIES_COLS = _polygon_series.SERIES_COLS
 SERIES_PW = _polygon_series.SERIES_PW
@@ -890,10 +889,10 @@ def series_tables(ptr, B, Lt, SC, SM):
     """Each region's moment-series table (``kernels._polygon_series.series_table``)
     from the boundary points ``B`` (rows ``(x, y, w)``, ``w = 0`` for ideal
     points) and the factors ``Lt``: ``SM`` (flat: region r's table at ``r *
-    SERIES_WIDTH``), and ``SC[r]``
-    (``SERIES_COLS``) = the centroid (2), the frame's map ``R`` and its inverse
-    (4 each, row major), ``h`` (``inf`` where the rule does not serve: an
-    unbounded or large polygon), ``h1``, ``h2``, ``teps``, ``pe``."""
+    SERIES_WIDTH``), and ``SC[r]`` (``SERIES_COLS``) = the centroid (2), the
+    frame's map ``R`` and its inverse (4 each, row major), ``h`` (``inf`` where
+    the rule does not serve: an unbounded or large polygon), ``h1``, ``h2``,
+    ``teps``, ``pe``."""
     R = len(ptr) - 1
     nb = min(R, 64)
     for blk in prange(nb):
@@ -912,8 +911,9 @@ def series_tables(ptr, B, Lt, SC, SM):
                 SC[r, k] = 0.0
             SC[r, 10] = math.inf
             if bounded:
-                h1, h2, h, teps, pe = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], SM[r * SERIES_WIDTH:(r + 1) * SERIES_WIDTH], J, P1, P2, acc,
-                                               out)
+                row = SM[r * SERIES_WIDTH:(r + 1) * SERIES_WIDTH]
+                h1, h2, h, teps, pe = series_table(B[a:b], b - a, Lt[r, 0], Lt[r, 1], Lt[r, 2], row, J, P1, P2, acc,
+                                                   out)
                 for k in range(10):
                     SC[r, k] = out[k]
                 SC[r, 10] = h
@@ -926,8 +926,9 @@ def series_tables(ptr, B, Lt, SC, SM):
 @jit
 def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     """log N(mu, Sigma_r)-mass of region r by the moment series, or NaN where
-    its error bound (the series' own, ``series_error``, a posteriori, plus the rounding of
-    ``g`` and ``|g|^2 / 2``, times ``|d log Phi / d g| <= h + |g|``) exceeds
+    its error bound (the series' own, ``series_error``, measured a posteriori,
+    plus the rounding of ``g`` and ``|g|^2 / 2``, times ``|d log Phi / d g| <= h
+    + |g|``) exceeds
     its tolerance: ``SERIES_MASS_TOL``, widened for a light pair (below).
     ``ser[0]``: 1 (the rule served) or 0; with ``grad``, the
     truncated mean and covariance in z in ``ser[1:6]`` (mean, then cov 00, 01, 11)
