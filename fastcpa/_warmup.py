@@ -110,6 +110,11 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
             # read-only data (a memory map, pandas' copy-on-write arrays) reach the S = 1 kernel as they are
             X.setflags(write=False)
             model.log_prob(X)
+    # the M-step's grouped products sum runs of rows (mstep._Levels.reduce) only where
+    # groups merge, which these tiny nets need not have
+    from fastcpa.kernels.cpu.runs import sum_runs
+
+    sum_runs(np.ones((3, 2)), np.array([0, 1, 3], dtype=np.int64), np.empty((2, 2)))
     # affine generators: one whole-space region (S = 1: its one-element interval arrays are
     # read-only views; S = 2 and 3: the general pair kernels, S = 3 in a singular frame)
     for S in (1, 2, 3):

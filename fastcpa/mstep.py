@@ -37,30 +37,114 @@ def hidden_maps(generator, partition):
         ``h(z) = G[w] z + g[w]`` in region ``w`` (``H = S`` and the identity
         for a generator without hidden layers).
     """
-    return _input_maps(generator, _unit_slopes(generator, partition), partition.n_regions, generator.n_layers - 1)
+    lv = _Levels(generator, partition)
+    L, S = generator.n_layers, generator.latent_dim
+    T = lv.to_regions(_input_maps(generator, lv, L - 1), L - 2)  # (R, S+1, H)
+    return np.ascontiguousarray(T[:, :S, :].transpose(0, 2, 1)), np.ascontiguousarray(T[:, S, :])
 
 
-def _unit_slopes(generator, partition):
-    """Each hidden layer's unit slopes in every region, [(R, H_j)], from the activation codes."""
-    bits = partition.code_bits() if generator.n_layers > 1 else None
-    q, start = [], 0
-    for W, eta in zip(generator.weights[:-1], generator.slopes):
-        q.append(np.where(bits[:, start:start + W.shape[0]], 1.0, eta))
-        start += W.shape[0]
-    return q
+class _Levels:
+    """A partition's regions sorted by activation pattern and grouped layer by layer.
+
+    Sorted lexicographically (layer 0's units first), the regions that share the
+    patterns of layers ``0..j`` form a run, for every ``j``: the level-j groups. A
+    quantity that depends on those layers' patterns only (the map to ``h_j``, a
+    product pushed through layers ``k..j``) is the same across a level-j group, so
+    it is computed once per group: on ``[1, 1024, 1024, 1024, 64]`` there are
+    1,025, 2,064 and 3,120 groups at levels 0, 1, 2, so the 1024 x 1024 products
+    of the layers after the first act on a third and two thirds of the regions.
+    Going to a finer level repeats a group's rows (:meth:`expand`); the adjoint
+    sums runs of rows (:meth:`reduce`). Level -1 is one group, every region;
+    level ``L - 1`` (``L`` layers) is the regions themselves, in sorted order
+    (``order[i]`` is the partition's index of sorted region ``i``).
+    """
+
+    def __init__(self, generator, partition):
+        R, L = partition.n_regions, generator.n_layers
+        self.R, self.L = R, L
+        bits = partition.code_bits() if L > 1 else np.zeros((R, 0), dtype=bool)
+        if bits.shape[1] and R > 1:
+            packed = np.ascontiguousarray(np.packbits(bits, axis=1))
+            # a void scalar compares as bytes: one sort of the packed codes, not one per byte
+            self.order = np.argsort(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), kind="stable")
+        else:
+            self.order = np.arange(R)
+        sb = bits[self.order]
+        self._gid = {-1: np.zeros(R, dtype=np.int64), L - 1: np.arange(R)}
+        self.q = {}  # level j: layer j's unit slopes per group, (G_j, H_j)
+        new = np.zeros(max(R - 1, 0), dtype=bool)
+        start = 0
+        for j, (W, eta) in enumerate(zip(generator.weights[:-1], generator.slopes)):
+            H = W.shape[0]
+            new |= np.any(sb[1:, start:start + H] != sb[:-1, start:start + H], axis=1)
+            self._gid[j] = np.concatenate([[0], np.cumsum(new)])
+            self.q[j] = np.where(sb[np.flatnonzero(np.concatenate([[True], new])), start:start + H], 1.0, eta)
+            start += H
+        self._up, self._runs, self._qat = {}, {}, {}
+
+    def size(self, j):
+        """Number of groups at level ``j``."""
+        return int(self._gid[j][-1]) + 1 if self.R else 0
+
+    def up(self, a, b):
+        """For each level-b group (``b > a``), the level-a group that holds it."""
+        if (a, b) not in self._up:
+            g = self._gid[b]
+            first = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
+            self._up[a, b] = self._gid[a][first]
+        return self._up[a, b]
+
+    def expand(self, X, a, b):
+        """Rows per level-a group (axis 0) -> rows per level-b group: ``X`` itself
+        where nothing splits (``b <= a``, or as many groups)."""
+        if b <= a or self.size(a) == self.size(b):
+            return X
+        return X[self.up(a, b)]
+
+    def reduce(self, X, b, a):
+        """Rows per level-b group -> their sums per level-a group (``a < b``; ``X``
+        itself where nothing merges)."""
+        if b <= a or self.size(a) == self.size(b):
+            return X
+        if self.size(a) == 1:
+            return X.sum(axis=0, keepdims=True)
+        from fastcpa.kernels.cpu.runs import sum_runs
+
+        if (a, b) not in self._runs:
+            u = self.up(a, b)
+            self._runs[a, b] = np.concatenate([[0], np.flatnonzero(u[1:] != u[:-1]) + 1, [len(u)]]).astype(np.int64)
+        out = np.empty((self.size(a),) + X.shape[1:])
+        sum_runs(np.ascontiguousarray(X).reshape(len(X), -1), self._runs[a, b], out.reshape(len(out), -1))
+        return out
+
+    def q_at(self, j, level):
+        """Layer j's unit slopes per group of a level ``>= j``."""
+        if (j, level) not in self._qat:
+            self._qat[j, level] = self.expand(self.q[j], j, level)
+        return self._qat[j, level]
+
+    def to_regions(self, X, a):
+        """Rows per level-a group -> rows per region, in the partition's order."""
+        Y = self.expand(X, a, self.L - 1)
+        out = np.empty_like(Y)
+        out[self.order] = Y
+        return out
 
 
-def _input_maps(generator, q, R, k):
-    """Layer k's input ``h_{k-1} = G z + g`` in every region (``z`` itself for k = 0)."""
+def _input_maps(generator, levels, k):
+    """Layer k's input per level-(k-1) group: ``T`` (G, S+1, H_{k-1}) with ``T[g, :S]``
+    the slope and ``T[g, S]`` the offset of ``h_{k-1} = T[g, :S]^T z + T[g, S]``
+    (``z`` itself for k = 0). Group-major, so each layer is one GEMM over the groups."""
     S = generator.latent_dim
-    # unit-major (H, R, S): one GEMM a layer (a broadcast matmul over R regions took 9 s at 1024 x 1024)
-    GT = np.broadcast_to(np.eye(S)[:, None, :], (S, R, S))
-    g = np.zeros((R, S))
+    T = np.eye(S + 1)[None, :, :S]
     for j in range(k):
-        W, c = generator.weights[j], generator.biases[j]
-        GT = (W @ GT.reshape(W.shape[1], R * S)).reshape(W.shape[0], R, S) * q[j].T[:, :, None]
-        g = q[j] * (g @ W.T + c)
-    return np.ascontiguousarray(GT.transpose(1, 0, 2)), g
+        G = T.shape[0]
+        U = (T.reshape(G * (S + 1), -1) @ generator.weights_t[j]).reshape(G, S + 1, -1)
+        U[:, S, :] += generator.biases[j]
+        U = levels.expand(U, j - 1, j)
+        U *= levels.q[j][:, None, :]
+        T = U
+    return np.ascontiguousarray(T)
 
 
 def output_layer_update(stats, generator, partition, *, ridge=0.0, maps=None):
@@ -125,7 +209,8 @@ class FrozenLayer:
     activation patterns frozen (docs/mathematics.md, section 8): ``x = F_w V Gh_w zh + f_w`` in region ``w``,
     with ``zh = (z, 1)``, ``Gh_w`` the map to the layer's input ``(h_{k-1}, 1)`` and ``F_w``
     the masked product of the layers after it. Nothing of size ``R x D x H`` is stored:
-    ``F_w`` and ``F_w^T`` are applied to all regions at once, layer by layer.
+    ``F_w`` and ``F_w^T`` are applied to all regions at once, layer by layer, each
+    product once per group of regions that shares it (:class:`_Levels`).
 
     Parameters
     ----------
@@ -144,66 +229,103 @@ class FrozenLayer:
             raise ValueError(f"k = {k} is not a layer of this {L}-layer generator (0 <= k < {L}).")
         self.generator, self.k = generator, k
         S = generator.latent_dim
-        R = partition.n_regions
-        self.q = _unit_slopes(generator, partition)  # each hidden layer's unit slopes per region
-        self.qT = [np.ascontiguousarray(q.T) for q in self.q]  # (H_j, R): unit-major
-        self._GhT = None
-        G, g = _input_maps(generator, self.q, R, k)  # Gh: (z, 1) -> (h_{k-1}, 1)
-        H = G.shape[1]
-        self.Gh = np.zeros((R, H + 1, S + 1))
-        self.Gh[:, :H, :S] = G
-        self.Gh[:, :H, S] = g
-        self.Gh[:, H, S] = 1.0
+        self.levels = lv = _Levels(generator, partition)
+        self._buffers = {}  # the products' outputs, reused (_gemm)
+        self._T = _input_maps(generator, lv, k)  # layer k's input per level-(k-1) group
         self.V0 = np.concatenate([generator.weights[k], generator.biases[k][:, None]], axis=1)
-        # F_w V0 Gh_w, unit-major (D, R, S+1): the part of every region's map that moves with
-        # layer k; its constant column gives the downstream offsets f, and it is the normal
-        # equations' product at V0 (the solve's first, the gradient's only one)
-        self._M0 = self._F(self._VG(self.V0))
-        self.f = partition.b - self._M0[:, :, S].T
+        # F_w V0 Gh_w per region (sorted, (R, S+1, D)): the part of every region's map that
+        # moves with layer k; its constant row gives the downstream offsets f, and it is the
+        # normal equations' product at V0 (the solve's first, the gradient's only one)
+        self._M0 = self._F(self._VG(self.V0), k - 1).copy()  # (the output layer's may be a buffer)
+        self._f = np.asarray(partition.b)[lv.order] - self._M0[:, S, :]
 
-    # The products run unit-major, (units, R, m): each layer is then one GEMM over all
-    # regions, where a batched (R, H, m) matmul makes R small products.
-    def _F(self, U):
-        """``F_w U_w`` unit-major: U (H_k, R, m) -> (D, R, m)."""
-        gen, k = self.generator, self.k
-        _, R, m = U.shape
-        if k < gen.n_layers - 1:
-            U = self.qT[k][:, :, None] * U
-        for j in range(k + 1, gen.n_layers):
-            U = (gen.weights[j] @ U.reshape(U.shape[0], R * m)).reshape(-1, R, m)
-            if j < gen.n_layers - 1:
-                U *= self.qT[j][:, :, None]
-        return U
+    # Products run group-major, (groups, S+1, units): each layer is one GEMM over the groups
+    # of regions that share its input (a batched (R, H, m) matmul makes R small products).
+    def _F(self, X, level):
+        """``F_w U_w``: U given per level-``level`` group, (G, m, H_k) -> per sorted region (R, m, D).
+        U is overwritten."""
+        gen, k, lv = self.generator, self.k, self.levels
+        L = gen.n_layers
+        if k < L - 1:
+            X = lv.expand(X, level, k)
+            level = max(level, k)
+            X *= lv.q_at(k, level)[:, None, :]
+        for j in range(k + 1, L):
+            G, m, H = X.shape
+            # the last product (D columns) is the caller's; the wide ones reuse their buffers
+            X = (self._gemm(("F", j), X.reshape(G * m, H), gen.weights_t[j]) if j < L - 1 else
+                 X.reshape(G * m, H) @ gen.weights_t[j]).reshape(G, m, -1)
+            if j < L - 1:
+                X = lv.expand(X, level, j)
+                level = max(level, j)
+                X *= lv.q_at(j, level)[:, None, :]
+        return lv.expand(X, level, L - 1)
 
-    def _FT(self, Y):
-        """``F_w^T Y_w`` unit-major: Y (D, R, m) -> (H_k, R, m)."""
-        gen, k = self.generator, self.k
-        _, R, m = Y.shape
-        for j in range(gen.n_layers - 1, k, -1):
-            Y = (gen.weights[j].T @ Y.reshape(Y.shape[0], R * m)).reshape(-1, R, m)
-            Y *= self.qT[j - 1][:, :, None]
-        return Y
+    def _FT(self, Y, level):
+        """``F_w^T Y_w``: Y per sorted region (R, m, D) -> summed over each level-``level``
+        group (``level = L - 1``: per region), (G, m, H_k)."""
+        gen, k, lv = self.generator, self.k, self.levels
+        L = gen.n_layers
+        X, at = Y, L - 1
+        for j in range(L - 1, k, -1):
+            to = max(level, j - 1)  # sum what W_j^T and the later masks treat alike, before the product
+            X = lv.reduce(X, at, to)
+            at = to
+            G, m, H = X.shape
+            X = self._gemm(("FT", j), X.reshape(G * m, H), gen.weights[j]).reshape(G, m, -1)
+            X *= lv.q_at(j - 1, at)[:, None, :]
+        return lv.reduce(X, at, level)
 
     def _VG(self, V):
-        """``V Gh_w`` for all regions, unit-major: (H_k, R, S+1)."""
-        if self._GhT is None:  # (C, R * m), formed once
-            R, C, m = self.Gh.shape
-            self._GhT = np.ascontiguousarray(self.Gh.transpose(1, 0, 2)).reshape(C, R * m)
-        return (V @ self._GhT).reshape(-1, self.Gh.shape[0], self.Gh.shape[2])
+        """``V Gh_w`` per level-(k-1) group: (G, S+1, H_k)."""
+        T = self._T
+        G, m, Hin = T.shape
+        U = self._gemm("VG", T.reshape(G * m, Hin), V[:, :-1].T).reshape(G, m, -1)
+        U[:, m - 1, :] += V[:, -1]
+        return U
+
+    def _gemm(self, key, A, B):
+        """``A @ B`` into this layer's buffer ``key``: a wide product written into fresh
+        memory took 20-40% longer here (the pages are mapped on first write)."""
+        out = self._buffers.get(key)
+        if out is None or out.shape != (A.shape[0], B.shape[1]):
+            out = self._buffers[key] = np.empty((A.shape[0], B.shape[1]))
+        return np.matmul(A, B, out=out)
+
+    def _contract(self, X):
+        """``sum_g X_g^T Gh_g^T`` over the level-(k-1) groups: X (G, m, H_k) -> (H_k, H_{k-1} + 1)."""
+        T = self._T
+        G, m, H = X.shape
+        out = np.empty((H, T.shape[2] + 1))
+        out[:, :-1] = X.reshape(G * m, H).T @ T.reshape(G * m, -1)
+        out[:, -1] = X[:, m - 1, :].sum(axis=0)
+        return out
+
+    def _sorted(self, A):
+        """Per-region rows (axis 0) in the groups' order."""
+        return A[self.levels.order]
+
+    def _unsorted(self, A):
+        out = np.empty_like(A)
+        out[self.levels.order] = A
+        return out
 
     def apply_F(self, U):
         """``F_w U_w`` for all regions: U (R, H_k, m) -> (R, D, m)."""
-        return self._F(np.ascontiguousarray(U.transpose(1, 0, 2))).transpose(1, 0, 2)
+        U = np.ascontiguousarray(self._sorted(np.asarray(U, float)).transpose(0, 2, 1))
+        return self._unsorted(self._F(U, self.levels.L - 1).transpose(0, 2, 1))
 
     def apply_FT(self, Y):
         """``F_w^T Y_w`` for all regions: Y (R, D, m) -> (R, H_k, m)."""
-        return self._FT(np.ascontiguousarray(Y.transpose(1, 0, 2))).transpose(1, 0, 2)
+        Y = np.ascontiguousarray(self._sorted(np.asarray(Y, float)).transpose(0, 2, 1))
+        return self._unsorted(self._FT(Y, self.levels.L - 1).transpose(0, 2, 1))
 
     def maps(self, V):
         """Every region's ``(A, b)`` with layer k's parameters set to ``V`` (masks frozen)."""
-        M = self._F(self._VG(V)).transpose(1, 0, 2)
-        S = self.Gh.shape[2] - 1
-        return M[:, :, :S], M[:, :, S] + self.f
+        M = self._F(self._VG(V), self.k - 1)
+        S = M.shape[1] - 1
+        return (self._unsorted(np.ascontiguousarray(M[:, :S, :].transpose(0, 2, 1))),
+                self._unsorted(M[:, S, :] + self._f))
 
     def update(self, stats, noise_var, *, ridge=0.0, solver="auto", rtol=1e-10, maxiter=None, precondition=True,
                return_gradient=False):
@@ -305,20 +427,35 @@ class FrozenLayer:
         """
         import scipy.sparse.linalg
 
-        gen, k = self.generator, self.k
+        gen, k, lv = self.generator, self.k, self.levels
         L = gen.n_layers
         prec = 1.0 / np.asarray(noise_var, float)
-        P = np.matmul(self.Gh, _zh_sums(stats))  # (R, C, S+1)
-        Nbar = np.tensordot(P, self.Gh, axes=([0, 2], [0, 2]))
+        Zh = self._sorted(_zh_sums(stats))
+        T = self._T
+        G, m, Hin = T.shape
+        # Nbar = sum_w Gh_w Zh_w Gh_w^T: Gh is the same across a level-(k-1) group
+        Zg = lv.reduce(Zh, L - 1, k - 1)
+        TZ = np.matmul(Zg, T)  # (G, m, Hin)
+        Nbar = np.empty((Hin + 1, Hin + 1))
+        Nbar[:Hin, :Hin] = T.reshape(G * m, Hin).T @ TZ.reshape(G * m, Hin)
+        Nbar[:Hin, Hin] = Nbar[Hin, :Hin] = TZ[:, m - 1, :].sum(axis=0)
+        Nbar[Hin, Hin] = Zg[:, m - 1, m - 1].sum()
         Nbar = 0.5 * (Nbar + Nbar.T)
-        s = np.einsum("rcs,rcs->r", P, self.Gh)  # trace N_w
+        B = np.matmul(T, T.transpose(0, 2, 1))  # Gh_g^T Gh_g
+        B[:, m - 1, m - 1] += 1.0
+        s = np.einsum("rij,rij->r", Zh, lv.expand(B, k - 1, L - 1))  # trace N_w
         s = s / s.sum() if s.sum() > 0 else np.full(len(s), 1.0 / len(s))
+
+        def weighted_slopes(j):  # sum_w s_w q_j,w over the level-j groups
+            return lv.reduce(s[:, None], L - 1, j)[:, 0] @ lv.q[j]
+
         Fbar = gen.weights[L - 1] if k < L - 1 else np.eye(len(prec))  # the output layer: F_w = I
         for j in range(L - 2, k, -1):  # the layers after k at their weighted mean slopes
-            Fbar = (Fbar * (s @ self.q[j])[None, :]) @ gen.weights[j]
+            Fbar = (Fbar * weighted_slopes(j)[None, :]) @ gen.weights[j]
         Kbar = (Fbar.T * prec[None, :]) @ Fbar
         if k < L - 1:
-            Kbar *= (self.q[k] * s[:, None]).T @ self.q[k]
+            sk = lv.reduce(s[:, None], L - 1, k)[:, 0]
+            Kbar *= (lv.q[k] * sk[:, None]).T @ lv.q[k]
         Kbar = 0.5 * (Kbar + Kbar.T)
         a, U = np.linalg.eigh(Nbar)
         b, Vk = np.linalg.eigh(Kbar)
@@ -335,18 +472,28 @@ class FrozenLayer:
         return scipy.sparse.linalg.LinearOperator((n, n), matvec=apply, dtype=float)
 
     def _dense_is_cheap(self):
-        R, C = self.Gh.shape[0], self.Gh.shape[1]
-        H, D = self.V0.shape[0], len(self.f[0])
+        R, C = self.levels.R, self._T.shape[2] + 1
+        H, D = self.V0.shape[0], self._f.shape[1]
         return R * H * H * C * C <= 2e8 and 8 * (R * D * H + (H * C) ** 2) <= 64 * 2**20
+
+    def _region_Gh(self):
+        """Every region's ``Gh_w`` (R, H_{k-1} + 1, S + 1), in the partition's order."""
+        T = self.levels.to_regions(self._T, self.k - 1)
+        R, m, Hin = T.shape
+        Gh = np.zeros((R, Hin + 1, m))
+        Gh[:, :Hin, :] = T.transpose(0, 2, 1)
+        Gh[:, Hin, m - 1] = 1.0
+        return Gh
 
     def _dense_operator(self, stats, noise_var, ridge=0.0):
         """The normal equations' operator as a matrix on ``V.ravel()``:
         ``M[(h, k), (g, j)] = sum_w (F_w^T P F_w)[h, g] N_w[j, k]``."""
         H = self.V0.shape[0]
         prec = 1.0 / np.asarray(noise_var, float)
-        F = self.apply_F(np.broadcast_to(np.eye(H), (len(self.Gh), H, H)))  # (R, D, H)
+        F = self.apply_F(np.broadcast_to(np.eye(H), (self.levels.R, H, H)))  # (R, D, H)
         K = np.einsum("rdh,d,rdg->rhg", F, prec, F)
-        N = np.matmul(np.matmul(self.Gh, _zh_sums(stats)), np.swapaxes(self.Gh, 1, 2))
+        Gh = self._region_Gh()
+        N = np.matmul(np.matmul(Gh, _zh_sums(stats)), np.swapaxes(Gh, 1, 2))
         C = N.shape[1]
         M = np.einsum("rhg,rjk->hkgj", K, N).reshape(H * C, H * C)
         if ridge > 0:
@@ -358,35 +505,32 @@ class FrozenLayer:
         """``(op, rhs)``: the frozen-mask Q's normal equations ``op(V) = rhs`` in V,
         ``op(V) = sum_w F_w^T P F_w V N_w (+ ridge W)``, ``dQ/dV = rhs - op(V)``."""
         prec = 1.0 / np.asarray(noise_var, float)
-        ZG = np.matmul(_zh_sums(stats), np.swapaxes(self.Gh, 1, 2))  # (R, S+1, H_{k-1}+1)
-
-        R, m = ZG.shape[0], ZG.shape[1]
-        ZG = ZG.reshape(R * m, -1)
-
+        k = self.k
+        Zh = self._sorted(_zh_sums(stats))  # (R, S+1, S+1)
         at_v0 = []  # op(V0), once: CG's residual from V0 and the gradient's product
 
         def op(V):
             current = np.array_equal(V, self.V0)
             if current and at_v0:
                 return at_v0[0].copy()
-            if current:  # F_w V0 Gh_w was formed with the layer
-                Y = self._M0 * prec[:, None, None]
-            else:
-                Y = self._F(self._VG(V))
-                Y *= prec[:, None, None]
-            out = self._FT(Y).reshape(len(V), R * m) @ ZG
+            # F_w V0 Gh_w was formed with the layer
+            Y = (self._M0 if current else self._F(self._VG(V), k - 1)) * prec
+            # sum_w F_w^T P F_w V Gh_w Zh_w Gh_w^T: Zh_w folded in per region, Gh_w per group
+            out = self._contract(self._FT(np.matmul(Zh, Y), k - 1))
             if ridge > 0:
                 out[:, :-1] += ridge * V[:, :-1]
             if current:
                 at_v0.append(out.copy())
             return out
 
-        t = np.concatenate([stats.T1, stats.T0[:, None]], axis=1)  # E[zh]_w
-        # sum_n E[(x - f_w) zh^T], from the centred sums: (x - m) - (f_w - m)
-        XZ = (np.concatenate([stats.Txz_c, stats.Tx_c[:, :, None]], axis=2)
-              - (self.f - stats.shift)[:, :, None] * t[:, None, :])
-        XZ = np.ascontiguousarray((XZ * prec[None, :, None]).transpose(1, 0, 2))
-        rhs = self._FT(XZ).reshape(-1, R * m) @ np.swapaxes(self.Gh, 1, 2).reshape(R * m, -1)
+        S = Zh.shape[1] - 1
+        # sum_n E[(x - f_w) zh^T], from the centred sums: (x - m) - (f_w - m); rows: zh's entries
+        XZ = np.empty((len(Zh), S + 1, self._f.shape[1]))
+        XZ[:, :S, :] = self._sorted(stats.Txz_c).transpose(0, 2, 1)
+        XZ[:, S, :] = self._sorted(stats.Tx_c)
+        XZ -= Zh[:, :, S, None] * (self._f - stats.shift)[:, None, :]
+        XZ *= prec
+        rhs = self._contract(self._FT(XZ, k - 1))
         return op, rhs
 
     def gradient(self, stats, noise_var):

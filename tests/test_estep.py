@@ -339,6 +339,42 @@ def test_em_on_a_linear_generator_reaches_ppca(rng):
     np.testing.assert_allclose(Pw, U @ U.T, atol=1e-4)
 
 
+@pytest.mark.parametrize("S,sizes", [(1, [1, 9, 8, 7, 3]), (2, [2, 6, 5, 4, 3])])
+def test_levels_group_the_regions_by_their_leading_patterns(rng, S, sizes):
+    """The M-step's grouping (``mstep._Levels``): a level-j group is exactly the set of
+    regions whose layers 0..j patterns agree (checked against the codes directly), the
+    slopes kept per group are the regions', and summing runs is the adjoint of repeating
+    rows: <expand(x), y> = <x, reduce(y)> (numpy sums as the oracle)."""
+    from fastcpa.mstep import _Levels
+
+    model = make_model(rng, sizes, "leaky_relu", 0.2)
+    gen, part = model.generator, model.partition
+    lv = _Levels(gen, part)
+    bits = part.code_bits()[lv.order]
+    L, R = gen.n_layers, part.n_regions
+    assert sorted(lv.order) == list(range(R))
+    start = 0
+    for j, W in enumerate(gen.weights[:-1]):
+        start += W.shape[0]
+        _, ref = np.unique(bits[:, :start], axis=0, return_inverse=True)
+        gid = lv.expand(np.arange(lv.size(j)), j, L - 1)
+        # the same partition of the regions, and each group one run of the sorted regions
+        assert len(set(zip(gid, ref.ravel()))) == lv.size(j) == len(set(ref.ravel()))
+        assert np.all(np.diff(gid) >= 0)
+        eta = gen.slopes[j]
+        np.testing.assert_array_equal(lv.expand(lv.q[j], j, L - 1),
+                                      np.where(bits[:, start - W.shape[0]:start], 1.0, eta))
+        for a in range(-1, j):
+            x = rng.normal(size=(lv.size(a), 2, 3))
+            y = rng.normal(size=(lv.size(j), 2, 3))
+            lhs = np.sum(lv.expand(x, a, j) * y)
+            sums = np.zeros_like(x)
+            np.add.at(sums, lv.expand(np.arange(lv.size(a)), a, j), y)
+            np.testing.assert_allclose(lv.reduce(y, j, a), sums, rtol=1e-14, atol=1e-14)
+            assert abs(lhs - np.sum(x * lv.reduce(y, j, a))) <= 1e-12 * (1 + abs(lhs))
+    assert min(lv.size(j) for j in range(L - 1)) < R  # the test has groups to merge
+
+
 @pytest.mark.parametrize("S,activation,sizes,k", [(1, "leaky_relu", [1, 8, 6, 4], 0), (1, "abs", [1, 6, 5, 3], 1),
                                                   (2, "relu", [2, 7, 5, 3], 0), (2, "leaky_relu", [2, 6, 5, 4], 1)])
 @pytest.mark.parametrize("solver", ["cg", "dense"])
