@@ -111,10 +111,17 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
             X.setflags(write=False)
             model.log_prob(X)
     # the M-step's grouped products sum runs of rows (mstep._Levels.reduce) only where
-    # groups merge, which these tiny nets need not have
-    from fastcpa.kernels.cpu.runs import sum_runs
+    # groups merge, and derives products along runs of groups (mstep._Levels.runs) only for
+    # nets wide enough to pay for it
+    from fastcpa.kernels.cpu.runs import run_contract, run_products, run_products_adjoint, sum_runs
 
     sum_runs(np.ones((3, 2)), np.array([0, 1, 3], dtype=np.int64), np.empty((2, 2)))
+    # one run of two groups, the second with one change (unit 0): start, end, ptr, unit, dq
+    run = tuple(np.array(v, dtype=np.int64) for v in ([0], [2], [0, 0, 1], [0])) + (np.ones(1),)
+    parent = np.zeros(2, dtype=np.int64)
+    run_products(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), np.ones((2, 2)))
+    run_products_adjoint(np.ones((2, 1, 2)), *run, np.ones((2, 2)), np.ones((1, 1, 2)))
+    run_contract(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), np.zeros((2, 2)))
     # affine generators: one whole-space region (S = 1: its one-element interval arrays are
     # read-only views; S = 2 and 3: the general pair kernels, S = 3 in a singular frame)
     for S in (1, 2, 3):

@@ -80,7 +80,7 @@ class _Levels:
             self._gid[j] = np.concatenate([[0], np.cumsum(new)])
             self.q[j] = np.where(sb[np.flatnonzero(np.concatenate([[True], new])), start:start + H], 1.0, eta)
             start += H
-        self._up, self._runs, self._qat = {}, {}, {}
+        self._up, self._runs, self._qat, self._runcache = {}, {}, {}, {}
 
     def size(self, j):
         """Number of groups at level ``j``."""
@@ -117,6 +117,57 @@ class _Levels:
         sum_runs(np.ascontiguousarray(X).reshape(len(X), -1), self._runs[a, b], out.reshape(len(out), -1))
         return out
 
+    def sum_rows(self, X, off):
+        """``X[off[i]:off[i + 1]].sum(axis=0)`` for each i (``off`` int64, from 0 to ``len(X)``)."""
+        from fastcpa.kernels.cpu.runs import sum_runs
+
+        out = np.empty((len(off) - 1,) + X.shape[1:])
+        sum_runs(np.ascontiguousarray(X).reshape(len(X), -1), off, out.reshape(len(out), -1))
+        return out
+
+    def runs(self, j):
+        """Level j's groups as runs along which a product changes by a few columns, or None.
+
+        Within a level-(j-1) group, the level-j groups' inputs ``q_g * a`` (``a`` their
+        parent's pre-activations) differ from the previous group's in the units whose
+        slope changed: on an S = 1 net each boundary flips one unit, so ``M (q_g * a)``
+        is the previous product plus one column of ``M`` per flip
+        (``kernels.cpu.runs``). A run starts at an anchor, whose product is a GEMM row:
+        a parent's first group, a group where more than 1/8 of the units changed, and
+        every ``_RUN_LENGTH``-th group (each step adds a rounding of the size of its
+        terms, so chains stay short). None where runs would save under a quarter of
+        the GEMM rows.
+        """
+        if j not in self._runcache:
+            q = self.q[j]
+            G, H = q.shape
+            par = self.up(j - 1, j) if self.size(j - 1) < G else np.arange(G)
+            d = q[1:] - q[:-1]
+            cheap = (par[1:] == par[:-1]) & (np.count_nonzero(d, axis=1) * 8 <= H)
+            anchor = np.ones(G, dtype=bool)
+            anchor[1:] = ~cheap
+            since = 0
+            for g in range(G):  # chains at most _RUN_LENGTH long
+                since = 0 if anchor[g] else since + 1
+                if since >= _RUN_LENGTH:
+                    anchor[g], since = True, 0
+            start = np.flatnonzero(anchor)
+            if len(start) > 0.75 * G:
+                self._runcache[j] = None
+            else:
+                d[anchor[1:]] = 0.0
+                rows, unit = np.nonzero(d)
+                ptr = np.zeros(G + 1, dtype=np.int64)
+                np.add.at(ptr, rows + 2, 1)  # group rows + 1 changes: counts into ptr[g + 1]
+                ptr = np.cumsum(ptr)
+                rp = par[start]
+                self._runcache[j] = dict(
+                    start=start.astype(np.int64), end=np.append(start[1:], G).astype(np.int64), ptr=ptr,
+                    unit=unit.astype(np.int64), dq=d[rows, unit], parent=par.astype(np.int64),
+                    rows=np.append(start, G).astype(np.int64),
+                    parents=np.concatenate([[0], np.flatnonzero(rp[1:] != rp[:-1]) + 1, [len(rp)]]).astype(np.int64))
+        return self._runcache[j]
+
     def q_at(self, j, level):
         """Layer j's unit slopes per group of a level ``>= j``."""
         if (j, level) not in self._qat:
@@ -131,20 +182,29 @@ class _Levels:
         return out
 
 
+# Longest chain of products derived from an anchor's (_Levels.runs).
+_RUN_LENGTH = 32
+
+
 def _input_maps(generator, levels, k):
     """Layer k's input per level-(k-1) group: ``T`` (G, S+1, H_{k-1}) with ``T[g, :S]``
     the slope and ``T[g, S]`` the offset of ``h_{k-1} = T[g, :S]^T z + T[g, S]``
     (``z`` itself for k = 0). Group-major, so each layer is one GEMM over the groups."""
+    return _input_and_pre(generator, levels, k)[0]
+
+
+def _input_and_pre(generator, levels, k):
+    """``(T, pre)``: :func:`_input_maps`, and for k >= 1 layer k-1's pre-activation maps
+    per level-(k-2) group, ``T = q_{k-1} * pre`` (None for k = 0)."""
     S = generator.latent_dim
     T = np.eye(S + 1)[None, :, :S]
+    pre = None
     for j in range(k):
         G = T.shape[0]
-        U = (T.reshape(G * (S + 1), -1) @ generator.weights_t[j]).reshape(G, S + 1, -1)
-        U[:, S, :] += generator.biases[j]
-        U = levels.expand(U, j - 1, j)
-        U *= levels.q[j][:, None, :]
-        T = U
-    return np.ascontiguousarray(T)
+        pre = (T.reshape(G * (S + 1), -1) @ generator.weights_t[j]).reshape(G, S + 1, -1)
+        pre[:, S, :] += generator.biases[j]
+        T = levels.expand(pre, j - 1, j) * levels.q[j][:, None, :]
+    return np.ascontiguousarray(T), pre
 
 
 def output_layer_update(stats, generator, partition, *, ridge=0.0, maps=None):
@@ -231,7 +291,8 @@ class FrozenLayer:
         S = generator.latent_dim
         self.levels = lv = _Levels(generator, partition)
         self._buffers = {}  # the products' outputs, reused (_gemm)
-        self._T = _input_maps(generator, lv, k)  # layer k's input per level-(k-1) group
+        # layer k's input per level-(k-1) group, and the pre-activations it masks
+        self._T, self._pre = _input_and_pre(generator, lv, k)
         self.V0 = np.concatenate([generator.weights[k], generator.biases[k][:, None]], axis=1)
         # F_w V0 Gh_w per region (sorted, (R, S+1, D)): the part of every region's map that
         # moves with layer k; its constant row gives the downstream offsets f, and it is the
@@ -242,13 +303,15 @@ class FrozenLayer:
     # Products run group-major, (groups, S+1, units): each layer is one GEMM over the groups
     # of regions that share its input (a batched (R, H, m) matmul makes R small products).
     def _F(self, X, level):
-        """``F_w U_w``: U given per level-``level`` group, (G, m, H_k) -> per sorted region (R, m, D).
-        U is overwritten."""
+        """``F_w U_w``: U given per level-``level`` group, (G, m, H_k) -> per sorted region (R, m, D),
+        ``level`` either ``k - 1`` or ``L - 1`` (per region). U is overwritten."""
         gen, k, lv = self.generator, self.k, self.levels
         L = gen.n_layers
+        if level < L - 1:  # per group: each product along runs (_masked)
+            for j in range(k + 1, L):
+                X = self._masked(j - 1, X, gen.weights_t[j], ("F", j) if j < L - 1 else None)
+            return lv.expand(X, L - 2, L - 1)
         if k < L - 1:
-            X = lv.expand(X, level, k)
-            level = max(level, k)
             X *= lv.q_at(k, level)[:, None, :]
         for j in range(k + 1, L):
             G, m, H = X.shape
@@ -256,49 +319,108 @@ class FrozenLayer:
             X = (self._gemm(("F", j), X.reshape(G * m, H), gen.weights_t[j]) if j < L - 1 else
                  X.reshape(G * m, H) @ gen.weights_t[j]).reshape(G, m, -1)
             if j < L - 1:
-                X = lv.expand(X, level, j)
-                level = max(level, j)
                 X *= lv.q_at(j, level)[:, None, :]
-        return lv.expand(X, level, L - 1)
+        return X
 
     def _FT(self, Y, level):
         """``F_w^T Y_w``: Y per sorted region (R, m, D) -> summed over each level-``level``
-        group (``level = L - 1``: per region), (G, m, H_k)."""
+        group, (G, m, H_k), ``level`` either ``k - 1`` or ``L - 1`` (per region)."""
         gen, k, lv = self.generator, self.k, self.levels
         L = gen.n_layers
-        X, at = Y, L - 1
+        if level < L - 1:  # sum what W_j^T and the later masks treat alike, before the product
+            X, at = Y, L - 1
+            for j in range(L - 1, k, -1):
+                X = self._masked_T(j - 1, lv.reduce(X, at, j - 1), gen.weights_t[j], ("FT", j))
+                at = j - 2
+            return lv.reduce(X, at, level)
+        X = Y
         for j in range(L - 1, k, -1):
-            to = max(level, j - 1)  # sum what W_j^T and the later masks treat alike, before the product
-            X = lv.reduce(X, at, to)
-            at = to
             G, m, H = X.shape
             X = self._gemm(("FT", j), X.reshape(G * m, H), gen.weights[j]).reshape(G, m, -1)
-            X *= lv.q_at(j - 1, at)[:, None, :]
-        return lv.reduce(X, at, level)
+            X *= lv.q_at(j - 1, level)[:, None, :]
+        return X
+
+    def _masked(self, j, A, Mt, key):
+        """``(q_j * A_parent) @ Mt`` per level-j group, from ``A`` (G_{j-1}, m, h) per level-(j-1)
+        group (level -1: one); along runs where :meth:`_Levels.runs` has them."""
+        lv = self.levels
+        q, run = lv.q[j], lv.runs(j)
+        if run is None:
+            X = lv.expand(A, j - 1, j) * q[:, None, :]
+            G, m, h = X.shape
+            X = X.reshape(G * m, h)
+            return (X @ Mt if key is None else self._gemm(key, X, Mt)).reshape(G, m, -1)
+        a = run["start"]
+        m, h = A.shape[1], A.shape[2]
+        Ya = ((A[run["parent"][a]] * q[a][:, None, :]).reshape(-1, h) @ Mt).reshape(len(a), m, -1)
+        Y = np.empty((len(q),) + Ya.shape[1:]) if key is None else self._buffer(key, (len(q),) + Ya.shape[1:])
+        Y[a] = Ya
+        from fastcpa.kernels.cpu.runs import run_products
+
+        run_products(Y, a, run["end"], run["ptr"], run["unit"], run["dq"], run["parent"], np.ascontiguousarray(A),
+                     np.ascontiguousarray(Mt))
+        return Y
+
+    def _masked_T(self, j, X, Mt, key):
+        """The adjoint of :meth:`_masked`: ``sum_g q_j,g * (X_g @ Mt^T)`` over the level-j groups
+        ``g`` of each level-(j-1) group, X (G_j, m, n) -> (G_{j-1}, m, h)."""
+        lv = self.levels
+        q, run = lv.q[j], lv.runs(j)
+        G, m, n = X.shape
+        if run is None:
+            Z = self._gemm(key, X.reshape(G * m, n), Mt.T).reshape(G, m, -1)
+            Z *= q[:, None, :]
+            return lv.reduce(Z, j, j - 1)
+        from fastcpa.kernels.cpu.runs import run_products_adjoint
+
+        X = np.ascontiguousarray(X)
+        a = run["start"]
+        Z = (lv.sum_rows(X, run["rows"]).reshape(-1, n) @ Mt.T).reshape(len(a), m, -1)
+        Z *= q[a][:, None, :]
+        run_products_adjoint(X, a, run["end"], run["ptr"], run["unit"], run["dq"], np.ascontiguousarray(Mt), Z)
+        return Z if len(a) == lv.size(j - 1) else lv.sum_rows(Z, run["parents"])
 
     def _VG(self, V):
         """``V Gh_w`` per level-(k-1) group: (G, S+1, H_k)."""
-        T = self._T
-        G, m, Hin = T.shape
-        U = self._gemm("VG", T.reshape(G * m, Hin), V[:, :-1].T).reshape(G, m, -1)
-        U[:, m - 1, :] += V[:, -1]
+        if self._pre is not None:
+            U = self._masked(self.k - 1, self._pre, np.ascontiguousarray(V[:, :-1].T), "VG")
+        else:
+            T = self._T
+            G, m, Hin = T.shape
+            U = self._gemm("VG", T.reshape(G * m, Hin), V[:, :-1].T).reshape(G, m, -1)
+        U[:, -1, :] += V[:, -1]
         return U
+
+    def _buffer(self, key, shape):
+        out = self._buffers.get(key)
+        if out is None or out.shape != shape:
+            out = self._buffers[key] = np.empty(shape)
+        return out
 
     def _gemm(self, key, A, B):
         """``A @ B`` into this layer's buffer ``key``: a wide product written into fresh
         memory took 20-40% longer here (the pages are mapped on first write)."""
-        out = self._buffers.get(key)
-        if out is None or out.shape != (A.shape[0], B.shape[1]):
-            out = self._buffers[key] = np.empty((A.shape[0], B.shape[1]))
-        return np.matmul(A, B, out=out)
+        return np.matmul(A, B, out=self._buffer(key, (A.shape[0], B.shape[1])))
 
     def _contract(self, X):
         """``sum_g X_g^T Gh_g^T`` over the level-(k-1) groups: X (G, m, H_k) -> (H_k, H_{k-1} + 1)."""
         T = self._T
         G, m, H = X.shape
         out = np.empty((H, T.shape[2] + 1))
-        out[:, :-1] = X.reshape(G * m, H).T @ T.reshape(G * m, -1)
         out[:, -1] = X[:, m - 1, :].sum(axis=0)
+        run = self.levels.runs(self.k - 1) if self._pre is not None else None
+        if run is None:
+            out[:, :-1] = X.reshape(G * m, H).T @ T.reshape(G * m, -1)
+            return out
+        from fastcpa.kernels.cpu.runs import run_contract
+
+        # T_g = q_g * pre_parent: the anchors' rows by a GEMM, the changes along each run after
+        X = np.ascontiguousarray(X)
+        a = run["start"]
+        out[:, :-1] = self.levels.sum_rows(X, run["rows"]).reshape(-1, H).T @ T[a].reshape(-1, T.shape[2])
+        corr = np.zeros((T.shape[2], H))
+        run_contract(X, a, run["end"], run["ptr"], run["unit"], run["dq"], run["parent"], self._pre, corr)
+        out[:, :-1] += corr.T
         return out
 
     def _sorted(self, A):

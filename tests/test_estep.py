@@ -375,6 +375,39 @@ def test_levels_group_the_regions_by_their_leading_patterns(rng, S, sizes):
     assert min(lv.size(j) for j in range(L - 1)) < R  # the test has groups to merge
 
 
+@pytest.mark.parametrize("run_length", [2, 32])
+@pytest.mark.parametrize("S,sizes", [(1, [1, 12, 10, 9, 3]), (2, [2, 7, 6, 5, 3])])
+def test_grouped_products_equal_the_region_by_region_operator(rng, monkeypatch, S, sizes, run_length):
+    """The normal equations' operator and right-hand side, formed group by group with products
+    derived along runs (``_Levels.runs``: chains cut every ``run_length`` groups), equal the
+    dense matrix built region by region from ``apply_F`` (no groups, no runs) for every layer;
+    and the runs are in use for S = 1."""
+    from fastcpa import mstep
+    from fastcpa.mstep import FrozenLayer
+
+    monkeypatch.setattr(mstep, "_RUN_LENGTH", run_length)
+    model = make_model(rng, sizes, "leaky_relu", 0.3)
+    X = samples(model, rng, 40, 2.0)
+    st = model.sufficient_stats(X)
+    var = rng.uniform(0.05, 0.2, size=sizes[-1])
+    for k in range(len(sizes) - 1):
+        fl = FrozenLayer(model.generator, model.partition, k)
+        op, rhs = fl._normal_equations(st, var)
+        M = fl._dense_operator(st, var)
+        for _ in range(2):
+            V = rng.normal(size=fl.V0.shape)
+            np.testing.assert_allclose(op(V).ravel(), M @ V.ravel(), rtol=1e-11, atol=1e-11 * np.abs(M).max())
+        # rhs = op(V) at the V whose maps fit the statistics' targets: checked through Q's gradient
+        G = rhs - op(fl.V0)
+        dV = rng.normal(size=fl.V0.shape)
+        h = 1e-5
+        qd = (st.expected_complete_log_likelihood(*fl.maps(fl.V0 + h * dV), var, 1.0)
+              - st.expected_complete_log_likelihood(*fl.maps(fl.V0 - h * dV), var, 1.0)) / (2 * h)
+        assert abs(qd - np.sum(G * dV)) <= 1e-6 * (abs(qd) + np.abs(G).sum()), (k, qd, np.sum(G * dV))
+        if S == 1:
+            assert fl.levels.runs(0) is not None
+
+
 @pytest.mark.parametrize("S,activation,sizes,k", [(1, "leaky_relu", [1, 8, 6, 4], 0), (1, "abs", [1, 6, 5, 3], 1),
                                                   (2, "relu", [2, 7, 5, 3], 0), (2, "leaky_relu", [2, 6, 5, 4], 1)])
 @pytest.mark.parametrize("solver", ["cg", "dense"])
