@@ -3,16 +3,20 @@
 ``numpy.add.reduceat`` along the first axis, and a sparse 0/1 matrix product,
 both took about 60 ms to fold 3,120 rows of 2,048 numbers into 2,064 sums on a
 2-core machine, about half a GEMM of the same rows by a 1024 x 1024 matrix:
-too slow for the work they save. A run per thread reads each row once.
+too slow for the work they save. These loops read each row once.
+
+They are serial on purpose: called between the BLAS products of the M-step, a
+``parallel=True`` kernel waited milliseconds a call for its threads (OpenBLAS's
+were still spinning on the two cores), and the operator of ``[1, 256, 256, 256,
+64]`` took 52 ms an application with them parallel, 7.6 ms serial.
 """
 
 import numpy as np
-from numba import prange
 
 from ._jit import jit
 
 
-@jit(parallel=True)
+@jit
 def sum_runs(X, off, out):
     """``out[g] = X[off[g]:off[g + 1]].sum(axis=0)``, in row order within each run.
 
@@ -25,7 +29,7 @@ def sum_runs(X, off, out):
         Written in place.
     """
     c = X.shape[1]
-    for g in prange(out.shape[0]):
+    for g in range(out.shape[0]):
         a, b = off[g], off[g + 1]
         for j in range(c):
             out[g, j] = X[a, j]
@@ -42,7 +46,7 @@ def sum_runs(X, off, out):
 # Arrays: q's changes as CSR (ptr over groups, unit, dq), parent[g] the row of A of group g.
 
 
-@jit(parallel=True)
+@jit
 def run_products(Y, start, end, ptr, unit, dq, parent, A, Mt):
     """Fill ``Y[g] = Y[g - 1] + sum_f dq[f] A[parent[g], :, unit[f]] (x) Mt[unit[f]]`` along each
     run ``start[r] < g < end[r]`` (``Y[start[r]]``, the anchor's product, given).
@@ -50,7 +54,7 @@ def run_products(Y, start, end, ptr, unit, dq, parent, A, Mt):
     Y : (G, m, n) ; A : (P, m, h) ; Mt : (h, n), all float64
     """
     m, n = Y.shape[1], Y.shape[2]
-    for r in prange(start.shape[0]):
+    for r in range(start.shape[0]):
         for g in range(start[r] + 1, end[r]):
             for c in range(m):
                 for o in range(n):
@@ -64,7 +68,7 @@ def run_products(Y, start, end, ptr, unit, dq, parent, A, Mt):
                         Y[g, c, o] += s * Mt[i, o]
 
 
-@jit(parallel=True)
+@jit
 def run_products_adjoint(X, start, end, ptr, unit, dq, Mt, Z):
     """The adjoint of :func:`run_products` past the anchors: for every change ``f`` at group
     ``g`` of run ``r``, ``Z[r, :, unit[f]] += dq[f] * (sum_{g' >= g in r} X[g']) @ Mt[unit[f]]``.
@@ -72,7 +76,7 @@ def run_products_adjoint(X, start, end, ptr, unit, dq, Mt, Z):
     X : (G, m, n) ; Mt : (h, n) ; Z : (R, m, h), updated in place
     """
     m, n = X.shape[1], X.shape[2]
-    for r in prange(start.shape[0]):
+    for r in range(start.shape[0]):
         suffix = np.zeros((m, n))
         for g in range(end[r] - 1, start[r], -1):
             for c in range(m):
@@ -91,7 +95,7 @@ def run_products_adjoint(X, start, end, ptr, unit, dq, Mt, Z):
 def run_contract(X, start, end, ptr, unit, dq, parent, A, outT):
     """The changes' part of ``sum_g X_g^T (q_g * A_parent(g))``: for every change ``f`` at
     group ``g`` of run ``r``, ``outT[unit[f]] += dq[f] sum_c A[parent[g], c, unit[f]] *
-    (sum_{g' >= g in r} X[g', c])``. Serial: runs share output rows.
+    (sum_{g' >= g in r} X[g', c])``.
 
     X : (G, m, n) ; A : (P, m, h) ; outT : (h, n), updated in place
     """
