@@ -119,8 +119,11 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
     # one run of two groups, the second with one change (unit 0): start, end, ptr, unit, dq
     run = tuple(np.array(v, dtype=np.int64) for v in ([0], [2], [0, 0, 1], [0])) + (np.ones(1),)
     parent = np.zeros(2, dtype=np.int64)
-    run_products(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), np.ones((2, 2)))
-    run_products_adjoint(np.ones((2, 1, 2)), *run, np.ones((2, 2)), np.ones((1, 1, 2)))
+    fixed = np.ones((2, 2))
+    fixed.setflags(write=False)  # a generator's (read-only) weights, or a layer's own
+    for Mt in (fixed, np.ones((2, 2))):
+        run_products(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), Mt)
+        run_products_adjoint(np.ones((2, 1, 2)), *run, Mt, np.ones((1, 1, 2)))
     run_contract(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), np.zeros((2, 2)))
     # affine generators: one whole-space region (S = 1: its one-element interval arrays are
     # read-only views; S = 2 and 3: the general pair kernels, S = 3 in a singular frame)
