@@ -47,6 +47,21 @@ def sum_runs(X, off, out):
 
 
 @jit
+def _add_row(acc, X, g):
+    """``acc += X[g]`` (a run's suffix sum, walking it backwards)."""
+    for c in range(acc.shape[0]):
+        for o in range(acc.shape[1]):
+            acc[c, o] += X[g, c, o]
+
+
+@jit
+def _axpy(y, a, x):
+    """``y += a x`` (one column of a product, for one changed unit)."""
+    for o in range(y.shape[0]):
+        y[o] += a * x[o]
+
+
+@jit
 def run_products(Y, start, end, ptr, unit, dq, parent, A, Mt):
     """Fill ``Y[g] = Y[g - 1] + sum_f dq[f] A[parent[g], :, unit[f]] (x) Mt[unit[f]]`` along each
     run ``start[r] < g < end[r]`` (``Y[start[r]]``, the anchor's product, given).
@@ -63,9 +78,7 @@ def run_products(Y, start, end, ptr, unit, dq, parent, A, Mt):
             for f in range(ptr[g], ptr[g + 1]):
                 i = unit[f]
                 for c in range(m):
-                    s = dq[f] * A[p, c, i]
-                    for o in range(n):
-                        Y[g, c, o] += s * Mt[i, o]
+                    _axpy(Y[g, c], dq[f] * A[p, c, i], Mt[i])
 
 
 @jit
@@ -79,9 +92,7 @@ def run_products_adjoint(X, start, end, ptr, unit, dq, Mt, Z):
     for r in range(start.shape[0]):
         suffix = np.zeros((m, n))
         for g in range(end[r] - 1, start[r], -1):
-            for c in range(m):
-                for o in range(n):
-                    suffix[c, o] += X[g, c, o]
+            _add_row(suffix, X, g)
             for f in range(ptr[g], ptr[g + 1]):
                 i = unit[f]
                 for c in range(m):
@@ -104,13 +115,9 @@ def run_contract(X, start, end, ptr, unit, dq, parent, A, outT):
     for r in range(start.shape[0]):
         suffix[:] = 0.0
         for g in range(end[r] - 1, start[r], -1):
-            for c in range(m):
-                for o in range(n):
-                    suffix[c, o] += X[g, c, o]
+            _add_row(suffix, X, g)
             p = parent[g]
             for f in range(ptr[g], ptr[g + 1]):
                 i = unit[f]
                 for c in range(m):
-                    s = dq[f] * A[p, c, i]
-                    for o in range(n):
-                        outT[i, o] += s * suffix[c, o]
+                    _axpy(outT[i], dq[f] * A[p, c, i], suffix[c])
