@@ -98,3 +98,83 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Products below this many multiply-adds run as one BLAS call: a split costs ~20 us.
+_SPLIT_WORK = 1 << 22
+
+
+def _split_parts(n, work):
+    import numba
+
+    return min(numba.get_num_threads(), n // 64) if work >= _SPLIT_WORK else 1
+
+
+def matmul(A, B, out=None):
+    """``A @ B`` for 2-D float64 arrays: a large product runs across Numba's
+    threads, each part single-threaded BLAS (``kernels/cpu/gemm.py`` says why).
+
+    Parameters
+    ----------
+    A : ndarray, shape (n, k)
+    B : ndarray, shape (k, m)
+    out : ndarray, shape (n, m), optional
+        C-contiguous float64, written in place.
+
+    Returns
+    -------
+    ndarray, shape (n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastcpa._threads import matmul
+    >>> A, B = np.arange(6.0).reshape(3, 2), np.ones((2, 2))
+    >>> matmul(A, B).tolist()
+    [[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]]
+    """
+    import numpy as np
+
+    n, k = A.shape
+    m = B.shape[1]
+    if out is None:
+        out = np.empty((n, m))
+    parts = _split_parts(n, n * k * m)
+    ok = A.dtype == B.dtype == out.dtype == np.float64 and out.flags.c_contiguous and out.flags.writeable
+    if parts < 2 or not ok:
+        return np.matmul(A, B, out=out)
+    from fastcpa.kernels.cpu.gemm import split_rows
+
+    if not (B.flags.c_contiguous or B.flags.f_contiguous):
+        B = np.ascontiguousarray(B)
+    with blas_single_threaded():
+        split_rows(np.ascontiguousarray(A), B, out, parts)
+    return out
+
+
+def matmul_tn(A, B):
+    """``A.T @ B`` for 2-D float64 arrays with many rows (n, h) and (n, m): a large
+    product is split along the rows into partial sums across Numba's threads
+    (:func:`matmul`), added in a fixed order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastcpa._threads import matmul_tn
+    >>> matmul_tn(np.ones((3, 2)), np.arange(3.0)[:, None]).tolist()
+    [[3.0], [3.0]]
+    """
+    import numpy as np
+
+    n, h = A.shape
+    m = B.shape[1]
+    # split by size alone: the partial sums' rounding then never follows the thread count
+    if n * h * m < _SPLIT_WORK or n < 512 or not (A.dtype == B.dtype == np.float64):
+        return A.T @ B
+    from fastcpa.kernels.cpu.gemm import split_inner
+
+    step = max(256, -(-n // 8))  # the partial sums follow n only, never the thread count
+    partial = np.empty((-(-n // step), h, m))
+    with blas_single_threaded():
+        split_inner(np.ascontiguousarray(A), np.ascontiguousarray(B), partial, step)
+    return partial.sum(axis=0)

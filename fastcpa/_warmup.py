@@ -125,6 +125,13 @@ def _run_api(interval_moments, polygon_moments, Generator, CPAModel, partition, 
         run_products(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), Mt)
         run_products_adjoint(np.ones((2, 1, 2)), *run, Mt, np.ones((1, 1, 2)))
     run_contract(np.ones((2, 1, 2)), *run, parent, np.ones((1, 1, 2)), np.zeros((2, 2)))
+    # wide products split across Numba's threads (fastcpa._threads.matmul): A's rows by a
+    # matrix in either order, read-only (a generator's weights) or not
+    from fastcpa.kernels.cpu.gemm import split_inner, split_rows
+
+    for B in (fixed, fixed.T, np.ones((2, 2)), np.ones((2, 2)).T):
+        split_rows(np.ones((4, 2)), B, np.empty((4, 2)), 2)
+    split_inner(np.ones((4, 2)), np.ones((4, 2)), np.empty((2, 2, 2)), 2)
     # affine generators: one whole-space region (S = 1: its one-element interval arrays are
     # read-only views; S = 2 and 3: the general pair kernels, S = 3 in a singular frame)
     for S in (1, 2, 3):

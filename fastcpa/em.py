@@ -25,6 +25,7 @@ records how many rejected trial steps ("halvings") each iteration had.
 """
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -33,6 +34,7 @@ import time
 
 import numpy as np
 
+from ._threads import blas_single_threaded
 from ._validation import check_count, check_real
 from .generator import Generator
 
@@ -82,6 +84,19 @@ def _stats(model, X):
     return sufficient_statistics(model, X, likelihood_rows=rows)
 
 
+def _single_threaded_blas(f):
+    """Run ``f`` with BLAS single-threaded: its wide products are split across Numba's
+    threads instead (``fastcpa._threads.matmul``), so no idle OpenBLAS worker is left
+    spinning on the cores the likelihood kernels run on next (``kernels/cpu/gemm.py``)."""
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        with blas_single_threaded():
+            return f(*args, **kwargs)
+
+    return call
+
+
+@_single_threaded_blas
 def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0, max_backtracks=8,
         cg_maxiter="auto", precondition="auto", progress=None, method="em", lr=1e-2, callback=None, verbose=False,
         max_time=None, schedule="auto"):
@@ -152,7 +167,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         each iteration (``model``: the current fit, not yet written back).
         If it returns a true value (``True``, ``numpy.True_``, ...), training
         stops there (a time budget, say); the fit so far is written back as
-        usual.
+        usual. It runs, like the whole fit, with BLAS limited to one thread
+        (the fit splits its own wide products across Numba's threads).
     verbose : bool or int, default False
         Log through the :mod:`logging` logger ``"fastcpa"`` (level INFO):
         ``True`` or 1, one line per iteration (iteration, exact mean

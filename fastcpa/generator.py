@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 
+from ._threads import matmul
 from ._validation import as_float64, as_points
 
 # Rows x width of the hidden activations evaluated at once (2^22 doubles = 32 MiB).
@@ -188,7 +189,8 @@ class Generator:
         h = as_points(Z, self.latent_dim)
         out = []
         for W, c, eta in zip(self.weights[:-1], self.biases[:-1], self.slopes):
-            u = h @ W.T + c
+            u = matmul(h, W.T)
+            u += c
             on = u >= 0
             out.append(on & (eta != 1.0))
             h = np.where(on, u, eta * u)

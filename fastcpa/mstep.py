@@ -18,6 +18,8 @@ stays monotone.
 import numpy as np
 import scipy.linalg
 
+from ._threads import matmul, matmul_tn
+
 __all__ = ["FrozenLayer", "hidden_maps", "output_layer_update"]
 
 
@@ -201,7 +203,7 @@ def _input_and_pre(generator, levels, k):
     pre = None
     for j in range(k):
         G = T.shape[0]
-        pre = (T.reshape(G * (S + 1), -1) @ generator.weights_t[j]).reshape(G, S + 1, -1)
+        pre = matmul(T.reshape(G * (S + 1), -1), generator.weights_t[j]).reshape(G, S + 1, -1)
         pre[:, S, :] += generator.biases[j]
         T = levels.expand(pre, j - 1, j) * levels.q[j][:, None, :]
     return np.ascontiguousarray(T), pre
@@ -236,20 +238,44 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0, maps=None):
     """
     G, g = hidden_maps(generator, partition) if maps is None else maps
     R, H, S = G.shape
-    Gh = np.zeros((R, H + 1, S + 1))
-    Gh[:, :H, :S] = G
-    Gh[:, :H, S] = g
-    Gh[:, H, S] = 1.0
-    P = np.matmul(Gh, _zh_sums(stats))  # (R, H+1, S+1)
-    M = np.tensordot(P, Gh, axes=([0, 2], [0, 2]))  # sum_r P_r Gh_r^T, one GEMM (einsum loops: 1 s at 256 x 767)
+    D = stats.Tx_c.shape[1]
+    # Gh_r^T, (R, S+1, H+1): the sums over regions below are each one product of
+    # R (S+1) rows (einsum loops took 1 s at 256 x 767; tensordot copied both operands)
+    GhT = np.zeros((R, S + 1, H + 1))
+    GhT[:, :S, :H] = G.transpose(0, 2, 1)
+    GhT[:, S, :H] = g
+    GhT[:, S, H] = 1.0
+    P = np.matmul(_zh_sums(stats), GhT)  # Zh_r Gh_r^T (Zh_r symmetric)
+    M = matmul_tn(GhT.reshape(R * (S + 1), H + 1), P.reshape(R * (S + 1), H + 1))  # sum_r Gh_r Zh_r Gh_r^T
     M = 0.5 * (M + M.T)
     # the centred samples' sums: the bias comes out relative to their mean (no |mean|-sized rounding in W)
-    XZ = np.concatenate([stats.Txz_c, stats.Tx_c[:, :, None]], axis=2)  # (R, D, S+1)
-    C = np.tensordot(XZ, Gh, axes=([0, 2], [0, 2]))
+    XZ = np.empty((R, S + 1, D))  # (E[(x - m) zh^T] per region)^T
+    XZ[:, :S, :] = stats.Txz_c.transpose(0, 2, 1)
+    XZ[:, S, :] = stats.Tx_c
+    C = matmul_tn(XZ.reshape(R * (S + 1), D), GhT.reshape(R * (S + 1), H + 1))  # sum_r XZ_r^T Gh_r^T
     if ridge > 0:
         M[:H, :H] += ridge * np.eye(H)
     theta = scipy.linalg.lstsq(M, C.T, cond=None, lapack_driver="gelsd")[0].T  # M symmetric
     return theta[:, :H], theta[:, H] + stats.shift
+
+
+def _damped_inverse(A):
+    """``(A + 1e-10 max(diag A) I)^-1`` of a symmetric positive semi-definite ``A``, by
+    Cholesky; ``None`` where the factorisation fails (``A`` is indefinite beyond that)."""
+    from scipy.linalg import lapack
+
+    top = float(np.max(np.diag(A))) if len(A) else 0.0
+    if not top > 0:
+        return None
+    B = A + (1e-10 * top) * np.eye(len(A))
+    c, info = lapack.dpotrf(B, lower=True)
+    if info != 0:
+        return None
+    inv, info = lapack.dpotri(c, lower=True)
+    if info != 0:
+        return None
+    low = np.tril(inv)
+    return low + np.tril(low, -1).T
 
 
 def _zh_sums(stats):
@@ -317,7 +343,7 @@ class FrozenLayer:
             G, m, H = X.shape
             # the last product (D columns) is the caller's; the wide ones reuse their buffers
             X = (self._gemm(("F", j), X.reshape(G * m, H), gen.weights_t[j]) if j < L - 1 else
-                 X.reshape(G * m, H) @ gen.weights_t[j]).reshape(G, m, -1)
+                 matmul(X.reshape(G * m, H), gen.weights_t[j])).reshape(G, m, -1)
             if j < L - 1:
                 X *= lv.q_at(j, level)[:, None, :]
         return X
@@ -349,10 +375,10 @@ class FrozenLayer:
             X = lv.expand(A, j - 1, j) * q[:, None, :]
             G, m, h = X.shape
             X = X.reshape(G * m, h)
-            return (X @ Mt if key is None else self._gemm(key, X, Mt)).reshape(G, m, -1)
+            return (matmul(X, Mt) if key is None else self._gemm(key, X, Mt)).reshape(G, m, -1)
         a = run["start"]
         m, h = A.shape[1], A.shape[2]
-        Ya = ((A[run["parent"][a]] * q[a][:, None, :]).reshape(-1, h) @ Mt).reshape(len(a), m, -1)
+        Ya = matmul((A[run["parent"][a]] * q[a][:, None, :]).reshape(-1, h), Mt).reshape(len(a), m, -1)
         Y = np.empty((len(q),) + Ya.shape[1:]) if key is None else self._buffer(key, (len(q),) + Ya.shape[1:])
         Y[a] = Ya
         from fastcpa.kernels.cpu.runs import run_products
@@ -375,7 +401,7 @@ class FrozenLayer:
 
         X = np.ascontiguousarray(X)
         a = run["start"]
-        Z = (lv.sum_rows(X, run["rows"]).reshape(-1, n) @ Mt.T).reshape(len(a), m, -1)
+        Z = matmul(lv.sum_rows(X, run["rows"]).reshape(-1, n), Mt.T).reshape(len(a), m, -1)
         Z *= q[a][:, None, :]
         run_products_adjoint(X, a, run["end"], run["ptr"], run["unit"], run["dq"], np.ascontiguousarray(Mt), Z)
         return Z if len(a) == lv.size(j - 1) else lv.sum_rows(Z, run["parents"])
@@ -400,7 +426,7 @@ class FrozenLayer:
     def _gemm(self, key, A, B):
         """``A @ B`` into this layer's buffer ``key``: a wide product written into fresh
         memory took 20-40% longer here (the pages are mapped on first write)."""
-        return np.matmul(A, B, out=self._buffer(key, (A.shape[0], B.shape[1])))
+        return matmul(A, B, out=self._buffer(key, (A.shape[0], B.shape[1])))
 
     def _contract(self, X):
         """``sum_g X_g^T Gh_g^T`` over the level-(k-1) groups: X (G, m, H_k) -> (H_k, H_{k-1} + 1)."""
@@ -410,14 +436,14 @@ class FrozenLayer:
         out[:, -1] = X[:, m - 1, :].sum(axis=0)
         run = self.levels.runs(self.k - 1) if self._pre is not None else None
         if run is None:
-            out[:, :-1] = X.reshape(G * m, H).T @ T.reshape(G * m, -1)
+            out[:, :-1] = matmul_tn(X.reshape(G * m, H), T.reshape(G * m, -1))
             return out
         from fastcpa.kernels.cpu.runs import run_contract
 
         # T_g = q_g * pre_parent: the anchors' rows by a GEMM, the changes along each run after
         X = np.ascontiguousarray(X)
         a = run["start"]
-        out[:, :-1] = self.levels.sum_rows(X, run["rows"]).reshape(-1, H).T @ T[a].reshape(-1, T.shape[2])
+        out[:, :-1] = matmul_tn(self.levels.sum_rows(X, run["rows"]).reshape(-1, H), T[a].reshape(-1, T.shape[2]))
         corr = np.zeros((T.shape[2], H))
         run_contract(X, a, run["end"], run["ptr"], run["unit"], run["dq"], run["parent"], self._pre, corr)
         out[:, :-1] += corr.T
@@ -542,10 +568,13 @@ class FrozenLayer:
         Returns
         -------
         scipy.sparse.linalg.LinearOperator
-            ``V.ravel() -> (Kbar^-1 V Nbar^-1).ravel()``, the Kronecker product's
-            inverse with its eigenvalues ``kbar_i nbar_j`` raised by 1e-10 of the
-            largest (a positive definite preconditioner where a factor is singular:
-            a unit off in every region, say).
+            ``V.ravel() -> (Kbar^-1 V Nbar^-1).ravel()``: without a ridge, the
+            factors' inverses, each factor's diagonal raised by 1e-10 of its
+            largest entry first (a positive definite preconditioner where a factor
+            is singular: a unit off in every region, say); two products an
+            application, after two Cholesky factorisations. With a ridge, the
+            factors' eigendecompositions, ``kbar_i nbar_j + ridge`` raised by 1e-10
+            of the largest.
         """
         import scipy.sparse.linalg
 
@@ -559,7 +588,7 @@ class FrozenLayer:
         Zg = lv.reduce(Zh, L - 1, k - 1)
         TZ = np.matmul(Zg, T)  # (G, m, Hin)
         Nbar = np.empty((Hin + 1, Hin + 1))
-        Nbar[:Hin, :Hin] = T.reshape(G * m, Hin).T @ TZ.reshape(G * m, Hin)
+        Nbar[:Hin, :Hin] = matmul_tn(T.reshape(G * m, Hin), TZ.reshape(G * m, Hin))
         Nbar[:Hin, Hin] = Nbar[Hin, :Hin] = TZ[:, m - 1, :].sum(axis=0)
         Nbar[Hin, Hin] = Zg[:, m - 1, m - 1].sum()
         Nbar = 0.5 * (Nbar + Nbar.T)
@@ -573,22 +602,29 @@ class FrozenLayer:
 
         Fbar = gen.weights[L - 1] if k < L - 1 else np.eye(len(prec))  # the output layer: F_w = I
         for j in range(L - 2, k, -1):  # the layers after k at their weighted mean slopes
-            Fbar = (Fbar * weighted_slopes(j)[None, :]) @ gen.weights[j]
-        Kbar = (Fbar.T * prec[None, :]) @ Fbar
+            Fbar = matmul(Fbar * weighted_slopes(j)[None, :], gen.weights[j])
+        Kbar = matmul_tn(Fbar * prec[:, None], Fbar)
         if k < L - 1:
             sk = lv.reduce(s[:, None], L - 1, k)[:, 0]
             Kbar *= (lv.q[k] * sk[:, None]).T @ lv.q[k]
         Kbar = 0.5 * (Kbar + Kbar.T)
-        a, U = np.linalg.eigh(Nbar)
-        b, Vk = np.linalg.eigh(Kbar)
-        # the factors' eigenvectors diagonalise Kbar (x) Nbar + ridge I: the ridge as if the bias had it too
-        den = np.outer(np.maximum(b, 0.0), np.maximum(a, 0.0)) + ridge
-        top = den.max()
-        den += 1e-10 * top if top > 0 else 1.0
         shape = self.V0.shape
+        inverses = None if ridge > 0 else (_damped_inverse(Kbar), _damped_inverse(Nbar))
+        if inverses is not None and inverses[0] is not None and inverses[1] is not None:
+            Ki, Ni = inverses  # (Kbar (x) Nbar)^-1 = Kbar^-1 (x) Nbar^-1: two products an application
 
-        def apply(r):
-            return (Vk @ ((Vk.T @ r.reshape(shape) @ U) / den) @ U.T).ravel()
+            def apply(r):
+                return matmul(matmul(Ki, r.reshape(shape)), Ni).ravel()
+        else:
+            a, U = np.linalg.eigh(Nbar)
+            b, Vk = np.linalg.eigh(Kbar)
+            # the factors' eigenvectors diagonalise Kbar (x) Nbar + ridge I: the ridge as if the bias had it too
+            den = np.outer(np.maximum(b, 0.0), np.maximum(a, 0.0)) + ridge
+            top = den.max()
+            den += 1e-10 * top if top > 0 else 1.0
+
+            def apply(r):
+                return matmul(matmul(Vk, matmul(matmul_tn(Vk, r.reshape(shape)), U) / den), U.T).ravel()
 
         n = self.V0.size
         return scipy.sparse.linalg.LinearOperator((n, n), matvec=apply, dtype=float)

@@ -28,6 +28,7 @@ Tolerances (documented behaviour on degenerate input)
 import numba
 import numpy as np
 
+from ._threads import matmul
 from ._validation import as_points, check_region_index, check_region_indices
 from .generator import Generator
 
@@ -114,19 +115,7 @@ class Partition:
 
     @property
     def codes(self):
-        """Bit-packed sign codes (see the class docstring). An S = 1 partition
-        forms them on first access, from a point inside each region: a wide
-        layer's codes (regions x units) are not kept otherwise."""
-        if self._codes is None:
-            z = _interval_points(self.intervals)
-            bits = self.generator.sign_codes(z)
-            # an interval too thin for a float strictly inside: its code just right of lo
-            thin = np.flatnonzero((z[:, 0] == self.intervals[:, 0]) | (z[:, 0] == self.intervals[:, 1]))
-            if thin.size:
-                bits[thin] = _limit_codes(self.generator, self.intervals[thin, :1], np.ones((thin.size, 1)))
-            codes = _pack_codes(bits)
-            codes.setflags(write=False)
-            self._codes = codes
+        """Bit-packed sign codes (see the class docstring)."""
         return self._codes
 
     @property
@@ -495,6 +484,7 @@ def _partition_1d(gen):
     # their slope changes across the boundaries (dense part + sparse part)
     h0s, h0o = np.ones(1), np.zeros(1)
     changes = (np.zeros(0, np.int64), np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    parents, codes = [], []
     for l in range(gen.n_layers - 1):
         W, c, eta = gen.weights[l], gen.biases[l], gen.slopes[l]
         w = W.shape[0]
@@ -502,7 +492,9 @@ def _partition_1d(gen):
         dS = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[l], add_sparse_columns)
         switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
         (parent, lo, hi, lo_unit, hi_unit, code, dense_pos, dense, sp_pos, sp_unit, sp_val, h0s, h0o) = \
-            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, False)
+            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, True)
+        parents.append(parent)
+        codes.append(code)
         changes = (dense_pos, dense, sp_pos, sp_unit, sp_val)
         unit_offset += w
     W, c = gen.weights[-1], gen.biases[-1]
@@ -533,6 +525,10 @@ def _partition_1d(gen):
     offset[last[has_hi]] = hi[has_hi]
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
+    # each unit's sign as the sweep decided it from its own breakpoints (regions.unit_on_interval):
+    # no forward pass at the intervals' midpoints (at width 1024, about a likelihood pass's cost),
+    # and no float strictly inside an interval too thin to have one is needed
+    packed = _pack_codes(_compose_codes(gen, parents, codes))
     anchors = None
     if len(lo) * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
         # The prefix sums above carry eps times the largest slope met on the way: a
@@ -541,10 +537,10 @@ def _partition_1d(gen):
         # affordable, each region's map comes from its own pattern, as products.
         iv = geometry["intervals"]
         Z = np.clip(0.0, iv[:, :1], iv[:, 1:])
-        G, A = _piece_forward(gen, Z, intervals=iv, slopes=True)
+        G, A = _piece_forward(gen, Z, lambda rows: _unpack_codes(packed[rows], gen.n_units), slopes=True)
         b = G - A[:, :, 0] * Z
         anchors = (Z, G)  # what Partition.anchors computes (the same points, the same pass): kept
-    part = Partition(gen, A, b, None, facet_ptr, normal, offset, unit, geometry)
+    part = Partition(gen, A, b, packed, facet_ptr, normal, offset, unit, geometry)
     if anchors is not None:
         for a in anchors:
             a.setflags(write=False)
@@ -574,64 +570,44 @@ def _region_anchors(part):
     else:  # one region: the whole space
         Z = np.zeros((R, S))
     if R * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
-        G = _piece_forward(gen, Z, intervals=part.intervals if S == 1 else None,
-                           code_bits=part.code_bits if S != 1 else None)
+        G = _piece_forward(gen, Z, part.code_bits)
     else:  # too many for the forward pass: the maps themselves (b's rounding stays)
         G = np.einsum("rds,rs->rd", part.A, Z) + part.b
     return np.ascontiguousarray(Z), np.ascontiguousarray(G)
 
 
-def _piece_forward(gen, Z, intervals=None, code_bits=None, slopes=False):
+def _piece_forward(gen, Z, code_bits, slopes=False):
     """``g_r(Z[r])``: the forward pass with each region's own on/off pattern
-    (and with ``slopes``, the region's map ``A[r]`` too: the pattern's products,
-    carried as a tangent in the same pass).
+    ``code_bits(rows)`` (and with ``slopes``, the region's map ``A[r]`` too: the
+    pattern's products, carried as a tangent in the same pass).
 
     An anchor on (or, by the rounding of a breakpoint or vertex, just past) a
     region's boundary would otherwise be evaluated on the neighbouring piece,
-    off this region's map by the slope jump times that rounding. The pattern
-    is the S = 2 region's code (``code_bits(rows)``), or (S = 1, whose codes are
-    not kept) the signs at a point inside the interval (``intervals``), carried
-    along in the same pass."""
+    off this region's map by the slope jump times that rounding."""
     R = len(Z)
     out = np.empty((R, gen.output_dim))
     A = np.empty((R, gen.output_dim, Z.shape[1])) if slopes else None
     step = max(1, (1 << 22) // max(gen.n_units, max(W.shape[0] for W in gen.weights)))
     for a in range(0, R, step):
         rows = np.arange(a, min(R, a + step))
-        if intervals is not None:
-            h_in, bits = _interval_points(intervals[rows]), None
-        else:
-            h_in, bits = None, code_bits(rows) if gen.n_units else None
+        bits = code_bits(rows) if gen.n_units else None
         h, k = Z[rows], 0
         t = np.broadcast_to(np.eye(Z.shape[1]), (len(rows), Z.shape[1], Z.shape[1])) if slopes else None
         for W, c, eta in zip(gen.weights[:-1], gen.biases[:-1], gen.slopes):
-            u = h @ W.T + c
+            u = matmul(h, W.T)
+            u += c
             w = W.shape[0]
-            if h_in is not None:
-                u_in = h_in @ W.T + c
-                on = (u_in >= 0) | (eta == 1.0)
-                h_in = np.where(on, u_in, eta * u_in)
-            else:
-                on = bits[:, k:k + w] | (eta == 1.0)
+            on = bits[:, k:k + w] | (eta == 1.0)
             h = np.where(on, u, eta * u)
             if slopes:  # (rows, S, w): d h / d z, one GEMM (a stacked matmul makes a small one per row)
-                t = (t.reshape(-1, t.shape[2]) @ W.T).reshape(len(rows), Z.shape[1], w)
+                t = matmul(t.reshape(-1, t.shape[2]), W.T).reshape(len(rows), Z.shape[1], w)
                 t = np.where(on[:, None, :], t, eta * t)
             k += w
-        out[rows] = h @ gen.weights[-1].T + gen.biases[-1]
+        out[rows] = matmul(h, gen.weights[-1].T) + gen.biases[-1]
         if slopes:
-            A[rows] = (t.reshape(-1, t.shape[2]) @ gen.weights[-1].T).reshape(len(rows), Z.shape[1], -1).transpose(0, 2, 1)
+            A[rows] = matmul(t.reshape(-1, t.shape[2]), gen.weights[-1].T).reshape(len(rows), Z.shape[1], -1
+                                                                                   ).transpose(0, 2, 1)
     return (out, A) if slopes else out
-
-
-def _interval_points(intervals):
-    """A point inside each interval (its midpoint; a unit step in from a finite
-    end of an unbounded one; 0 for the whole line)."""
-    lo, hi = intervals[:, 0], intervals[:, 1]
-    with np.errstate(invalid="ignore"):
-        z = np.where(np.isfinite(lo) & np.isfinite(hi), lo + 0.5 * (hi - lo),
-                     np.where(np.isfinite(lo), lo + 1.0, np.where(np.isfinite(hi), hi - 1.0, 0.0)))
-    return z[:, None]
 
 
 def _boundary_slope_changes(n_boundaries, changes, Wt, add_sparse_columns):

@@ -297,7 +297,7 @@ def test_anchor_just_past_a_breakpoint_stays_on_its_own_piece():
     r = int(part.locate([[2.0]])[0])  # the region right of 1.5, where the steep unit is on
     assert part.intervals[r, 0] == 1.5
     z = np.nextafter(1.5, 0.0)
-    G = _piece_forward(gen, np.full((part.n_regions, 1), z), intervals=part.intervals)
+    G = _piece_forward(gen, np.full((part.n_regions, 1), z), part.code_bits)
     assert G[r, 0] == z - 0.25 and gen([[z]])[0, 0] == z
 
 
@@ -329,3 +329,31 @@ def test_s1_region_maps_are_products_not_prefix_sums():
             t = [d if v >= 0 else Fraction(0) for v, d in zip(u, du)]
         A = np.array([float(sum(Fraction(float(Ws[-1][i, j])) * t[j] for j in range(len(t)))) for i in range(3)])
         np.testing.assert_allclose(part.A[r, :, 0], A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
+
+
+@pytest.mark.parametrize("activation, sizes", [("relu", [1, 40, 30, 20, 3]), ("leaky_relu", [1, 64, 64, 5]),
+                                               ("abs", [1, 25, 25, 2]),
+                                               (["relu", "linear", "leaky_relu"], [1, 30, 10, 30, 4])])
+def test_s1_codes_from_the_sweep_are_the_signs_inside_each_interval(rng, activation, sizes):
+    """The S = 1 sweep decides each unit's sign on an interval from its breakpoints; a
+    forward pass at the interval's midpoint (or a unit in from an unbounded end) must find
+    the same signs wherever the unit's value there is clear of rounding."""
+    gen = make(rng, sizes, activation=activation)
+    part = fastcpa.partition(gen)
+    lo, hi = part.intervals[:, 0], part.intervals[:, 1]
+    with np.errstate(invalid="ignore"):
+        z = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi),
+                     np.where(np.isfinite(lo), lo + 1.0, np.where(np.isfinite(hi), hi - 1.0, 0.0)))
+    expected = gen.sign_codes(z[:, None])
+    # the pre-activations at z, and a bound on their rounding: not a tie
+    h, pre, bound = z[:, None], [], []
+    for W, c, eta in zip(gen.weights[:-1], gen.biases[:-1], gen.slopes):
+        u = h @ W.T + c
+        pre.append(u)
+        bound.append(1e-12 * (np.abs(h) @ np.abs(W.T) + np.abs(c)))
+        h = np.where(u >= 0, u, eta * u)
+    clear = np.abs(np.concatenate(pre, axis=1)) > np.concatenate(bound, axis=1)
+    assert clear.mean() > 0.99
+    got = part.code_bits()
+    assert got.shape == expected.shape and part.n_regions > 20
+    np.testing.assert_array_equal(got[clear], expected[clear])
