@@ -169,11 +169,11 @@ def matmul_tn(A, B):
     n, h = A.shape
     m = B.shape[1]
     # split by size alone: the partial sums' rounding then never follows the thread count
-    if n * h * m < _SPLIT_WORK or n < 512 or not (A.dtype == B.dtype == np.float64):
+    if n * h * m < _SPLIT_WORK or n < 128 or not (A.dtype == B.dtype == np.float64):
         return A.T @ B
     from fastcpa.kernels.cpu.gemm import split_inner
 
-    step = max(256, -(-n // 8))  # the partial sums follow n only, never the thread count
+    step = max(64, -(-n // 8))  # the partial sums follow n only, never the thread count
     partial = np.empty((-(-n // step), h, m))
     with blas_single_threaded():
         split_inner(np.ascontiguousarray(A), np.ascontiguousarray(B), partial, step)

@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from ._threads import blas_single_threaded
+from ._threads import blas_single_threaded, matmul, matmul_tn
 
 __all__ = ["NOISE_FLOOR", "SufficientStats", "sufficient_statistics"]
 
@@ -278,8 +278,8 @@ def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1
             Wt, Mt = np.empty((n, R)), np.empty((n, R, S))
             gather_statistics(TERM, MOM, top, lsum, top + lsum - gap, T0, T1, T2, Wt.T, Mt.transpose(1, 2, 0))
             Xc = X[rows] - shift
-            Tx += Wt.T @ Xc
-            Txz += (Mt.reshape(n, R * S).T @ Xc).reshape(R, S, D).transpose(0, 2, 1)
+            Tx += matmul_tn(Wt, Xc)
+            Txz += matmul_tn(Mt.reshape(n, R * S), Xc).reshape(R, S, D).transpose(0, 2, 1)
     return log_p, TOP, LSUM, REFS
 
 
@@ -317,8 +317,8 @@ def _statistics_1d(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk
                 T0[rs] += sums[0]
                 T1[rs, 0] += sums[1]
                 T2[rs, 0, 0] += sums[2]
-                Tx[rs] += Wt @ Xc
-                Txz[rs, :, 0] += Mt[:, 0, :] @ Xc
+                Tx[rs] += matmul(Wt, Xc)
+                Txz[rs, :, 0] += matmul(Mt[:, 0, :], Xc)
 
 
 def _statistics_chunks(model, X, p, TOP, LSUM, REFS, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):

@@ -259,25 +259,6 @@ def output_layer_update(stats, generator, partition, *, ridge=0.0, maps=None):
     return theta[:, :H], theta[:, H] + stats.shift
 
 
-def _damped_inverse(A):
-    """``(A + 1e-10 max(diag A) I)^-1`` of a symmetric positive semi-definite ``A``, by
-    Cholesky; ``None`` where the factorisation fails (``A`` is indefinite beyond that)."""
-    from scipy.linalg import lapack
-
-    top = float(np.max(np.diag(A))) if len(A) else 0.0
-    if not top > 0:
-        return None
-    B = A + (1e-10 * top) * np.eye(len(A))
-    c, info = lapack.dpotrf(B, lower=True)
-    if info != 0:
-        return None
-    inv, info = lapack.dpotri(c, lower=True)
-    if info != 0:
-        return None
-    low = np.tril(inv)
-    return low + np.tril(low, -1).T
-
-
 def _zh_sums(stats):
     """Per-region sums of ``E[zh zh^T]``, ``zh = (z, 1)``: (R, S+1, S+1)."""
     S = stats.T1.shape[1]
@@ -568,13 +549,12 @@ class FrozenLayer:
         Returns
         -------
         scipy.sparse.linalg.LinearOperator
-            ``V.ravel() -> (Kbar^-1 V Nbar^-1).ravel()``: without a ridge, the
-            factors' inverses, each factor's diagonal raised by 1e-10 of its
-            largest entry first (a positive definite preconditioner where a factor
-            is singular: a unit off in every region, say); two products an
-            application, after two Cholesky factorisations. With a ridge, the
-            factors' eigendecompositions, ``kbar_i nbar_j + ridge`` raised by 1e-10
-            of the largest.
+            ``V.ravel() -> (Kbar^-1 V Nbar^-1).ravel()``, the Kronecker product's
+            inverse with its eigenvalues ``kbar_i nbar_j`` raised by 1e-10 of the
+            largest (a positive definite preconditioner where a factor is singular:
+            a unit off in every region, say). Two factors' inverses damped each on
+            its own (two Cholesky factorisations, two products an application)
+            made worse steps at width 1024: more of them were refused.
         """
         import scipy.sparse.linalg
 
@@ -608,23 +588,16 @@ class FrozenLayer:
             sk = lv.reduce(s[:, None], L - 1, k)[:, 0]
             Kbar *= (lv.q[k] * sk[:, None]).T @ lv.q[k]
         Kbar = 0.5 * (Kbar + Kbar.T)
+        a, U = np.linalg.eigh(Nbar)
+        b, Vk = np.linalg.eigh(Kbar)
+        # the factors' eigenvectors diagonalise Kbar (x) Nbar + ridge I: the ridge as if the bias had it too
+        den = np.outer(np.maximum(b, 0.0), np.maximum(a, 0.0)) + ridge
+        top = den.max()
+        den += 1e-10 * top if top > 0 else 1.0
         shape = self.V0.shape
-        inverses = None if ridge > 0 else (_damped_inverse(Kbar), _damped_inverse(Nbar))
-        if inverses is not None and inverses[0] is not None and inverses[1] is not None:
-            Ki, Ni = inverses  # (Kbar (x) Nbar)^-1 = Kbar^-1 (x) Nbar^-1: two products an application
 
-            def apply(r):
-                return matmul(matmul(Ki, r.reshape(shape)), Ni).ravel()
-        else:
-            a, U = np.linalg.eigh(Nbar)
-            b, Vk = np.linalg.eigh(Kbar)
-            # the factors' eigenvectors diagonalise Kbar (x) Nbar + ridge I: the ridge as if the bias had it too
-            den = np.outer(np.maximum(b, 0.0), np.maximum(a, 0.0)) + ridge
-            top = den.max()
-            den += 1e-10 * top if top > 0 else 1.0
-
-            def apply(r):
-                return matmul(matmul(Vk, matmul(matmul_tn(Vk, r.reshape(shape)), U) / den), U.T).ravel()
+        def apply(r):
+            return matmul(matmul(Vk, matmul(matmul_tn(Vk, r.reshape(shape)), U) / den), U.T).ravel()
 
         n = self.V0.size
         return scipy.sparse.linalg.LinearOperator((n, n), matvec=apply, dtype=float)

@@ -616,7 +616,7 @@ def _boundary_slope_changes(n_boundaries, changes, Wt, add_sparse_columns):
     dense_pos, dense, sp_pos, sp_unit, sp_val = changes
     out = np.zeros((n_boundaries, Wt.shape[1]))
     if len(dense_pos):
-        out[dense_pos] = dense @ Wt
+        out[dense_pos] = matmul(dense, Wt)
     add_sparse_columns(out, sp_pos, sp_unit, sp_val, Wt)
     return out
 

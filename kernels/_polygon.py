@@ -1256,7 +1256,7 @@ def _section_axis(E, K, d2):
     return 1.0, 0.0
 
 
-def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
+def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl, fan):
     """``log P(u in polygon)`` for u ~ N(0, I), polygon ``P[0:n]`` (module
     docstring). Scratch: ``E`` (n, 6), ``B1``, ``B2`` (n + 8, 6), ``V``
     (n + 8, 7), ``Y`` (n + 8).
@@ -1271,7 +1271,13 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
     ``log Q(d)`` (the polygon lies beyond the tangent line at its nearest
     point, at distance ``d``) is below it, that bound is returned instead;
     a caller summing terms passes the level below which a term cannot change
-    its sum."""
+    its sum.
+
+    ``fan`` (4 floats) records ``(K, log_mass, d2, kappa)`` of
+    :func:`fan_log_mass` where it ran, with the edge table left in ``E``
+    (``fan[0] = -1`` otherwise): :func:`std_polygon_moments` of the same
+    polygon then starts from them."""
+    fan[0] = -1.0
     if n == 0:
         return -math.inf
     K, arc = edge_table(P, n, E)
@@ -1282,6 +1288,10 @@ def std_polygon_log_mass(P, n, E, B1, B2, V, Y, floor, A, nA, G, LM, nl):
         if bound < floor:
             return bound
     lm, d2, kappa = fan_log_mass(E, K, arc)
+    fan[0] = K
+    fan[1] = lm
+    fan[2] = d2
+    fan[3] = kappa
     if d2 > _FAR2:
         return far_polygon(E, K)[0]
     if kappa > _KAPPA_MAX:
@@ -1305,7 +1315,7 @@ def log_tail_bound(E, K):
     return -0.5 * d2 - 0.5 * math.log(d2) - LOG_2PI * 0.5
 
 
-def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl, slack):
+def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl, slack, fan):
     """``(log_mass, mx, my, c00, c01, c11)`` of N(0, I) restricted to the
     polygon ``P[0:n]``: log-mass, mean and covariance (same scratch and
     section-rule polygon ``A, nA, G, LM, nl`` as :func:`std_polygon_log_mass`). With ``careful=False`` the edge formulas
@@ -1314,16 +1324,25 @@ def std_polygon_moments(P, n, E, B1, B2, V, Y, careful, A, nA, G, LM, nl, slack)
     completely). ``slack >= 1`` multiplies the cancellation and amplification
     the edge formulas may have before the section rule serves (their
     moments' error, about ``eps`` times either, grows by as much): for a
-    caller that weighs the moments by ``1 / slack`` or less."""
+    caller that weighs the moments by ``1 / slack`` or less. ``fan``: where
+    ``fan[0] >= 0``, what :func:`std_polygon_log_mass` recorded of this very
+    polygon, its edge table still in ``E`` (the same numbers, not computed
+    again: about half the work of the moments)."""
     nan = math.nan
     if n == 0:
         return -math.inf, nan, nan, nan, nan, nan
-    K, arc = edge_table(P, n, E)
-    if K == 0:
-        if arc > 0.0:
-            return 0.0, 0.0, 0.0, 1.0, 0.0, 1.0
-        return -math.inf, nan, nan, nan, nan, nan
-    lm, d2, kappa = fan_log_mass(E, K, arc)
+    if fan[0] >= 0.0:
+        K = int(fan[0])
+        lm = fan[1]
+        d2 = fan[2]
+        kappa = fan[3]
+    else:
+        K, arc = edge_table(P, n, E)
+        if K == 0:
+            if arc > 0.0:
+                return 0.0, 0.0, 0.0, 1.0, 0.0, 1.0
+            return -math.inf, nan, nan, nan, nan, nan
+        lm, d2, kappa = fan_log_mass(E, K, arc)
     if d2 > _FAR2:
         return far_polygon(E, K)
     if d2 > _HALF_PLANE2:

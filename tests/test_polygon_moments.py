@@ -551,7 +551,7 @@ def test_tail_bound_bounds_the_mass(rng):
         V, Y = np.empty((2 * k + 12, 7)), np.empty(2 * k + 12)
         # any bound is below +inf (the section-rule polygon: P itself, unanchored)
         bound = _pg.std_polygon_log_mass(P, m, E, B1, B2, V, Y, math.inf, P, m, np.array([0.0, 0.0, 1.0]),
-                                         np.empty((0, 4)), 0)
+                                         np.empty((0, 4)), 0, np.empty(4))
         assert bound >= exact - 1e-12 * max(1.0, abs(exact)), (centre, bound, exact)
         checked += bound < 0.0
     assert checked > 100  # the bound was informative (origin outside) in most cases

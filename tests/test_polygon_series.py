@@ -20,7 +20,7 @@ def _series(verts, Lt, mu):
     SM = np.empty(pairs.SERIES_WIDTH)
     pairs.series_tables(ptr, B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
-    pw = np.empty(2 * pairs.SERIES_PW)
+    pw = np.empty(pairs.SERIES_SCRATCH)
     if not SC[0, 10] <= pairs.SERIES_H:
         return 0, None, None, None
     lm = pairs._series_term(SC, SM, 0, np.array(mu, float), True, ser, pw, np.inf, np.inf)
@@ -164,7 +164,7 @@ def test_light_pair_series_error_is_relative_to_its_weight(weight):
     SM = np.empty(pairs.SERIES_WIDTH)
     pairs.series_tables(np.array([0, 3], dtype=np.int64), B, np.array([Lt], float), SC, SM)
     ser = np.empty(8)
-    pw = np.empty(2 * pairs.SERIES_PW)
+    pw = np.empty(pairs.SERIES_SCRATCH)
     assert np.isnan(pairs._series_term(SC, SM, 0, mu, False, ser, pw, np.inf, np.inf))
     lm = pairs._series_term(SC, SM, 0, mu, True, ser, pw, math.log(weight) - ref, math.log(weight) - ref)
     if np.isnan(lm):
@@ -199,7 +199,7 @@ def test_light_pair_moments_within_their_widened_tolerance(weight):
         if not SC[0, 10] <= pairs.SERIES_H:
             continue
         ser = np.empty(8)
-        pw = np.empty(2 * pairs.SERIES_PW)
+        pw = np.empty(pairs.SERIES_SCRATCH)
         mu = np.asarray(mu, float)
         full = pairs._series_term(SC, SM, 0, mu, True, ser, pw, np.inf, np.inf)
         if full != full or ser[0] != 1.0:

@@ -174,7 +174,8 @@ class ParallelKernel:
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher
         for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
-            setattr(self, attr, getattr(dispatcher.py_func, attr, None))
+            # (under NUMBA_DISABLE_JIT=1 the "dispatcher" is the Python function itself)
+            setattr(self, attr, getattr(getattr(dispatcher, "py_func", dispatcher), attr, None))
 
     def __call__(self, *args, **kwargs):
         if _FORKED_AFTER_GNU_OMP:

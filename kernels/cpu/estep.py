@@ -40,7 +40,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .pairs import (_REF_LK, SERIES_PW, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
+from .pairs import (_REF_LK, SERIES_SCRATCH, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
                     _term_and_moments_2d, _truncate, _truncate_2d, interval_moments)
 from ._jit import jit
 
@@ -226,7 +226,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
-        pw = np.empty(2 * SERIES_PW)
+        pw = np.empty(SERIES_SCRATCH)
         for r in range(blk, R, nb):
             for i in range(n):
                 Wt[r, i] = 0.0

@@ -89,6 +89,7 @@ SERIES_N = _polygon_series.SERIES_N
 SERIES_WIDTH = _polygon_series.SERIES_WIDTH
 SERIES_COLS = _polygon_series.SERIES_COLS
 SERIES_PW = _polygon_series.SERIES_PW
+SERIES_SCRATCH = _polygon_series.SERIES_SCRATCH
 SERIES_H = _polygon_series.SERIES_H
 LOG_2PI_PS = _polygon_series._LOG_2PI
 far_log_mass_at = _pg.far_log_mass_at
@@ -750,10 +751,11 @@ def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
 def _scratch(cap):
     """Per-thread work arrays of the S = 2 kernels for polygons of up to ``cap``
     points: the whitened polygon, its edge table, the section rule's buffers,
-    and the anchored copy (two clip buffers, its lines, its frame)."""
+    and the anchored copy (two clip buffers, its lines, its frame), and the
+    fan record of the last polygon's log-mass (``std_polygon_log_mass``)."""
     return (np.empty((cap, 6)), np.empty((cap, 6)), np.empty((cap + 8, 6)), np.empty((cap + 8, 6)),
             np.empty((cap + 8, 7)), np.empty(cap + 8), np.empty((2 * cap + 4, 6)), np.empty((2 * cap + 4, 6)),
-            np.empty((cap, 4)), np.empty(3))
+            np.empty((cap, 4)), np.empty(3), np.full(4, -1.0))
 
 
 @jit
@@ -806,13 +808,13 @@ def _polygon_log_mass_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, r, mu, floor, sc):
     polygon into ``sc[0]`` (:func:`_polygon_term_2d` reads it)."""
     W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, W)
-    lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, -1, _G0, _LM0, 0)
+    lm = std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, -1, _G0, _LM0, 0, sc[10])
     if lm == lm:
         return lm
     A, nA, nl = _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc)
     if nA < 0:
-        return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, nv, _G0, _LM0, 0)
-    return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, A, nA, sc[9], sc[8], nl)
+        return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, W, nv, _G0, _LM0, 0, sc[10])
+    return std_polygon_log_mass(W, nv, E, B1, B2, V, Y, floor, A, nA, sc[9], sc[8], nl, sc[10])
 
 
 @jit
@@ -935,7 +937,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     where their bound is within ``SERIES_COV_TOL`` of the covariance's smaller
     eigenvalue, widened for a light pair (below), else ``ser[0] = 2`` (the
     moments are there all the same, and ``ser[6]`` holds that bound, ``inf``
-    where the covariance is not positive). ``pw``: scratch (``2 SERIES_PW``).
+    where the covariance is not positive). ``pw``: scratch (``SERIES_SCRATCH``).
 
     ``lw``: the pair's ``log kappa`` less the log of its sample's likelihood
     or of a lower bound on it (``+inf``: no widening). Since ``|g . u| <=
@@ -1067,7 +1069,9 @@ def _polygon_term_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Aw, gz, s2, logdet_lam, 
     whitened into ``sc[0]``. ``level``: the sample's log-likelihood relative
     to the reference, or a lower bound on it (``-inf``: none), against which
     the series weighs a light pair's tolerance; ``mlevel``: the same for the
-    moments alone (with ``grad``)."""
+    moments alone (with ``grad``). ``sc[10]`` ends with the fan record of this
+    pair's polygon where its log-mass was integrated, else ``-1``."""
+    sc[10][0] = -1.0
     if SC[r, 10] <= SERIES_H:
         lm = _series_term(SC, SM, r, mu, grad, ser, pw, rel - level, rel - mlevel)
         if lm == lm:
@@ -1176,7 +1180,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
-        pw = np.empty(2 * SERIES_PW)
+        pw = np.empty(SERIES_SCRATCH)
         mk = np.empty(2)
         Ck = np.empty((2, 2))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
@@ -1254,6 +1258,7 @@ def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful
                 cov[a, b] = Sigma[r, a, b]
         return 0.0
     nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
+    sc[10][0] = -1.0  # a fresh polygon: no log-mass of it recorded
     return _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, 1.0, sc, mean, cov)
 
 
@@ -1261,7 +1266,8 @@ def _truncate_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, whole, Sigma, r, mu, careful
 def _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, slack, sc, mean, cov):
     """:func:`_truncate_2d` of region r's polygon already whitened into
     ``sc[0]`` (``nv`` points); leaves its edge table in ``sc[1]``. ``slack``:
-    as in ``std_polygon_moments``."""
+    as in ``std_polygon_moments``; ``sc[10]``: its fan record, where the
+    caller integrated this polygon's log-mass just before (else ``-1``)."""
     W, E, B1, B2, V, Y = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]
     rule = _small_rule(W, nv, mu, Lt, r) if careful else 0
     if rule == 8:
@@ -1269,15 +1275,16 @@ def _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, careful, slack, sc, m
     elif rule == 10:
         lm, ux, uy, c00, c01, c11 = small_polygon_moments(W, nv, _GL10_U, _GL10_V)
     else:
-        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, -1, _G0, _LM0, 0, slack)
+        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, careful, W, -1, _G0, _LM0, 0, slack,
+                                                        sc[10])
     if careful and not (lm == lm):
         A, nA, nl = _anchored_region(fptr, FN, FO, FU, Lt, r, mu, nv, sc)
         if nA < 0:
             lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, W, nv, _G0, _LM0, 0,
-                                                            slack)
-        else:
+                                                            slack, sc[10])
+        else:  # (the anchoring wrote the same edge table into E: the record still holds)
             lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, nv, E, B1, B2, V, Y, True, A, nA, sc[9], sc[8], nl,
-                                                            slack)
+                                                            slack, sc[10])
     if not (c00 == c00):
         ux = uy = c01 = 0.0
         c00 = c11 = 1.0
@@ -1416,7 +1423,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
-        pw = np.empty(2 * SERIES_PW)
+        pw = np.empty(SERIES_SCRATCH)
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         best = 0

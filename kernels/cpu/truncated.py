@@ -113,6 +113,7 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
         Q2 = np.empty((cap, 6))
         LM = np.empty((K, 4))
         G = np.empty(3)
+        fan = np.full(4, -1.0)
         l11, l21, l22 = chol2(cov[i, 0, 0], cov[i, 0, 1], cov[i, 1, 1])
         m1 = mean[i, 0]
         m2 = mean[i, 1]
@@ -139,9 +140,10 @@ def polygon_moments_batch(normals, offsets, mean, cov, want_moments, log_mass, o
             else:  # lost to rounding at the anchor: the whitened frame itself
                 A, nA, nl = W, n, 0
         if not want_moments:
-            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf, A, nA, G, LM, nl)
+            log_mass[i] = std_polygon_log_mass(W, n, E, B1, B2, V, Y, -math.inf, A, nA, G, LM, nl, fan)
             continue
-        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y, True, A, nA, G, LM, nl, 1.0)
+        fan[0] = -1.0  # (no log-mass of this polygon before: the moments form their own)
+        lm, ux, uy, c00, c01, c11 = std_polygon_moments(W, n, E, B1, B2, V, Y, True, A, nA, G, LM, nl, 1.0, fan)
         log_mass[i] = lm
         # back to z = mean + L u
         out_mean[i, 0] = m1 + l11 * ux
