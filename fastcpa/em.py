@@ -51,7 +51,35 @@ def _with_layer(gen, k, W, c):
     return Generator(Ws, cs, activation=gen.activations, slope=[np.asarray(e) for e in gen.slopes])
 
 
-def _mean_log_lik(model, X, stats=False):
+# Weights from which a preconditioned hidden layer's "auto" CG stops after 2 iterations (fit's cg_maxiter).
+_WIDE_LAYER = 1 << 19
+
+
+def _losing(base):
+    """A stop rule for a trial's likelihood pass (``estep._statistics_kept``): true once
+    the rows done so far put the trial's total below that of the accepted model, whose
+    log p per row is ``base`` (the same rows, in order), beyond reasonable doubt: their
+    mean change plus three standard errors (with the finite-population factor) is below 0.
+
+    Such a trial would almost surely be refused by the whole pass; stopping it there
+    saves the rest of a pass (about three quarters of one at N = 1000). ``fit`` takes
+    the rows in an interleaved order (every fourth first), so the first rows are a
+    sample of the data even where it is sorted. A refused trial only shortens the
+    step: the likelihood still never falls. After a stop, ``stop.change`` holds the
+    rows' mean change, an estimate of the whole pass's."""
+    N = len(base)
+
+    def stop(log_p, done):
+        if done < 64 or done >= N:
+            return False
+        d = log_p[:done] - base[:done]
+        stop.change = float(d.mean())  # the estimate of the mean change, for the next step's size
+        return bool(stop.change + 3.0 * d.std(ddof=1) * math.sqrt((1.0 - done / N) / done) < 0.0)
+
+    return stop
+
+
+def _mean_log_lik(model, X, stats=False, against=None):
     """Mean exact log p over the rows of ``X`` (already checked), as ``log_prob``
     gives it (without its accuracy estimate: trial steps can be far worse
     conditioned than the fit, and a user's own ``log_prob`` of the fitted model
@@ -59,11 +87,21 @@ def _mean_log_lik(model, X, stats=False):
     (:func:`_stats`): an accepted step's likelihood pass is the next E-step's first.
     With ``stats`` (a trial likely to be taken), the pass forms the E-step's
     statistics as well (``estep._statistics_and_rows``): the moments cost less
-    than the whole pass again in a separate E-step."""
+    than the whole pass again in a separate E-step. With ``stats``, ``against`` (the
+    accepted model, whose pass left its rows) lets the pass stop early where the
+    trial is clearly below it (:func:`_losing`): the value returned is then the
+    accepted model's plus the rows' mean change, below it and an estimate of the
+    trial's, for the next step's size (:func:`_next_step`)."""
     if stats:
         from .estep import _statistics_and_rows
 
-        st, rows = _statistics_and_rows(model, X)
+        rows = getattr(against, "_fit_rows", None)
+        stop = _losing(rows[1][0]) if rows is not None and rows[0] is X else None
+        out = _statistics_and_rows(model, X, stop=stop)
+        if out is None:
+            model._stopped_early = True
+            return float(np.mean(rows[1][0])) + stop.change
+        st, rows = out
         model._fit_stats = (X, st)
     else:
         rows = model._likelihood_rows(X)
@@ -128,14 +166,17 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     cg_maxiter : int or "auto", default "auto"
         Conjugate-gradient iterations per hidden-layer update where the layer
         is too large to solve densely (:meth:`fastcpa.mstep.FrozenLayer.update`):
-        ``"auto"`` is 5 when preconditioned, else 50. Every iterate raises the
+        ``"auto"`` is 5 when preconditioned (2 for a layer of 2^19 weights or
+        more, 1024 x 1024 say), else 50. Every iterate raises the
         frozen-mask Q (CG lowers the quadratic error monotonically from the
         current parameters), so a truncated solve is a generalised EM step.
         Measured from one start (N = 1000, 2 cores, a wall-clock budget):
-        on ``[1, 256, 256, 256, 64]``, 30 s reached 72.1-72.4 nats with 5,
-        69.4 with 2 and 70.5-71.0 with 10-20; on ``[1, 1024, 1024, 1024, 64]``,
-        where each CG iteration costs about as much as a likelihood pass,
-        110 s reached 58.3 with 2, 57.0 with 1 and 56.8 with 5; on the S = 2
+        on ``[1, 256, 256, 256, 64]``, 30 s reached 74.0 nats with 5 and 69.1
+        with 2 (earlier versions: 72.1-72.4 with 5, 70.5-71.0 with 10-20); on
+        ``[1, 1024, 1024, 1024, 64]``, the first two iterations took 9.6-9.8 s
+        each with 2 against 11.2-12.4 s with 5 and gained as much (21.66 and
+        21.64 nats an iteration; earlier versions: 110 s reached 58.3 with 2,
+        57.0 with 1 and 56.8 with 5); on the S = 2
         net ``2-64-64-10`` (plain CG, joint schedule), 120 s reached 7.21 nats
         with 15 (13 iterations) against 7.14 with 50 (10), but 50 iterations
         reached 7.70 with 15 against 7.99 with 50: the default keeps 50, for
@@ -266,7 +307,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
         precondition = model.generator.latent_dim == 1
     elif not isinstance(precondition, (bool, np.bool_)):
         raise TypeError(f"precondition must be True, False or 'auto', got {precondition!r}.")
-    if isinstance(cg_maxiter, str) and cg_maxiter == "auto":
+    auto_cg = isinstance(cg_maxiter, str) and cg_maxiter == "auto"
+    if auto_cg:
         cg_maxiter = 5 if precondition else 50
     else:
         cg_maxiter = check_count(cg_maxiter, "cg_maxiter", minimum=1)
@@ -276,6 +318,9 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
     X = model._check_X(X)
     if len(X) == 0:
         raise ValueError("fit needs at least one sample; X has 0 rows.")
+    # every fourth row first, then the next of each four, ...: a trial's likelihood pass
+    # sees a sample of the data first (_losing); nothing else depends on the order
+    X = X[np.argsort(np.arange(len(X)) % 4, kind="stable")]
     if diagonal is None:
         diagonal = np.ndim(model.sigma_x) == 1
     if progress is None:
@@ -326,7 +371,8 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                     for k in range(cur.generator.n_layers - 1):
                         st = _stats(cur, X)
                         fl = FrozenLayer(cur.generator, cur.partition, k)
-                        W1, c1, grad = fl.update(st, cur._noise_var, ridge=ridge, maxiter=cg_maxiter,
+                        wide = auto_cg and precondition and cur.generator.weights[k].size >= _WIDE_LAYER
+                        W1, c1, grad = fl.update(st, cur._noise_var, ridge=ridge, maxiter=2 if wide else cg_maxiter,
                                                  precondition=bool(precondition), return_gradient=True)
                         W0, c0 = cur.generator.weights[k], cur.generator.biases[k]
                         slope = (np.sum(grad[:, :-1] * (W1 - W0)) + grad[:, -1] @ (c1 - c0)) / len(X)
@@ -334,12 +380,14 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                         step = first_step.get(k, last_step)
                         for a in range(max_backtracks + 1):
                             if a:
-                                step = _next_step(step, slope, ll_t - ll)
+                                # a drop estimated from the first rows: a smaller cut at most
+                                step = _next_step(step, slope, ll_t - ll,
+                                                  4.0 if getattr(trial, "_stopped_early", False) else 16.0)
                             trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
                                                          c0 + step * (c1 - c0)), cur.sigma_x, sz)
                             # each pass forms the next block's statistics: for a refused trial
                             # they cost ~40% of a separate E-step (S = 1 intervals' moments)
-                            ll_t = _mean_log_lik(trial, X, stats=True)
+                            ll_t = _mean_log_lik(trial, X, stats=True, against=cur)
                             if ll_t >= ll:
                                 cur, ll = best = (trial, ll_t)
                                 taken = True
@@ -354,7 +402,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                     gen_o, sig = _output_and_noise(_stats(cur, X), cur.generator, cur.partition, diagonal,
                                                    sig_floor, ridge)
                     trial = CPAModel(gen_o, sig, sz)
-                    ll_t = _mean_log_lik(trial, X, stats=True)  # an exact M-step: mostly taken
+                    ll_t = _mean_log_lik(trial, X, stats=True, against=cur)  # an exact M-step: mostly taken
                     taken = ll_t >= ll
                     if taken:
                         cur, ll = best = (trial, ll_t)
@@ -476,14 +524,15 @@ def _joint_iteration(cur, X, ll, best, s0, max_backtracks, diagonal, sig_floor, 
     return cur, ll, best, n_back, None
 
 
-def _next_step(step, slope, drop):
+def _next_step(step, slope, drop, cut=16.0):
     """The next trial step after ``step`` changed the mean log-likelihood by ``drop < 0``:
     the maximum of the parabola through the start (value 0, ``slope``) and that
-    trial, kept within [step / 16, step / 2] (halving where the parabola says
-    nothing: no positive slope, a NaN)."""
+    trial, kept within [step / cut, step / 2] (halving where the parabola says
+    nothing: no positive slope, a NaN). A drop estimated from a trial's first rows
+    (:func:`_losing`; a few rows far off move it a lot) takes ``cut = 4``."""
     if slope > 0 and math.isfinite(drop):
         best = 0.5 * slope * step * step / (slope * step - drop)
-        return min(0.5 * step, max(step / 16.0, best))
+        return min(0.5 * step, max(step / cut, best))
     return 0.5 * step
 
 

@@ -207,10 +207,11 @@ def sufficient_statistics(model, X, *, gap=40.0, sample_chunk=256, region_chunk=
     return _statistics_and_rows(model, X, gap, sample_chunk, region_chunk, likelihood_rows)[0]
 
 
-def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024, likelihood_rows=None):
+def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024, likelihood_rows=None, stop=None):
     """:func:`sufficient_statistics` and the likelihood pass's rows ``(log_p, top,
     log_sum, REF)`` it normalised them by (``likelihood_rows``, where given). Without
-    them one pass forms both (:func:`_statistics_kept`)."""
+    them one pass forms both (:func:`_statistics_kept`); ``stop(log_p, done)``,
+    asked after each block of rows, may end it early: then None is returned."""
     from .model import _checked_log_prob
 
     X = model._check_X(X)
@@ -228,7 +229,10 @@ def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024
     # moments below take each pair's term relative to the same reference, so each
     # sample's weights sum to 1 to rounding
     if likelihood_rows is None:
-        likelihood_rows = _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz)
+        likelihood_rows = _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz,
+                                           stop)
+        if likelihood_rows is None:
+            return None
     else:
         _, TOP, LSUM, REFS = likelihood_rows
         if "lo" in p:  # S = 1: the GEMM fused into the kernel (as the likelihood's)
@@ -254,14 +258,15 @@ def _statistics_and_rows(model, X, gap=40.0, sample_chunk=256, region_chunk=1024
 _KEPT_BYTES = 64 << 20
 
 
-def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz):
+def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1, T2, Tx, Txz, stop=None):
     """The likelihood pass and the statistics in one: per block of rows, the pass keeps
     each pair within ``gap`` of its row's running log-likelihood, its term and
     moments (``pairs.log_prob_chunk``, ``log_prob_chunk_2d``, ``log_prob_block_1d``), and once the rows' log p is known,
     :func:`~fastcpa.kernels.cpu.estep.gather_statistics` weighs them into ``T0`` ...
     ``Txz``. Rows per block: ``sample_chunk``, fewer where the kept pairs (``R (2 +
     2 S + S^2)`` floats a row) would pass ``_KEPT_BYTES``. Returns the likelihood
-    rows ``(log_p, top, log_sum, REF)``."""
+    rows ``(log_p, top, log_sum, REF)``, or None where ``stop(log_p, rows done)``
+    (asked after each block) ended the pass."""
     from fastcpa.kernels.cpu import pairs
     from fastcpa.kernels.cpu.estep import gather_statistics
 
@@ -274,6 +279,8 @@ def _statistics_kept(model, X, p, gap, sample_chunk, region_chunk, shift, T0, T1
     with blas_single_threaded():
         for rows, lp, top, lsum, REF, _, TERM, MOM in model._likelihood_blocks(X, gap, step, region_chunk, keep=True):
             log_p[rows], TOP[rows], LSUM[rows], REFS[rows] = lp, top, lsum, REF
+            if stop is not None and stop(log_p, rows.stop):
+                return None
             n = len(lp)
             Wt, Mt = np.empty((n, R)), np.empty((n, R, S))
             gather_statistics(TERM, MOM, top, lsum, top + lsum - gap, T0, T1, T2, Wt.T, Mt.transpose(1, 2, 0))

@@ -242,3 +242,61 @@ def test_precondition_and_cg_maxiter_defaults(rng, monkeypatch, S, precondition,
     model.fit(model.sample(30, seed=1), n_iter=1, progress=False, precondition=precondition,
               cg_maxiter=cg_maxiter)
     assert seen and set(seen) == {expect}
+
+
+@pytest.mark.parametrize("cg_maxiter, expect", [("auto", [5, 2, 5]), (4, [4, 4, 4])])
+def test_auto_cg_takes_two_iterations_on_wide_layers(rng, monkeypatch, cg_maxiter, expect):
+    """``cg_maxiter="auto"``, preconditioned: 2 iterations for a layer of 2^19 weights or more
+    (1024 x 512 here), 5 for the others; a number given is used everywhere."""
+    seen = []
+    update = fastcpa.mstep.FrozenLayer.update
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["maxiter"])
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastcpa.mstep.FrozenLayer, "update", spy)
+    sizes = [1, 1024, 512, 3, 2]
+    Ws = [rng.uniform(-1, 1, size=(b, a)) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    cs = [rng.uniform(-1, 1, size=b) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    model = fastcpa.CPAModel(fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.1), sigma_x=0.3)
+    model.fit(model.sample(40, seed=1), n_iter=1, progress=False, cg_maxiter=cg_maxiter)
+    assert seen == expect
+
+
+def test_a_trial_clearly_below_stops_early_and_the_fit_stays_monotone(rng, monkeypatch):
+    """A trial's pass stops once its first rows put it clearly below the accepted model
+    (em._losing): the stop rule on made-up rows, then a fit in which some trials stop
+    early: its history never falls and ends at the fitted model's log_prob."""
+    from fastcpa.em import _losing
+
+    base = rng.normal(size=1000)
+    stop = _losing(base)
+    worse = base - 1.0 + 0.1 * rng.normal(size=1000)
+    assert not stop(worse, 32)  # too few rows to judge
+    assert stop(worse, 256) and abs(stop.change + 1.0) < 0.05
+    assert not stop(base + 0.01, 256)  # better: never stopped
+    assert not stop(worse, 1000)  # every row done: the pass decides itself
+    noisy = base - 0.01 + rng.normal(size=1000)  # below on the whole, but not clearly from 256 rows
+    assert not stop(noisy, 256)
+
+    from fastcpa import estep
+
+    calls = []
+    full = estep._statistics_and_rows
+
+    def spy(model, X, *args, stop=None, **kwargs):
+        out = full(model, X, *args, stop=stop, **kwargs)
+        calls.append(out is None)
+        return out
+
+    monkeypatch.setattr(estep, "_statistics_and_rows", spy)
+    model = small_model(rng, S=1)
+    X = model.sample(600, seed=2) + 0.3 * rng.normal(size=(600, model.generator.output_dim))
+    model.sigma_x = 0.1
+    before = model.log_prob(X).mean()
+    model.fit(X, n_iter=4, progress=False, tol=-np.inf)
+    h = np.asarray(model.history_)
+    assert np.all(np.diff(h) >= 0) and h[-1] > before
+    np.testing.assert_allclose(h[-1], model.log_prob(X).mean(), rtol=1e-12, atol=1e-12)
+    assert any(calls), "no trial was stopped early: the check has no teeth"
