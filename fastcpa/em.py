@@ -66,7 +66,8 @@ def _losing(base):
     the rows in an interleaved order (every fourth first), so the first rows are a
     sample of the data even where it is sorted. A refused trial only shortens the
     step: the likelihood still never falls. After a stop, ``stop.change`` holds the
-    rows' mean change, an estimate of the whole pass's."""
+    rows' mean change, an estimate of the whole pass's, and ``stop.sure`` whether it
+    lies six standard errors below 0 (then good to within about a sixth of itself)."""
     N = len(base)
 
     def stop(log_p, done):
@@ -74,7 +75,9 @@ def _losing(base):
             return False
         d = log_p[:done] - base[:done]
         stop.change = float(d.mean())  # the estimate of the mean change, for the next step's size
-        return bool(stop.change + 3.0 * d.std(ddof=1) * math.sqrt((1.0 - done / N) / done) < 0.0)
+        se = d.std(ddof=1) * math.sqrt((1.0 - done / N) / done)
+        stop.sure = bool(stop.change + 6.0 * se < 0.0)  # within a fifth of itself or so
+        return bool(stop.change + 3.0 * se < 0.0)
 
     return stop
 
@@ -99,7 +102,7 @@ def _mean_log_lik(model, X, stats=False, against=None):
         stop = _losing(rows[1][0]) if rows is not None and rows[0] is X else None
         out = _statistics_and_rows(model, X, stop=stop)
         if out is None:
-            model._stopped_early = True
+            model._stopped_early = not stop.sure
             return float(np.mean(rows[1][0])) + stop.change
         st, rows = out
         model._fit_stats = (X, st)
@@ -380,7 +383,7 @@ def fit(model, X, *, n_iter=50, tol=1e-6, diagonal=None, layers=True, ridge=0.0,
                         step = first_step.get(k, last_step)
                         for a in range(max_backtracks + 1):
                             if a:
-                                # a drop estimated from the first rows: a smaller cut at most
+                                # a drop estimated loosely from the first rows: a smaller cut at most
                                 step = _next_step(step, slope, ll_t - ll,
                                                   4.0 if getattr(trial, "_stopped_early", False) else 16.0)
                             trial = CPAModel(_with_layer(cur.generator, k, W0 + step * (W1 - W0),
@@ -529,7 +532,8 @@ def _next_step(step, slope, drop, cut=16.0):
     the maximum of the parabola through the start (value 0, ``slope``) and that
     trial, kept within [step / cut, step / 2] (halving where the parabola says
     nothing: no positive slope, a NaN). A drop estimated from a trial's first rows
-    (:func:`_losing`; a few rows far off move it a lot) takes ``cut = 4``."""
+    less than six standard errors below 0 (:func:`_losing`; a few rows far off move
+    it a lot) takes ``cut = 4``."""
     if slope > 0 and math.isfinite(drop):
         best = 0.5 * slope * step * step / (slope * step - drop)
         return min(0.5 * step, max(step / cut, best))
