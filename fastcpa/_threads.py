@@ -147,8 +147,10 @@ def matmul(A, B, out=None):
 
     if not (B.flags.c_contiguous or B.flags.f_contiguous):
         B = np.ascontiguousarray(B)
+    # a read-only A is copied (O(n k) beside the product's O(n k m)): one compiled kernel fewer
+    A = np.ascontiguousarray(A) if A.flags.writeable else np.array(A, order="C")
     with blas_single_threaded():
-        split_rows(np.ascontiguousarray(A), B, out, parts)
+        split_rows(A, B, out, parts)
     return out
 
 
@@ -175,6 +177,8 @@ def matmul_tn(A, B):
 
     step = max(64, -(-n // 8))  # the partial sums follow n only, never the thread count
     partial = np.empty((-(-n // step), h, m))
+    A = np.ascontiguousarray(A) if A.flags.writeable else np.array(A, order="C")
+    B = np.ascontiguousarray(B) if B.flags.writeable else np.array(B, order="C")
     with blas_single_threaded():
-        split_inner(np.ascontiguousarray(A), np.ascontiguousarray(B), partial, step)
+        split_inner(A, B, partial, step)
     return partial.sum(axis=0)

@@ -38,6 +38,9 @@ def test_split_products_are_exact_on_integers_in_every_layout(rng):
     assert matmul(np.asfortranarray(A), B, out=out) is out
     np.testing.assert_array_equal(out, exact)
     np.testing.assert_array_equal(matmul(A[::-1], B), exact[::-1])  # a non-contiguous A
+    Aro = A.copy()
+    Aro.setflags(write=False)  # a user's read-only points (sign_codes)
+    np.testing.assert_array_equal(matmul(Aro, Bro), exact)
     C = _ints(rng, (n, m))
     np.testing.assert_array_equal(matmul_tn(A, C), (A.astype(np.int64).T @ C.astype(np.int64)).astype(np.float64))
 
