@@ -115,7 +115,11 @@ class Partition:
 
     @property
     def codes(self):
-        """Bit-packed sign codes (see the class docstring)."""
+        """Bit-packed sign codes (see the class docstring). A wide S = 1 partition forms
+        them on first access, from its sweeps again (regions x units bits: a layer of a
+        million units makes them too large to keep unasked)."""
+        if self._codes is None:
+            self._codes = _sweep_codes(self.generator)
         return self._codes
 
     @property
@@ -460,18 +464,11 @@ def _unpack_codes(words, n_units):
 
 
 # ----------------------------------------------------------------------------- S = 1
-def _partition_1d(gen):
-    """Sweep the line layer by layer (see ``kernels.cpu.regions.sweep_intervals``).
-
-    Layer l needs the slope change of u^l across every boundary of the current
-    partition: ``W^l`` times the slope change of ``h^(l-1)``. That change is
-    sparse (a few columns of W^l) at boundaries made by layer l-1 and dense
-    at older ones, which go through one GEMM. The output maps A, b follow by
-    the same rule and a prefix sum, so no per-region dense map is formed; where
-    ``regions x parameters`` is within ``_ANCHOR_FLOPS``, each region's map is
-    then taken from its own pattern instead (the prefix sum carries eps times
-    the largest slope met on the way into every later region).
-    """
+def _sweep_1d(gen, want_codes):
+    """The hidden layers' sweeps of :func:`_partition_1d`: ``(lo, hi, lo_unit, hi_unit,
+    changes, h0s, h0o, parents, codes)``, the last two (per layer: each child's parent
+    interval and its sign code) with ``want_codes`` only (a layer's codes are regions x
+    units: a million-unit layer's would not fit)."""
     from fastcpa.kernels.cpu.regions import add_sparse_columns, sweep_intervals
 
     lo = np.array([-np.inf])
@@ -492,11 +489,40 @@ def _partition_1d(gen):
         dS = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[l], add_sparse_columns)
         switching = np.ascontiguousarray(switching_all[unit_offset:unit_offset + w])
         (parent, lo, hi, lo_unit, hi_unit, code, dense_pos, dense, sp_pos, sp_unit, sp_val, h0s, h0o) = \
-            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, True)
+            sweep_intervals(lo, hi, lo_unit, hi_unit, s0, o0, dS, switching, eta, unit_offset, want_codes)
         parents.append(parent)
         codes.append(code)
         changes = (dense_pos, dense, sp_pos, sp_unit, sp_val)
         unit_offset += w
+    return lo, hi, lo_unit, hi_unit, changes, h0s, h0o, parents, codes
+
+
+def _sweep_codes(gen):
+    """The bit-packed codes of an S = 1 partition's intervals, each unit's sign as the sweep
+    decided it from its own breakpoints (``regions.unit_on_interval``): the sweeps again,
+    keeping their codes (no forward pass at the intervals' midpoints, which at width 1024
+    cost about a likelihood pass, and no float strictly inside a too thin interval needed)."""
+    *_, parents, codes = _sweep_1d(gen, True)
+    packed = _pack_codes(_compose_codes(gen, parents, codes))
+    packed.setflags(write=False)
+    return packed
+
+
+def _partition_1d(gen):
+    """Sweep the line layer by layer (see ``kernels.cpu.regions.sweep_intervals``).
+
+    Layer l needs the slope change of u^l across every boundary of the current
+    partition: ``W^l`` times the slope change of ``h^(l-1)``. That change is
+    sparse (a few columns of W^l) at boundaries made by layer l-1 and dense
+    at older ones, which go through one GEMM. The output maps A, b follow by
+    the same rule and a prefix sum, so no per-region dense map is formed; where
+    ``regions x parameters`` is within ``_ANCHOR_FLOPS``, each region's map is
+    then taken from its own pattern instead (the prefix sum carries eps times
+    the largest slope met on the way into every later region).
+    """
+    from fastcpa.kernels.cpu.regions import add_sparse_columns
+
+    lo, hi, lo_unit, hi_unit, changes, h0s, h0o, _, _ = _sweep_1d(gen, False)
     W, c = gen.weights[-1], gen.biases[-1]
     dA = _boundary_slope_changes(len(lo) - 1, changes, gen.weights_t[-1], add_sparse_columns)
     A = np.empty((len(lo), W.shape[0]))
@@ -525,10 +551,7 @@ def _partition_1d(gen):
     offset[last[has_hi]] = hi[has_hi]
     unit[last[has_hi]] = hi_unit[has_hi]
     geometry = {"intervals": np.stack([lo, hi], axis=1)}
-    # each unit's sign as the sweep decided it from its own breakpoints (regions.unit_on_interval):
-    # no forward pass at the intervals' midpoints (at width 1024, about a likelihood pass's cost),
-    # and no float strictly inside an interval too thin to have one is needed
-    packed = _pack_codes(_compose_codes(gen, parents, codes))
+    packed = None  # the codes, formed on first use (Partition.codes)
     anchors = None
     if len(lo) * sum(W.size for W in gen.weights) <= _ANCHOR_FLOPS:
         # The prefix sums above carry eps times the largest slope met on the way: a
@@ -537,6 +560,7 @@ def _partition_1d(gen):
         # affordable, each region's map comes from its own pattern, as products.
         iv = geometry["intervals"]
         Z = np.clip(0.0, iv[:, :1], iv[:, 1:])
+        packed = _sweep_codes(gen)
         G, A = _piece_forward(gen, Z, lambda rows: _unpack_codes(packed[rows], gen.n_units), slopes=True)
         b = G - A[:, :, 0] * Z
         anchors = (Z, G)  # what Partition.anchors computes (the same points, the same pass): kept
