@@ -257,7 +257,8 @@ class CPAModel:
             params["sig1"] = np.ascontiguousarray(Sigma[:, 0, 0])
             params["hl1"] = 0.5 * Lam[:, 0, 0]
         elif S == 2:
-            params.update(Lt=Lt, **_whitened_boundaries(part, Lt), **_series_tables(part, Lt))
+            params.update(Lt=Lt, **_whitened_boundaries(part, Lt), **_series_tables(part, Lt),
+                          boundary=np.ascontiguousarray(part.boundary))
             # The S = 2 kernels take their products in the orthonormal basis Q of
             # A~ = Q Rq: y' = Q^T (x~ - b~) and mu = K y', K = (s I + Rq^T Rq)^-1 Rq^T
             # (from the QR factors of [Rq; sqrt(s) I]), whose norm is at most
@@ -438,14 +439,11 @@ class CPAModel:
             return (*(p[k][rs] for k in head), p["s2"])
 
         if self.generator.latent_dim == 2 and "Lt" in p:
-            W = pairs.SERIES_WIDTH
-
             def args(rs):
                 ptr = p["ptr"][rs.start:rs.stop + 1]
                 fptr = p["fptr"][rs.start:rs.stop + 1]
                 return (*region(rs), p["whole"][rs], ptr, p["PW"], p["LN"], fptr, p["FN"], p["FO"], p["FU"],
-                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["SC"][rs], p["SM"][rs.start * W:rs.stop * W],
-                        p["const"])
+                        p["Lt"][rs], p["K"][rs], p["Rt"][rs], p["SC"][rs], _chunk_series_table(p, rs), p["const"])
 
             return pairs.log_prob_chunk_2d, pairs.posterior_chunk_2d, estep.estep_chunk_2d, args
         if self.generator.latent_dim > 1:  # affine generator: one whole-space region
@@ -1207,16 +1205,43 @@ def _whitened_boundaries(part, Lt):
             "FN": FN, "FO": np.ascontiguousarray(part.facet_offset), "FU": FU}
 
 
-def _series_tables(part, Lt):
+# Memory the S = 2 regions' moment-series tables may take at once (bytes): 10.6 kB a region,
+# so up to ~25,000 regions keep theirs; beyond, each region chunk's are formed as a pass needs them.
+_SERIES_BYTES = 256 << 20
+
+
+def _series_tables(part, Lt, chunk=1024):
     """Each S = 2 region's moment-series table (``kernels.cpu.pairs.series_tables``):
-    ``SC`` (R, ``SERIES_COLS``) and ``SM`` (R ``SERIES_WIDTH``, flat)."""
+    ``SC`` (R, ``SERIES_COLS``) and ``SM`` (R ``SERIES_WIDTH``, flat), or, where the
+    tables of every region would pass ``_SERIES_BYTES``, ``SM = None`` (the pair
+    kernels' region chunks then form theirs, :func:`_chunk_series_table`; ``SC`` is
+    kept, formed chunk by chunk)."""
     from fastcpa.kernels.cpu.pairs import SERIES_COLS, SERIES_WIDTH, series_tables
 
     R = part.n_regions
+    ptr, B = np.ascontiguousarray(part.boundary_ptr), np.ascontiguousarray(part.boundary)
     SC = np.empty((R, SERIES_COLS))
-    SM = np.empty(R * SERIES_WIDTH)  # flat: region r's table at r * SERIES_WIDTH
-    series_tables(np.ascontiguousarray(part.boundary_ptr), np.ascontiguousarray(part.boundary), Lt, SC, SM)
-    return {"SC": SC, "SM": SM}
+    if 8 * R * SERIES_WIDTH <= _SERIES_BYTES:
+        SM = np.empty(R * SERIES_WIDTH)  # flat: region r's table at r * SERIES_WIDTH
+        series_tables(ptr, B, Lt, SC, SM)
+        return {"SC": SC, "SM": SM}
+    SM = np.empty(min(R, chunk) * SERIES_WIDTH)
+    for a in range(0, R, chunk):
+        rs = slice(a, min(R, a + chunk))
+        series_tables(ptr[rs.start:rs.stop + 1], B, Lt[rs], SC[rs], SM[:(rs.stop - rs.start) * SERIES_WIDTH])
+    return {"SC": SC, "SM": None}
+
+
+def _chunk_series_table(p, rs):
+    """Region chunk ``rs``'s series tables (flat), from those kept or formed again (the
+    same numbers: :func:`_series_tables` with ``SM = None``)."""
+    from fastcpa.kernels.cpu.pairs import SERIES_WIDTH, series_tables
+
+    if p["SM"] is not None:
+        return p["SM"][rs.start * SERIES_WIDTH:rs.stop * SERIES_WIDTH]
+    SM = np.empty((rs.stop - rs.start) * SERIES_WIDTH)
+    series_tables(p["ptr"][rs.start:rs.stop + 1], p["boundary"], p["Lt"][rs], np.empty_like(p["SC"][rs]), SM)
+    return SM
 
 
 def _padded_facets(part):

@@ -783,3 +783,32 @@ def test_thin_region_far_from_the_posterior_mean_keeps_its_term():
         term = float(linear_log_prob_mp(A, b, x, 0.5, 1.0)[0]) + float(fastcpa.polygon_moments(n, o, mu, Sig).log_mass)
         assert probs[r] > 0
         assert abs(math.log(probs[r]) - (term - lp)) <= 1e-10, (r, math.log(probs[r]), term - lp)
+
+
+def test_series_tables_formed_per_chunk_give_the_same_results(rng, monkeypatch):
+    """Past ``_SERIES_BYTES`` the regions' moment-series tables are not kept: each region
+    chunk's are formed again as a pass needs them. Same numbers, so log p, the posterior
+    and the E-step's statistics agree to the bit with the kept tables."""
+    import fastcpa.model as fm
+
+    Ws, cs = init_layers(rng, [2, 12, 10, 3], scale="normal")
+    gen = fastcpa.Generator(Ws, cs, activation="leaky_relu", slope=0.2)
+    X = fastcpa.CPAModel(gen, sigma_x=0.4).sample(30, seed=3)
+    kept = fastcpa.CPAModel(gen, sigma_x=0.4)
+    assert kept._region_params()["SM"] is not None
+    monkeypatch.setattr(fm, "_SERIES_BYTES", 0)
+    chunked = fastcpa.CPAModel(gen, sigma_x=0.4)
+    p = chunked._region_params()
+    assert p["SM"] is None and kept.partition.n_regions > 40
+    np.testing.assert_array_equal(p["SC"], kept._region_params()["SC"])
+    np.testing.assert_array_equal(chunked.log_prob(X), kept.log_prob(X))
+
+    def rows(model, region_chunk):
+        return np.concatenate([out[1] for out in model._likelihood_blocks(model._check_X(X), 40.0, 256,
+                                                                          region_chunk)])
+
+    np.testing.assert_array_equal(rows(chunked, 7), rows(kept, 7))  # chunks of 7 regions
+    np.testing.assert_array_equal(chunked.posterior(X).log_prob, kept.posterior(X).log_prob)
+    a, b = chunked.sufficient_stats(X), kept.sufficient_stats(X)
+    np.testing.assert_array_equal(a.T1, b.T1)
+    np.testing.assert_array_equal(a.T2, b.T2)
