@@ -388,11 +388,30 @@ class CPAModel:
         arg = np.zeros((n, 3 + S))
         R = len(self._region_params()["bb"])
         kept = _kept_arrays(n, R, S, keep, pool)
-        for rs in self._region_slices(region_chunk):
+        slices = self._region_slices(region_chunk)
+        for rs in slices:
             XA, Xb = self._products(Xw, rs)
             log_prob_chunk(XA, Xb, xx, Xs, REF, *region_args(rs), gap, run_max, run_sum, skipped, rs.start, arg,
                            *kept)
-        return (run_max, np.log(run_sum), REF, arg) + (kept if keep else ())
+        lsum = np.log(run_sum)
+        if keep and S == 2 and "Lt" in self._region_params():
+            self._deferred_moments(Xw, xx, slices, run_max + lsum, run_max + lsum - gap, *kept)
+        return (run_max, lsum, REF, arg) + (kept if keep else ())
+
+    def _deferred_moments(self, Xw, xx, slices, level, floor, TERM, MOM):
+        """The S = 2 kept pairs' moments that the likelihood pass left to the
+        accurate path (``pairs.deferred_moments_2d``), once each row's
+        log-likelihood ``level`` (relative to its reference) is known;
+        ``floor``: where the E-step cuts (as ``estep.gather_statistics``)."""
+        from fastcpa.kernels.cpu import pairs
+
+        p = self._region_params()
+        for rs in slices:
+            XA, Xb = self._products(Xw, rs)
+            pairs.deferred_moments_2d(XA, Xb, xx, *(p[k][rs] for k in ("Ab", "bb", "Lt", "K", "Rt", "logdet_lam")),
+                                      p["const"], p["an"][rs], p["ptr"][rs.start:rs.stop + 1], p["PW"], p["LN"],
+                                      p["fptr"][rs.start:rs.stop + 1], p["FN"], p["FO"], p["FU"], rs.start, level,
+                                      floor, TERM, MOM)
 
     def _rebased(self, rows_log_prob, Xw, xx, Xs, skipped, search):
         """``rows_log_prob(Xw, xx, Xs, skipped, search, REF)`` -> ``(top, log_sum,

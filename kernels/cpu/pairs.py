@@ -1106,19 +1106,19 @@ def _far_term_2d(ptr, LN, Lt, Aw, gz, s2, logdet_lam, REF, i, r, mu, W, nv, E, K
 
 
 @jit
-def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level, sc, ser, pw,
-                     mean, cov, MOM, i, q):
+def _kept_moments_2d(Sigma, whole, SC, SM, r, mu, rel, term, level, sc, ser, pw, MOM, i, q):
     """The truncated mean and covariance in z of pair (i, r), whose term ``term``
-    :func:`_polygon_term_2d` has just formed (with ``grad``: ``ser`` and ``sc[0]``
+    :func:`_polygon_term_2d` has just formed (with ``grad``: ``ser`` and ``sc``
     as it left them; ``rel``: the relative ``log kappa`` at ``mu``), into ``MOM[i, q]
-    = (mean (2), cov (2 x 2, row major))`` (``mean``, ``cov``: scratch). ``level``: the sample's log-likelihood
+    = (mean (2), cov (2 x 2, row major))``. ``level``: the sample's log-likelihood
     relative to the reference, or a lower bound on it: below ``_SLACK_WEIGHT``
     of it the tolerances widen as in ``estep._term_and_moments_2d``'s, by
     ``_SLACK_WEIGHT / w`` with ``w <= exp(term - level)``, the pair's weight or
     a bound above it. The moments come from the series where its bound allows
     (the term's own, or for a light pair whose term the series refused at full
-    accuracy, the series at its weight's tolerance), else on the accurate path
-    from the whitened polygon (:func:`_truncate_whitened_2d`)."""
+    accuracy, the series at its weight's tolerance); the others are marked for
+    the accurate path, which :func:`deferred_moments_2d` takes after the pass
+    (``MOM[i, q, 0]`` NaN, then the term's fan record in ``MOM[i, q, 2:6]``)."""
     if whole[r]:
         for a in range(2):
             MOM[i, q, a] = mu[a]
@@ -1137,10 +1137,55 @@ def _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r,
         MOM[i, q, 4] = ser[4]
         MOM[i, q, 5] = ser[5]
         return
-    if not whitened:  # the series gave the term only: the polygon is not whitened yet
-        _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
-    _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, ptr[r + 1] - ptr[r], True, slack, sc, mean, cov)
-    _put_moments(mean, cov, MOM, i, q)
+    # the accurate path waits for the end of the pass (deferred_moments_2d): NaN marks
+    # the pair, then its fan record where its term integrated the polygon (-1: not whitened)
+    MOM[i, q, 0] = math.nan
+    for a in range(4):
+        MOM[i, q, 2 + a] = sc[10][a] if whitened else -1.0
+
+
+@jit(parallel=True)
+def deferred_moments_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, ptr, PW, LN, fptr, FN, FO, FU, r0, level,
+                        floor, TERM, MOM):
+    """The kept pairs' moments that :func:`_kept_moments_2d` left to the accurate
+    path (``MOM[i, q, 0]`` NaN), for one region chunk (its arrays, from ``r0``)
+    once the pass is over: ``level`` each row's log-likelihood relative to its
+    reference, ``floor`` where the E-step cuts (``estep.gather_statistics``).
+    A pair below ``floor`` gets no moments (its ``TERM`` becomes ``-inf``); the
+    others' tolerances widen by the weight that the final ``level`` gives them
+    (as in :func:`_kept_moments_2d`, which saw a running level below it), and
+    the edge formulas start from the fan record their term left.
+
+    Apart from the hot pass, the section rule and the edge formulas' moments,
+    rare but long, do not weigh on how the compiler treats the series there
+    (inlined into it they cost the pass about a quarter of its time)."""
+    n, R = Xb.shape
+    cap = 8
+    for r in range(R):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    for i in prange(n):
+        y = np.empty(2)
+        mu = np.empty(2)
+        mean = np.empty(2)
+        cov = np.empty((2, 2))
+        sc = _scratch(cap)
+        for r in range(R):
+            q = r0 + r
+            t = TERM[i, q]
+            if not (t > -math.inf) or MOM[i, q, 0] == MOM[i, q, 0]:
+                continue
+            if not (t >= floor[i]):
+                TERM[i, q] = -math.inf
+                continue
+            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+            nv = _whiten_polygon(ptr, PW, LN, r, mu, Lt, sc[0])
+            for a in range(4):
+                sc[10][a] = MOM[i, q, 2 + a]
+            if sc[10][0] >= 0.0:  # the record's edge table, as std_polygon_log_mass left it
+                edge_table(sc[0], nv, sc[1])
+            slack = max(1.0, _SLACK_WEIGHT * math.exp(level[i] - t))
+            _truncate_whitened_2d(fptr, FN, FO, FU, Lt, r, mu, nv, True, slack, sc, mean, cov)
+            _put_moments(mean, cov, MOM, i, q)
 
 
 @jit
@@ -1166,7 +1211,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
     region arrays cover the chunk's regions; ``ptr``, ``PW``, ``LN``, ``Lt``
     are indexed by the same (chunk-local) region numbers. ``TERM``, ``MOM``:
     as in :func:`log_prob_chunk` (a kept pair's moments by
-    :func:`_kept_moments_2d`)."""
+    :func:`_kept_moments_2d`; those it leaves to the accurate path are marked,
+    for :func:`deferred_moments_2d` once the pass is over)."""
     n, R = Xb.shape
     keep = TERM.shape[0] > 0
     cap = 8
@@ -1181,8 +1227,6 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         zs = np.empty(3)
         ser = np.empty(8)
         pw = np.empty(SERIES_SCRATCH)
-        mk = np.empty(2)
-        Ck = np.empty((2, 2))
         _ensure_reference_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2,
                              REF, i, y, mu, sc[0], sc[1])
         lref = REF[i, _REF_LK]
@@ -1236,8 +1280,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
                                         floor, sc, zs, SC, SM, keep, ser, pw, -math.inf, level)
             if keep and term >= level - gap:
                 TERM[i, r0 + r] = term
-                _kept_moments_2d(ptr, PW, LN, fptr, FN, FO, FU, Lt, Sigma, whole, SC, SM, r, mu, rel, term, level,
-                                 sc, ser, pw, mk, Ck, MOM, i, r0 + r)
+                _kept_moments_2d(Sigma, whole, SC, SM, r, mu, rel, term, level, sc, ser, pw, MOM, i, r0 + r)
             _note_top(term, m, arg, i, r0 + r, zs, zs[2])
             m, s = _add_term(term, m, s)
         run_max[i], run_sum[i] = m, s
