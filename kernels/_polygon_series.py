@@ -40,13 +40,15 @@ where the sum is small). The frame is turned onto the polygon's principal axes
   with ``teps = (3N + 9 + n_t + n_v) u``. :func:`series_eval` sums beside F the
   polynomial ``B(g) = sum |S|_ab |g1|^a |g2|^b`` (degrees up to ``K + 1``, positive
   terms). The terms of F then sum in absolute value to at most ``B``, and F's
-  evaluation (degree groups summed apart: a degree-n term meets at most ``n``
-  products, ``n`` additions in its group and ``K + 2 - n`` across them) errs by at
-  most ``(2K + 8) u B``; the table's rounding reaches F by at most ``teps B``.
+  evaluation errs by at most ``(3K + 8) u B``: it sums each power of ``g1`` apart,
+  ``F = sum_a g1^a sum_b S_ab g2^b``, so term ``(a, b)`` meets ``b`` roundings in
+  ``g2^b S_ab``, at most ``K + 1 - a`` additions in its row, ``a`` in ``g1^a``
+  times the row and ``K + 1`` across the rows: ``b + 2K + 2 <= 3K + 3``.
+  The table's rounding reaches F by at most ``teps B``.
   The derivatives (summed to a degree ``K_d <= K``, :func:`series_derivatives`:
-  their truncation bound is then ``series_degree``'s for ``K_d``) meet fewer
-  roundings; their terms carry a factor ``(a + 1)`` or ``(a + 1)(a + 2)`` with one
-  more rounding; since each node's ``|u_j| <= h_j`` and the radial factor falls with
+  their truncation bound is then ``series_degree``'s for ``K_d``) come from the same
+  rows, weighted by the derivatives of the powers: at most ``3 K_d + 5`` roundings a
+  term, within F's count; since each node's ``|u_j| <= h_j`` and the radial factor falls with
   the degree, ``(a + 1) |S|_{a+1,b} <= h1 |S|_ab`` (and alike), so grad F and hess F
   err by ``h_j`` and ``h_j h_k`` times F's bound. Where the whitened polygon's own
   vertices are off by ``4 u h`` (their rounding), F moves by at most ``4 u h
@@ -71,13 +73,14 @@ import numpy as np
 SERIES_K = 32
 SERIES_N = SERIES_K + 2
 SERIES_SIZE = (SERIES_N + 1) * (SERIES_N + 2) // 2
-#: A region's table: each entry beside the sum of its terms' absolute values.
+#: A region's table: its entries, then the sums of their terms' absolute values, each
+#: by powers of ``g1``: entry ``(a, b)`` at ``series_row(a) + b`` (``a + b <= SERIES_N``).
 SERIES_WIDTH = 2 * SERIES_SIZE
 #: A region's scalars beside the table: centroid (2), R (4), R^-1 (4), h, h1, h2,
 #: teps, and ``4 u h perimeter`` (the whitened vertices' rounding).
 SERIES_COLS = 15
 #: The powers of ``g2`` follow those of ``g1`` at this offset in a pair's scratch vector
-#: (``SERIES_SCRATCH`` long: then the same powers weighted for the derivatives).
+#: (``SERIES_SCRATCH`` long: then ``|g2|^k`` and the powers' derivatives).
 SERIES_PW = SERIES_N + 1
 SERIES_SCRATCH = 6 * SERIES_PW
 #: Largest whitened radius (about the centroid) of a polygon the rule serves.
@@ -162,9 +165,9 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
     The frame is ``u = Q L^T (z - c)``: about the area centroid ``c``, whitened,
     and turned (``Q``) onto the whitened polygon's principal axes, so that a thin
     polygon's narrow extent ``h2`` bounds what its covariance's thin direction
-    sees. Fills ``S[2 i] = M_ab / (a! b!)`` and ``S[2 i + 1] = |S|_ab``, the sum of
-    the absolute values of its terms (module docstring; ``i = n (n+1) / 2 + b``,
-    ``n = a + b <= SERIES_N``), and ``out[0:11]``: ``c`` (2), the map ``R = Q L^T``
+    sees. Fills ``S[series_row(a) + b] = M_ab / (a! b!)`` and, ``SERIES_SIZE``
+    further, ``|S|_ab``, the sum of the absolute values of its terms (module
+    docstring; ``a + b <= SERIES_N``), and ``out[0:11]``: ``c`` (2), the map ``R = Q L^T``
     (4, row major), its inverse (4), then ``h``; returns ``(h1, h2, h, teps, pe)``:
     the largest ``|u1|``, ``|u2|`` and ``|u|`` over the polygon (``h = inf`` where
     the rule does not serve: fewer than three points, no area, or ``h >
@@ -262,14 +265,22 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
             _edge_moments(px, py, qx, qy, _T32, _W32, J, P1, P2, acc)
         for i in range(SERIES_WIDTH):
             S[i] += acc[i]
+    for i in range(SERIES_WIDTH):  # summed by degree: laid out by powers of g1
+        acc[i] = S[i]
     i = 0
     for n in range(SERIES_N + 1):
         for b in range(n + 1):
             f = _INV_FACT[n - b] * _INV_FACT[b]
-            S[2 * i] *= f
-            S[2 * i + 1] *= f
+            k = series_row(n - b) + b
+            S[k] = acc[2 * i] * f
+            S[SERIES_SIZE + k] = acc[2 * i + 1] * f
             i += 1
     return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U, 4.0 * _U * h * per
+
+
+def series_row(a):
+    """Where the table's entries ``(a, b)``, ``b = 0 .. SERIES_N - a``, begin."""
+    return a * (SERIES_N + 1) - (a * (a - 1)) // 2
 
 
 def series_degree(rho, h, trunc):
@@ -296,80 +307,84 @@ def series_error(F, B, rho, K, teps, pe, trunc):
     ``inf`` where F is not positive."""
     if not (F > 0.0):
         return math.inf
-    return trunc + ((2 * K + 8) * _U * B + teps * B + pe * math.exp(rho)) / (0.999 * F)
+    return trunc + ((3 * K + 8) * _U * B + teps * B + pe * math.exp(rho)) / (0.999 * F)
 
 
 def series_eval(S, off, g1, g2, K, pw):
     """``(F, B)``: the series of F at ``g`` to degree ``K + 1``, from the region table
     at ``S[off:off + SERIES_WIDTH]``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
-    absolute values that :func:`series_error` takes. Each degree is summed apart
-    (the rounding bound of :func:`series_error`). Leaves the powers ``g1^k`` and
-    ``g2^k`` (``k <= K + 1``) in ``pw[k]`` and ``pw[SERIES_PW + k]`` for
-    :func:`series_derivatives`. (The tables come flat and the powers in one
-    vector: a view per pair would cost a reference count that threads share.)"""
+    absolute values that :func:`series_error` takes. Each power of ``g1`` sums its
+    row apart (the rounding bound of the module docstring). Leaves ``g1^k``, ``g2^k``
+    and ``|g2|^k`` (``k <= K + 2``) in ``pw[k]``, ``pw[SERIES_PW + k]`` and ``pw[2
+    SERIES_PW + k]`` for :func:`series_derivatives`. (The tables come flat and the
+    powers in one vector: a view per pair would cost a reference count that threads
+    share.)"""
+    p2 = SERIES_PW
+    a2 = 2 * SERIES_PW
     pw[0] = 1.0
-    pw[SERIES_PW] = 1.0
-    for k in range(1, K + 2):
+    pw[p2] = 1.0
+    pw[a2] = 1.0
+    for k in range(1, K + 3):
         pw[k] = pw[k - 1] * g1
-        pw[SERIES_PW + k] = pw[SERIES_PW + k - 1] * g2
+        pw[p2 + k] = pw[p2 + k - 1] * g2
+        pw[a2 + k] = abs(pw[p2 + k])
     F = 0.0
     B = 0.0
-    for n in range(K + 2):
-        i0 = n * (n + 1) // 2
+    for a in range(K + 2):
+        base = off + series_row(a)
         f = 0.0
         fb = 0.0
-        for b in range(n + 1):
-            m = pw[n - b] * pw[SERIES_PW + b]
-            f += S[off + 2 * (i0 + b)] * m
-            fb += S[off + 2 * (i0 + b) + 1] * abs(m)
-        F += f
-        B += fb
+        for b in range(K + 2 - a):
+            f += S[base + b] * pw[p2 + b]
+            fb += S[base + SERIES_SIZE + b] * pw[a2 + b]
+        F += f * pw[a]
+        B += fb * abs(pw[a])
     return F, B
 
 
 def series_derivatives(S, off, K, pw):
     """``(F1, F2, F11, F12, F22)``: the series of grad F (degree ``K + 1``) and hess F
     (degree ``K``) from the region table at ``S[off:]`` and the powers of ``g`` that
-    :func:`series_eval` left in ``pw`` (to a degree of at least ``K + 1``).
-    Each degree is summed apart. A term's factor ``(a + 1)`` or ``(a + 1)(a + 2)``
-    (``b`` alike) goes onto the power of ``g1`` (``g2``) once per degree, into
-    ``pw[2 SERIES_PW:]``, rather than onto every coefficient: the same one rounding
-    more per term, 20-25% less work at degrees 8-24."""
-    a1 = 2 * SERIES_PW  # (k + 1) g1^k, (k + 1)(k + 2) g1^k, then the same for g2
-    a2 = 3 * SERIES_PW
-    b1 = 4 * SERIES_PW
-    b2 = 5 * SERIES_PW
-    for k in range(K + 2):
-        pw[a1 + k] = (k + 1) * pw[k]
-        pw[a2 + k] = ((k + 1) * (k + 2)) * pw[k]
-        pw[b1 + k] = (k + 1) * pw[SERIES_PW + k]
-        pw[b2 + k] = ((k + 1) * (k + 2)) * pw[SERIES_PW + k]
+    :func:`series_eval` left in ``pw`` (to a degree of at least ``K + 2``). Each row
+    ``a`` of the table gives ``q_m = sum_b S_ab d^m(g2^b) / dg2^m`` (``m = 0, 1, 2``,
+    ``a + b <= K + 2``), weighted by ``g1^a`` or its derivatives: three products a
+    term where the five sums by degree took ten, and the same terms (those of degree
+    up to ``K + 1`` in grad F, ``K`` in hess F)."""
+    p2 = SERIES_PW
+    d1 = 3 * SERIES_PW  # k g2^(k-1)
+    d2 = 4 * SERIES_PW  # k (k-1) g2^(k-2)
+    e1 = 5 * SERIES_PW  # k g1^(k-1)
+    pw[d1] = 0.0
+    pw[d2] = 0.0
+    pw[d2 + 1] = 0.0
+    pw[e1] = 0.0
+    for k in range(1, K + 3):
+        pw[d1 + k] = k * pw[p2 + k - 1]
+        pw[e1 + k] = k * pw[k - 1]
+        if k >= 2:
+            pw[d2 + k] = (k * (k - 1)) * pw[p2 + k - 2]
     F1 = 0.0
     F2 = 0.0
     F11 = 0.0
     F12 = 0.0
     F22 = 0.0
-    for n in range(K + 2):
-        i1 = (n + 1) * (n + 2) // 2
-        i2 = (n + 2) * (n + 3) // 2
-        f1 = 0.0
-        f2 = 0.0
-        for b in range(n + 1):  # grad F's degrees up to K + 1
-            a = n - b
-            f1 += S[off + 2 * (i1 + b)] * (pw[a1 + a] * pw[SERIES_PW + b])
-            f2 += S[off + 2 * (i1 + b + 1)] * (pw[a] * pw[b1 + b])
-        F1 += f1
-        F2 += f2
-        if n <= K:  # hess F's up to K
-            f11 = 0.0
-            f12 = 0.0
-            f22 = 0.0
-            for b in range(n + 1):
-                a = n - b
-                f11 += S[off + 2 * (i2 + b)] * (pw[a2 + a] * pw[SERIES_PW + b])
-                f12 += S[off + 2 * (i2 + b + 1)] * (pw[a1 + a] * pw[b1 + b])
-                f22 += S[off + 2 * (i2 + b + 2)] * (pw[a] * pw[b2 + b])
-            F11 += f11
-            F12 += f12
-            F22 += f22
+    for a in range(K + 3):
+        base = off + series_row(a)
+        q0 = 0.0
+        q1 = 0.0
+        q2 = 0.0
+        for b in range(K + 3 - a):
+            t = S[base + b]
+            q0 += t * pw[p2 + b]
+            q1 += t * pw[d1 + b]
+            q2 += t * pw[d2 + b]
+        if a <= K + 1:
+            F2 += pw[a] * q1
+        if a <= K:
+            F22 += pw[a] * q2
+        if a >= 1:
+            F1 += pw[e1 + a] * q0
+            F12 += pw[e1 + a] * q1
+            if a >= 2:
+                F11 += ((a * (a - 1)) * pw[a - 2]) * q0
     return F1, F2, F11, F12, F22
