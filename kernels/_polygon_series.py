@@ -103,6 +103,7 @@ _T32 = tuple(float(v) for v in 0.5 * (_GLE[2][0] + 1.0))
 _W32 = tuple(float(v) for v in 0.5 * _GLE[2][1])
 del _GLE
 _INV_FACT = tuple(1.0 / math.factorial(k) for k in range(SERIES_N + 1))
+_INV_INT = tuple(1.0 / k if k else 0.0 for k in range(SERIES_K + 2))
 
 
 def _radial_moments(q, J):
@@ -292,7 +293,7 @@ def series_degree(rho, h, trunc):
     # is below 1)
     t = 1.0 + 2.25 * math.exp(0.5 * h * h)
     for K in range(SERIES_K + 1):
-        t *= rho / (K + 1)
+        t *= rho * _INV_INT[K + 1]  # (a product off the chain of t: no division on it)
         if t <= trunc:
             return K
     return -1
