@@ -41,7 +41,7 @@ import numpy as np
 from numba import prange
 
 from .pairs import (_REF_LK, SERIES_SCRATCH, _kappa_and_mean, _kappa_and_mean_2d, _log_mass_bound, _rel_log_kappa, _scratch,
-                    _term_and_moments_2d, _truncate, _truncate_2d, interval_moments)
+                    _term_and_moments_2d, _truncate, _truncate_2d, interval_moments, polygon_cap)
 from ._jit import jit
 
 # regions interleaved over at most this many parallel blocks
@@ -214,9 +214,7 @@ def estep_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an, s
     pairs that are kept, the polygon moments on the accurate path
     (``_term_and_moments_2d``)."""
     n, R = Xb.shape
-    cap = 8
-    for r in range(R):
-        cap = max(cap, ptr[r + 1] - ptr[r])
+    cap = polygon_cap(ptr)
     nb = min(R, _BLOCKS)
     for blk in prange(nb):
         y = np.empty(2)

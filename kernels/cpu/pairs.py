@@ -395,9 +395,7 @@ def best_pairs_chunk(XA, Xb, xx, Ab, bb, Sigma, logdet_lam, const, an, lo, hi, w
 def best_pairs_chunk_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, whole, ptr, PW, LN, Xs, Aw, gz, s2, r0, best):
     """:func:`best_pairs_chunk` for S = 2."""
     n, R = Xb.shape
-    cap = 8
-    for r in range(R):
-        cap = max(cap, ptr[r + 1] - ptr[r])
+    cap = polygon_cap(ptr)
     for i in prange(n):
         y = np.empty(2)
         mu = np.empty(2)
@@ -745,6 +743,16 @@ def _whiten_polygon(ptr, PW, LN, r, mu, Lt, W):
         else:
             W[k, 5] = LN[v, 2] + LN[v, 0] * mu[0] + LN[v, 1] * mu[1]
     return n
+
+
+@jit
+def polygon_cap(ptr):
+    """Rows of scratch a chunk's polygons (``ptr``: their point ranges) need:
+    the most points of any, at least 8."""
+    cap = 8
+    for r in range(len(ptr) - 1):
+        cap = max(cap, ptr[r + 1] - ptr[r])
+    return cap
 
 
 @jit
@@ -1160,9 +1168,7 @@ def deferred_moments_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, pt
     rare but long, do not weigh on how the compiler treats the series there
     (inlined into it they cost the pass about a quarter of its time)."""
     n, R = Xb.shape
-    cap = 8
-    for r in range(R):
-        cap = max(cap, ptr[r + 1] - ptr[r])
+    cap = polygon_cap(ptr)
     for i in prange(n):
         y = np.empty(2)
         mu = np.empty(2)
@@ -1215,9 +1221,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
     for :func:`deferred_moments_2d` once the pass is over)."""
     n, R = Xb.shape
     keep = TERM.shape[0] > 0
-    cap = 8
-    for r in range(R):
-        cap = max(cap, ptr[r + 1] - ptr[r])
+    cap = polygon_cap(ptr)
     for i in prange(n):
         y = np.empty(2)
         mu = np.empty(2)
@@ -1457,9 +1461,7 @@ def posterior_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, a
     formulas as they are (or, where those cancel completely, the untruncated
     Gaussian's)."""
     n, R = Xb.shape
-    cap = 8
-    for r in range(R):
-        cap = max(cap, ptr[r + 1] - ptr[r])
+    cap = polygon_cap(ptr)
     for i in prange(n):
         y = np.empty(2)
         mu = np.empty(2)
