@@ -37,9 +37,15 @@ where the sum is small). The frame is turned onto the polygon's principal axes
   ``|S|_ab`` of the absolute values of the terms it was summed from (nodes along
   the edges, triangles of the fan); each term carries at most ``(3N + 9 + n_t)``
   roundings and the sums ``n_t + n_v`` more, so ``|error of S_ab| <= teps |S|_ab``
-  with ``teps = (3N + 9 + n_t + n_v) u``. :func:`series_eval` sums beside F the
-  polynomial ``B(g) = sum |S|_ab |g1|^a |g2|^b`` (degrees up to ``K + 1``, positive
-  terms). The terms of F then sum in absolute value to at most ``B``, and F's
+  with ``teps = (3N + 9 + n_t + n_v) u``. Let ``B(g) = sum |S|_ab |g1|^a |g2|^b``
+  (degrees up to ``K + 1``, positive terms; :func:`series_abs_sum`). A priori
+  ``B <= e^rho |S|_00`` (:func:`series_abs_bound`): a node's terms are ``w J_n
+  u1^a u2^b / (a! b!)`` with ``w > 0`` and ``0 < J_n <= J_0`` (``s^{n+1} <= s`` on
+  ``[0, 1]``), so with ``g``'s powers those of degree ``n`` sum in absolute value to
+  at most ``w J_0 (|u1 g1| + |u2 g2|)^n / n! <= w J_0 rho^n / n!``, and all of them
+  to at most ``w J_0 e^rho``; summed over the nodes, ``e^rho |S|_00``. Callers take
+  this bound and sum ``B`` itself only where it is too loose for their tolerance.
+  The terms of F then sum in absolute value to at most ``B``, and F's
   evaluation errs by at most ``(3K + 8) u B``: it sums each power of ``g1`` apart,
   ``F = sum_a g1^a sum_b S_ab g2^b``, so term ``(a, b)`` meets ``b`` roundings in
   ``g2^b S_ab``, at most ``K + 1 - a`` additions in its row, ``a`` in ``g1^a``
@@ -77,8 +83,9 @@ SERIES_SIZE = (SERIES_N + 1) * (SERIES_N + 2) // 2
 #: by powers of ``g1``: entry ``(a, b)`` at ``series_row(a) + b`` (``a + b <= SERIES_N``).
 SERIES_WIDTH = 2 * SERIES_SIZE
 #: A region's scalars beside the table: centroid (2), R (4), R^-1 (4), h, h1, h2,
-#: teps, and ``4 u h perimeter`` (the whitened vertices' rounding).
-SERIES_COLS = 15
+#: teps, ``4 u h perimeter`` (the whitened vertices' rounding), its
+#: :func:`series_growth` and an upper bound on ``log M_00``.
+SERIES_COLS = 17
 #: The powers of ``g2`` follow those of ``g1`` at this offset in a pair's scratch vector
 #: (``SERIES_SCRATCH`` long: then ``|g2|^k`` and the powers' derivatives).
 SERIES_PW = SERIES_N + 1
@@ -124,32 +131,36 @@ def _radial_moments(q, J):
 
 
 def _edge_moments(px, py, qx, qy, T, W, J, P1, P2, acc):
-    """Add triangle (0, p, q)'s ``int u1^a u2^b psi`` to ``acc[2 i]`` and the sum of
-    its terms' absolute values to ``acc[2 i + 1]`` (``i = n (n+1) / 2 + b``, ``n = a +
-    b``): ``u = s (p + t (q - p))``, ``du = (p x q) s ds dt``."""
+    """Add triangle (0, p, q)'s ``int u1^a u2^b psi`` to ``acc[i]`` and the sum of
+    its terms' absolute values to ``acc[SERIES_SIZE + i]`` (``i = n (n+1) / 2 + b``,
+    ``n = a + b``): ``u = s (p + t (q - p))``, ``du = (p x q) s ds dt``. (``P1``
+    holds the powers of ``u1`` in reverse, ``P1[N - k] = u1^k``, so that the inner
+    loop runs forward through both: the compiler vectorizes it.)"""
     area2 = px * qy - py * qx
     if not (area2 > 0.0):
         return
     ex = qx - px
     ey = qy - py
+    N = SERIES_N
     for j in range(len(T)):
         dx = px + T[j] * ex
         dy = py + T[j] * ey
         _radial_moments(dx * dx + dy * dy, J)
-        P1[0] = 1.0
+        P1[N] = 1.0
         P2[0] = 1.0
-        for k in range(1, SERIES_N + 1):
-            P1[k] = P1[k - 1] * dx
+        for k in range(1, N + 1):
+            P1[N - k] = P1[N - k + 1] * dx
             P2[k] = P2[k - 1] * dy
         w = W[j] * area2
         i = 0
-        for n in range(SERIES_N + 1):
+        for n in range(N + 1):
             wn = w * J[n]
+            o = N - n
             for b in range(n + 1):
-                t = wn * (P1[n - b] * P2[b])
-                acc[2 * i] += t
-                acc[2 * i + 1] += abs(t)
-                i += 1
+                t = wn * (P1[o + b] * P2[b])
+                acc[i + b] += t
+                acc[SERIES_SIZE + i + b] += abs(t)
+            i += n + 1
 
 
 def _centred(P, k, ox, oy, cx, cy):
@@ -273,8 +284,8 @@ def series_table(P, nv, l11, l21, l22, S, J, P1, P2, acc, out):
         for b in range(n + 1):
             f = _INV_FACT[n - b] * _INV_FACT[b]
             k = series_row(n - b) + b
-            S[k] = acc[2 * i] * f
-            S[SERIES_SIZE + k] = acc[2 * i + 1] * f
+            S[k] = acc[i] * f
+            S[SERIES_SIZE + k] = acc[SERIES_SIZE + i] * f
             i += 1
     return h1, h2, h, (3 * SERIES_N + 9 + nt + nv) * _U, 4.0 * _U * h * per
 
@@ -284,14 +295,20 @@ def series_row(a):
     return a * (SERIES_N + 1) - (a * (a - 1)) // 2
 
 
-def series_degree(rho, h, trunc):
+def series_growth(h):
+    """``1 + A = 1 + (9/4) e^{h^2 / 2}`` of the truncation bound (module docstring), for
+    a polygon of whitened radius ``h``: :func:`series_degree` takes it."""
+    return 1.0 + 2.25 * math.exp(0.5 * h * h)
+
+
+def series_degree(rho, growth, trunc):
     """The smallest Hessian degree K whose truncation bound (module docstring) is
     below ``trunc`` (relative; ``SERIES_TRUNC`` = 2^-53 for full accuracy), or -1
-    beyond ``SERIES_K``."""
+    beyond ``SERIES_K``; ``growth``: the polygon's :func:`series_growth`."""
     # relative to F, F's and (over h) the gradient's bounds are (1 + A) rho^{K+2} / (K+2)!,
     # the Hessian's (over h^2) (1 + A) rho^{K+1} / (K+1)!: the largest (rho < K + 2 once it
     # is below 1)
-    t = 1.0 + 2.25 * math.exp(0.5 * h * h)
+    t = growth
     for K in range(SERIES_K + 1):
         t *= rho * _INV_INT[K + 1]  # (a product off the chain of t: no division on it)
         if t <= trunc:
@@ -299,48 +316,66 @@ def series_degree(rho, h, trunc):
     return -1
 
 
-def series_error(F, B, rho, K, teps, pe, trunc):
+def series_error(F, B, erho, K, teps, pe, trunc):
     """Relative error bound of the computed ``F`` (and, times ``h_j`` and ``h_j h_k``,
     of its derivatives) for Hessian degree ``K`` chosen for the truncation bound
     ``trunc`` (:func:`series_degree`): truncation plus the rounding of the
     evaluation, of the table (``teps``) and of the polygon (``pe``), from ``B``
-    (:func:`series_eval`; module docstring). Meaningful where far below 1/1000;
-    ``inf`` where F is not positive."""
+    (:func:`series_abs_sum`, or its bound :func:`series_abs_bound`; module
+    docstring) and ``erho = e^rho``. Meaningful where far below 1/1000; ``inf``
+    where F is not positive."""
     if not (F > 0.0):
         return math.inf
-    return trunc + ((3 * K + 8) * _U * B + teps * B + pe * math.exp(rho)) / (0.999 * F)
+    return trunc + ((3 * K + 8) * _U * B + teps * B + pe * erho) / (0.999 * F)
+
+
+def series_abs_bound(S, off, erho):
+    """A bound on :func:`series_abs_sum` at any ``g`` and degree, from the table at
+    ``S[off:]`` alone: ``B <= e^rho |S|_00`` (module docstring), with ``erho =
+    e^rho``; the factor 1.001 covers the rounding of the table's terms."""
+    return 1.001 * erho * S[off + SERIES_SIZE]
 
 
 def series_eval(S, off, g1, g2, K, pw):
-    """``(F, B)``: the series of F at ``g`` to degree ``K + 1``, from the region table
-    at ``S[off:off + SERIES_WIDTH]``, and ``B = sum |S|_ab |g1|^a |g2|^b`` over its terms, the bound on their
-    absolute values that :func:`series_error` takes. Each power of ``g1`` sums its
-    row apart (the rounding bound of the module docstring). Leaves ``g1^k``, ``g2^k``
-    and ``|g2|^k`` (``k <= K + 2``) in ``pw[k]``, ``pw[SERIES_PW + k]`` and ``pw[2
-    SERIES_PW + k]`` for :func:`series_derivatives`. (The tables come flat and the
-    powers in one vector: a view per pair would cost a reference count that threads
-    share.)"""
+    """The series of F at ``g`` to degree ``K + 1``, from the region table at
+    ``S[off:off + SERIES_WIDTH]``. Each power of ``g1`` sums its row apart (the
+    rounding bound of the module docstring). Leaves ``g1^k`` and ``g2^k`` (``k <= K +
+    2``) in ``pw[k]`` and ``pw[SERIES_PW + k]`` for :func:`series_abs_sum` and
+    :func:`series_derivatives`. (The tables come flat and the powers in one vector:
+    a view per pair would cost a reference count that threads share.)"""
     p2 = SERIES_PW
-    a2 = 2 * SERIES_PW
     pw[0] = 1.0
     pw[p2] = 1.0
-    pw[a2] = 1.0
     for k in range(1, K + 3):
         pw[k] = pw[k - 1] * g1
         pw[p2 + k] = pw[p2 + k - 1] * g2
-        pw[a2 + k] = abs(pw[p2 + k])
     F = 0.0
-    B = 0.0
     for a in range(K + 2):
         base = off + series_row(a)
         f = 0.0
-        fb = 0.0
         for b in range(K + 2 - a):
             f += S[base + b] * pw[p2 + b]
-            fb += S[base + SERIES_SIZE + b] * pw[a2 + b]
         F += f * pw[a]
+    return F
+
+
+def series_abs_sum(S, off, K, pw):
+    """``B = sum |S|_ab |g1|^a |g2|^b`` over the terms :func:`series_eval` summed to
+    degree ``K + 1`` (whose powers of ``g`` it reads from ``pw``): the bound on their
+    absolute values that :func:`series_error` takes. Where :func:`series_abs_bound`
+    already suffices, callers skip it."""
+    p2 = SERIES_PW
+    a2 = 2 * SERIES_PW
+    for k in range(K + 2):
+        pw[a2 + k] = abs(pw[p2 + k])
+    B = 0.0
+    for a in range(K + 2):
+        base = off + SERIES_SIZE + series_row(a)
+        fb = 0.0
+        for b in range(K + 2 - a):
+            fb += S[base + b] * pw[a2 + b]
         B += fb * abs(pw[a])
-    return F, B
+    return B
 
 
 def series_derivatives(S, off, K, pw):

@@ -81,8 +81,11 @@ small_polygon_moments = _pg.small_polygon_moments
 _ps = scalars(_polygon_series)
 series_table = _ps.series_table
 series_degree = _ps.series_degree
+series_growth = _ps.series_growth
 series_error = _ps.series_error
 series_eval = _ps.series_eval
+series_abs_sum = _ps.series_abs_sum
+series_abs_bound = _ps.series_abs_bound
 series_derivatives = _ps.series_derivatives
 SERIES_TRUNC = _polygon_series.SERIES_TRUNC
 SERIES_N = _polygon_series.SERIES_N
@@ -902,7 +905,10 @@ def series_tables(ptr, B, Lt, SC, SM):
     SERIES_WIDTH``), and ``SC[r]`` (``SERIES_COLS``) = the centroid (2), the
     frame's map ``R`` and its inverse (4 each, row major), ``h`` (``inf`` where
     the rule does not serve: an unbounded or large polygon), ``h1``, ``h2``,
-    ``teps``, ``pe``."""
+    ``teps``, ``pe``, ``series_growth(h)`` and ``log M_00 + 2 e`` (``e`` =
+    1.001 ``teps``, M_00's rounding relative to it: ``log(1 / (1 - e)) <= 2 e``
+    for ``e <= 1/2``; ``inf`` where that does not hold), which bound the pairs'
+    weights before their series is summed (:func:`_series_term`)."""
     R = len(ptr) - 1
     nb = min(R, 64)
     for blk in prange(nb):
@@ -931,6 +937,10 @@ def series_tables(ptr, B, Lt, SC, SM):
                 SC[r, 12] = h2
                 SC[r, 13] = teps
                 SC[r, 14] = pe
+                SC[r, 15] = series_growth(h)
+                m00 = row[0]  # (its terms are positive)
+                m00_err = 1.001 * teps
+                SC[r, 16] = math.log(m00) + 2.0 * m00_err if m00 > 0.0 and m00_err <= 0.5 else math.inf
 
 
 @jit
@@ -985,23 +995,30 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     tol = SERIES_MASS_TOL
     trunc = SERIES_TRUNC
     off = r * SERIES_WIDTH  # the tables come flat (a view per pair would share a reference count)
-    m00 = SM[off]
-    if lw < math.inf and m00 > 0.0:
-        m00_err = 1.001 * SC[r, 13]  # the table's rounding at g = 0, relative (M_00's terms are positive)
-        # (log(1 / (1 - e)) <= 2 e for e <= 1/2)
-        lwu = lw + (math.log(m00) + 2.0 * m00_err) + rho - gg - LOG_2PI_PS if m00_err <= 0.5 else math.inf
+    if lw < math.inf:
+        lwu = lw + SC[r, 16] + rho - gg - LOG_2PI_PS  # (SC[r, 16] >= log M_00: see series_tables)
         if lwu < _LOG_SLACK_SHARE:
             tol = min(_SERIES_TOL_MAX, SERIES_MASS_TOL * math.exp(_LOG_SLACK_SHARE - lwu))
             trunc = max(SERIES_TRUNC, 0.25 * tol)
-    K = series_degree(rho, h, trunc)
+    growth = SC[r, 15]
+    K = series_degree(rho, growth, trunc)
     if K < 0:
         return math.nan
-    F, B = series_eval(SM, off, g1, g2, K, pw)
-    err = series_error(F, B, rho, K, SC[r, 13], SC[r, 14], trunc)
+    F = series_eval(SM, off, g1, g2, K, pw)
+    erho = math.exp(rho)
+    teps = SC[r, 13]
+    pe = SC[r, 14]
+    # the rounding's bound from B's a priori bound; B itself is summed only where that
+    # is too loose (for the mass here, for the moments below)
+    exact = False
+    err = series_error(F, series_abs_bound(SM, off, erho), erho, K, teps, pe, trunc)
     gn = math.hypot(g1, g2)
     frame = (h + gn) * 3.0 * _EPS * (abs(a1) + abs(b1) + abs(a2) + abs(b2)) + 2.0 * _EPS * gn * gn
     if not (err + frame <= tol):
-        return math.nan
+        err = series_error(F, series_abs_sum(SM, off, K, pw), erho, K, teps, pe, trunc)
+        exact = True
+        if not (err + frame <= tol):
+            return math.nan
     lm = math.log(F) - gg - LOG_2PI_PS
     ser[0] = 1.0
     if not grad:
@@ -1009,7 +1026,7 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
     slack = max(1.0, _SLACK_WEIGHT * math.exp(-(mlw + lm))) if mlw < math.inf else 1.0
     tol_d = SERIES_COV_TOL * slack
     trunc_d = max(trunc, min(_DERIV_TRUNC_MAX, tol_d * _DERIV_SHARE))
-    Kd = series_degree(rho, h, trunc_d)
+    Kd = series_degree(rho, growth, trunc_d)
     if Kd < 0 or Kd > K:
         Kd = K
         trunc_d = trunc
@@ -1024,12 +1041,16 @@ def _series_term(SC, SM, r, mu, grad, ser, pw, lw, mlw):
         # difference's rounding 4 eps, in units of h_j h_k; the derivatives' truncation
         # at Kd is trunc_d, F's own error err), so relative to C itself at most
         # 2 e max(h_j^2 / C_jj) / (1 - |correlation|)
-        e = 7.0 * (err + trunc_d + _EPS)
-        bound = math.inf
+        cond = math.inf
         if c00 > 0.0 and c11 > 0.0:
             corr = abs(c01) / math.sqrt(c00 * c11)
             if corr < 1.0:
-                bound = 2.0 * e * max(h1 * h1 / c00, h2 * h2 / c11) / (1.0 - corr)
+                cond = 2.0 * max(h1 * h1 / c00, h2 * h2 / c11) / (1.0 - corr)
+        bound = 7.0 * (err + trunc_d + _EPS) * cond
+        if not (bound <= tol_d) and not exact and cond < math.inf:  # B itself may be tight enough
+            err = series_error(F, series_abs_sum(SM, off, K, pw), erho, K, teps, pe, trunc)
+            exact = True
+            bound = 7.0 * (err + trunc_d + _EPS) * cond
         if bound <= tol_d or Kd == K:
             break
         Kd = K  # the cheap degree's bound did not hold: the mass's degree
@@ -1227,6 +1248,7 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         mu = np.empty(2)
         lk = np.empty(R)
         er = np.empty(R)
+        mus = np.empty((R, 2))  # each pair's mu, for the second loop
         sc = _scratch(cap)
         zs = np.empty(3)
         ser = np.empty(8)
@@ -1237,6 +1259,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
         emax = 0.0
         for r in range(R):
             lk[r], er[r] = _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+            mus[r, 0] = mu[0]
+            mus[r, 1] = mu[1]
             emax = max(emax, er[r])
         best = np.argmax(lk)
         cheap_below = _CHEAP_GAP + math.log(emax) if emax > 0.0 else 0.0  # see log_prob_block_1d
@@ -1266,7 +1290,8 @@ def log_prob_chunk_2d(XA, Xb, xx, Xs, REF, Ab, bb, Sigma, logdet_lam, Aw, gz, an
             if lk[r] + er[r] - lref < m - gap:
                 skipped += 1
                 continue
-            _kappa_and_mean_2d(XA, Xb, xx, Ab, bb, Lt, K, Rt, logdet_lam, const, an, i, r, y, mu)
+            mu[0] = mus[r, 0]
+            mu[1] = mus[r, 1]
             if lk[r] + er[r] - lref < m - cheap_below:
                 rel = lk[r] - lref
             else:
