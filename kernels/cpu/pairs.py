@@ -937,10 +937,11 @@ def series_tables(ptr, B, Lt, SC, SM):
                 SC[r, 12] = h2
                 SC[r, 13] = teps
                 SC[r, 14] = pe
-                SC[r, 15] = series_growth(h)
-                m00 = row[0]  # (its terms are positive)
-                m00_err = 1.001 * teps
-                SC[r, 16] = math.log(m00) + 2.0 * m00_err if m00 > 0.0 and m00_err <= 0.5 else math.inf
+                if h <= SERIES_H:  # (else the table is not formed)
+                    SC[r, 15] = series_growth(h)
+                    m00 = row[0]  # (its terms are positive)
+                    m00_err = 1.001 * teps
+                    SC[r, 16] = math.log(m00) + 2.0 * m00_err if m00 > 0.0 and m00_err <= 0.5 else math.inf
 
 
 @jit
