@@ -3,6 +3,7 @@
     python benchmarks/em_speed.py --baseline 2fdf56b          # every case, both versions
     python benchmarks/em_speed.py --cases S1-256x3 --iters 2  # one case, this tree only
     python benchmarks/em_speed.py --cases torch-S2 --n 200 --iters 1 --baseline 414f8be  # smaller N
+    python benchmarks/em_speed.py --cases torch-S2 --iters 50 --baseline 27af367 --section em-speed-50
 
 Each version runs in its own Python process with its own source tree first on
 ``sys.path`` (the baseline from a ``git worktree`` of the given revision, made
@@ -23,7 +24,8 @@ starts), the mean
 log-likelihood after each, and one ``sufficient_stats(X)`` (the E-step) as
 (sample, region) pairs per second. The table goes into
 ``benchmarks/RESULTS.md`` between ``<!-- em-speed:begin -->`` and
-``<!-- em-speed:end -->``.
+``<!-- em-speed:end -->`` (``--section NAME``: between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->``, e.g. a longer run beside the default one).
 """
 
 import argparse
@@ -38,7 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BEGIN, END = "<!-- em-speed:begin -->", "<!-- em-speed:end -->"
+SECTION = "em-speed"
 # name: (layer sizes, activations, negative slopes, N, EM iterations timed)
 CASES = {
     "torch-S2": ((2, 64, 64, 10), ("leaky_relu", "relu"), (0.2, 0.0), 1000, 2),
@@ -129,7 +131,7 @@ def _baseline_tree(rev):
     return where, sha
 
 
-def render(rows, base, base_sha, env, cmd):
+def render(rows, base, base_sha, env, cmd, section=SECTION):
     def per_iteration(r):  # fit's own per-iteration times (rows without them: the callback's)
         return statistics.median(r.get("fit_s") or r["iter_s"])
 
@@ -137,18 +139,23 @@ def render(rows, base, base_sha, env, cmd):
         t = per_iteration(r)
         gain = (r["history"][-1] - r["history"][0]) / len(r["iter_s"])
         rate = (r["history"][-1] - r["history"][0]) / sum(r["iter_s"])
-        return f"{t:.2f} s", f"{gain:.3f}", f"{rate:.3g}", f"{r['pairs_per_s']:.3g}"
+        return (f"{t:.2f} s", f"{gain:.3f}", f"{rate:.3g}", f"{r['pairs_per_s']:.3g}",
+                f"{r['history'][-1]:.4f} ({len(r['iter_s'])})")
 
-    lines = [BEGIN, "## Exact EM at researchers' sizes: time per iteration, this tree beside a baseline", "",
+    title = "## Exact EM at researchers' sizes: time per iteration, this tree beside a baseline"
+    if section != SECTION:
+        title += f" ({section})"
+    lines = [f"<!-- {section}:begin -->", title, "",
              f"Written by `{cmd}` (`benchmarks/em_speed.py`: cases, data and start as documented there; both "
              "versions on this machine in one run, case by case one after the other).", ""]
     head = "| case | regions R | N | target |"
     rule = "|---|--:|--:|--:|"
     if base:
-        head += f" baseline {base_sha}: s / iteration | gain / iteration | gain / s | E-step pairs/s |"
-        rule += "--:|--:|--:|--:|"
-    head += " this tree: s / iteration | gain / iteration | gain / s | E-step pairs/s |"
-    rule += "--:|--:|--:|--:|"
+        head += (f" baseline {base_sha}: s / iteration | gain / iteration | gain / s | E-step pairs/s |"
+                 " log-lik at the end (iterations) |")
+        rule += "--:|--:|--:|--:|--:|"
+    head += " this tree: s / iteration | gain / iteration | gain / s | E-step pairs/s | log-lik at the end (iterations) |"
+    rule += "--:|--:|--:|--:|--:|"
     if base:
         head += " speed-up |"
         rule += "--:|"
@@ -156,8 +163,8 @@ def render(rows, base, base_sha, env, cmd):
     for i, r in enumerate(rows):
         line = f"| {r['case']} | {r['regions']:,} | {r['n']:,} | <= {TARGET_S[r['case']]:g} s at N = {CASES[r['case']][3]:,} |"
         if base:
-            line += " {} | {} | {} | {} |".format(*cell(base[i]))
-        line += " {} | {} | {} | {} |".format(*cell(r))
+            line += " {} | {} | {} | {} | {} |".format(*cell(base[i]))
+        line += " {} | {} | {} | {} | {} |".format(*cell(r))
         if base:
             line += f" {per_iteration(base[i]) / per_iteration(r):.1f}x |"
         lines.append(line)
@@ -167,8 +174,9 @@ def render(rows, base, base_sha, env, cmd):
               "Gain: mean log-likelihood (nats per sample) gained per iteration over them, and per second "
               "of the whole call, that first pass included (the measure across schedules: `fit`'s default `schedule=\"auto\"` is "
               "`\"joint\"` for S = 2, one E-step an iteration, each gaining less). E-step: one "
-              "`sufficient_stats(X)` at the start, N x R / its time.", "",
-              "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", END]
+              "`sufficient_stats(X)` at the start, N x R / its time. Log-lik at the end: the mean exact "
+              "log-likelihood per sample after the run's iterations (in brackets).", "",
+              "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env] + ["", f"<!-- {section}:end -->"]
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +187,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, help="samples per case (default: the case's own N)")
     ap.add_argument("--baseline", metavar="REV", help="a git revision to run beside this tree")
     ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--section", default=SECTION, help="the marker name of the section it writes (default: em-speed)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -212,7 +221,8 @@ def main(argv=None):
 
     cmd = "python benchmarks/em_speed.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    write_section(args.output, render(rows, base, base_sha, environment(), cmd), BEGIN, END)
+    write_section(args.output, render(rows, base, base_sha, environment(), cmd, args.section),
+                  f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->")
     print("wrote", args.output)
 
 
